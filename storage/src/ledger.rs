@@ -1,0 +1,963 @@
+//! The ledger: what every operation does, how it is made atomic and durable, and how a ledger is
+//! opened, recovered and checked.
+//!
+//! Every mutation runs under one state lock: it computes a list of [`Change`]s from the in-memory
+//! mirror, queues them as one write-ahead-log record (its atomic unit), applies them to the
+//! mirror and marks the touched keys dirty. It then drops the lock and waits until a sync covers
+//! its record. Reads are served from the mirror.
+//!
+//! sled is the checkpoint store: the checkpointer writes the current value of every dirty key in
+//! one sled transaction across the trees (tagged with the sequence number it reflects), flushes
+//! sled, and trims the log. The request path never waits on sled. That matters: sled 0.34.7 can
+//! deadlock when a writer holding its segment lock waits for a file truncation queued behind IO
+//! tasks that need that lock, and per-operation writes also make sled grow without bound.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::{self, File};
+use std::net::Ipv4Addr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::clock::Clock;
+use crate::error::{LedgerError, OpenError};
+use crate::model::*;
+use crate::wal::{SyncObserver, Wal};
+
+/// The schema this build writes. Bump it with every change to the records in `model.rs`, and
+/// teach `migrate` to bring the previous version forward.
+pub const SCHEMA_VERSION: u32 = 1;
+const MAGIC: &[u8] = b"enipool-ledger";
+
+const META_MAGIC: &[u8] = b"magic";
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_APPLIED: &[u8] = b"applied_seq";
+
+const TREE_META: &str = "meta";
+const TREE_ENIS: &str = "enis";
+const TREE_ADDRS: &str = "addresses";
+const TREE_LEASES: &str = "leases";
+
+/// How a ledger behaves. Every period is configuration, so tests and benchmarks set it.
+#[derive(Clone)]
+pub struct LedgerConfig {
+    /// How long a released address cools down before it can be leased again.
+    pub cooldown: Duration,
+    /// How often the background checkpoint flushes sled and trims the write-ahead log.
+    /// `None`: only on `checkpoint()` and on close.
+    pub checkpoint_interval: Option<Duration>,
+    /// A write-ahead-log segment is closed once it reaches this size.
+    pub wal_segment_bytes: u64,
+    /// sled's page cache.
+    pub cache_bytes: u64,
+    /// Instrumentation: sees every sync and acknowledgement.
+    pub sync_observer: Option<Arc<dyn SyncObserver>>,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            cooldown: Duration::from_secs(30),
+            checkpoint_interval: Some(Duration::from_secs(1)),
+            wal_segment_bytes: 4 << 20,
+            cache_bytes: 32 << 20,
+            sync_observer: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for LedgerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerConfig")
+            .field("cooldown", &self.cooldown)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("wal_segment_bytes", &self.wal_segment_bytes)
+            .field("cache_bytes", &self.cache_bytes)
+            .field("sync_observer", &self.sync_observer.is_some())
+            .finish()
+    }
+}
+
+/// One effect of an operation. The same list is logged and applied to the in-memory mirror (and
+/// marks its key dirty for the next checkpoint), so log, mirror and sled cannot drift apart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Change {
+    PutEni(EniRecord),
+    DelEni(String),
+    PutAddr(AddressRecord),
+    DelAddr(Ipv4Addr),
+    PutLease(Lease),
+    DelLease(LeaseKey),
+}
+
+/// The in-memory mirror of the sled trees, plus the two indexes allocation needs.
+#[derive(Default)]
+struct State {
+    enis: BTreeMap<String, EniRecord>,
+    addrs: BTreeMap<Ipv4Addr, AddressRecord>,
+    leases: BTreeMap<LeaseKey, Lease>,
+    /// Allocatable addresses, oldest release first (never released sorts first).
+    free: BTreeSet<(Option<UnixMillis>, Ipv4Addr)>,
+    /// Cooling addresses by the instant they become free.
+    cooling: BTreeSet<(UnixMillis, Ipv4Addr)>,
+    /// Sequence number of the last committed operation.
+    last_seq: u64,
+    /// Keys changed since the last checkpoint took its snapshot.
+    dirty: Dirty,
+}
+
+#[derive(Default)]
+struct Dirty {
+    enis: BTreeSet<String>,
+    addrs: BTreeSet<Ipv4Addr>,
+    leases: BTreeSet<LeaseKey>,
+}
+
+impl Dirty {
+    fn is_empty(&self) -> bool {
+        self.enis.is_empty() && self.addrs.is_empty() && self.leases.is_empty()
+    }
+
+    fn merge(&mut self, other: Dirty) {
+        self.enis.extend(other.enis);
+        self.addrs.extend(other.addrs);
+        self.leases.extend(other.leases);
+    }
+}
+
+/// The current value (or absence) of every dirty key, as of `seq`: what a checkpoint writes.
+struct Snapshot {
+    seq: u64,
+    keys: Dirty,
+    enis: Vec<(String, Option<EniRecord>)>,
+    addrs: Vec<(Ipv4Addr, Option<AddressRecord>)>,
+    leases: Vec<(LeaseKey, Option<Lease>)>,
+}
+
+impl State {
+    fn unindex(&mut self, rec: &AddressRecord) {
+        match rec.state {
+            AddressState::Free => {
+                self.free.remove(&(rec.last_released, rec.ip));
+            }
+            AddressState::Cooling { until } => {
+                // An expired cooling address may have been promoted into `free` already.
+                self.cooling.remove(&(until, rec.ip));
+                self.free.remove(&(rec.last_released, rec.ip));
+            }
+            AddressState::Leased { .. } => {}
+        }
+    }
+
+    fn index(&mut self, rec: &AddressRecord) {
+        match rec.state {
+            AddressState::Free => {
+                self.free.insert((rec.last_released, rec.ip));
+            }
+            AddressState::Cooling { until } => {
+                self.cooling.insert((until, rec.ip));
+            }
+            AddressState::Leased { .. } => {}
+        }
+    }
+
+    /// Moves addresses whose cooldown has ended into `free` (memory only: the record keeps
+    /// saying cooling until it is next written, and reads as free meanwhile).
+    fn promote_expired(&mut self, now: UnixMillis) {
+        while let Some(&(until, ip)) = self.cooling.first() {
+            if until > now {
+                break;
+            }
+            self.cooling.pop_first();
+            let released = self.addrs.get(&ip).and_then(|a| a.last_released);
+            self.free.insert((released, ip));
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::PutEni(eni) => {
+                self.dirty.enis.insert(eni.id.clone());
+                self.enis.insert(eni.id.clone(), eni);
+            }
+            Change::DelEni(id) => {
+                self.enis.remove(&id);
+                self.dirty.enis.insert(id);
+            }
+            Change::PutAddr(rec) => {
+                if let Some(old) = self.addrs.remove(&rec.ip) {
+                    self.unindex(&old);
+                }
+                self.index(&rec);
+                self.dirty.addrs.insert(rec.ip);
+                self.addrs.insert(rec.ip, rec);
+            }
+            Change::DelAddr(ip) => {
+                if let Some(old) = self.addrs.remove(&ip) {
+                    self.unindex(&old);
+                }
+                self.dirty.addrs.insert(ip);
+            }
+            Change::PutLease(lease) => {
+                self.dirty.leases.insert(lease.key.clone());
+                self.leases.insert(lease.key.clone(), lease);
+            }
+            Change::DelLease(key) => {
+                self.leases.remove(&key);
+                self.dirty.leases.insert(key);
+            }
+        }
+    }
+
+    /// Takes the dirty set and the current value of each of its keys.
+    fn take_snapshot(&mut self) -> Snapshot {
+        let keys = std::mem::take(&mut self.dirty);
+        Snapshot {
+            seq: self.last_seq,
+            enis: keys.enis.iter().map(|k| (k.clone(), self.enis.get(k).cloned())).collect(),
+            addrs: keys.addrs.iter().map(|k| (*k, self.addrs.get(k).cloned())).collect(),
+            leases: keys.leases.iter().map(|k| (k.clone(), self.leases.get(k).cloned())).collect(),
+            keys,
+        }
+    }
+
+    fn is_primary_ip(&self, ip: Ipv4Addr) -> bool {
+        self.enis.values().any(|e| e.primary_ip == ip)
+    }
+
+    fn check_new_address(&self, ip: Ipv4Addr) -> Result<(), LedgerError> {
+        if self.addrs.contains_key(&ip) {
+            return Err(LedgerError::AddressExists(ip));
+        }
+        if self.is_primary_ip(ip) {
+            return Err(LedgerError::PrimaryAddress(ip));
+        }
+        Ok(())
+    }
+
+    /// Every invariant the ledger promises; `Err` names the first one broken.
+    fn check_invariants(&self) -> Result<(), String> {
+        for (key, lease) in &self.leases {
+            if *key != lease.key {
+                return Err(format!("lease stored under {key} is for {}", lease.key));
+            }
+            let Some(addr) = self.addrs.get(&lease.ip) else {
+                return Err(format!("lease {key} holds {} which is no known address", lease.ip));
+            };
+            match &addr.state {
+                AddressState::Leased { key: k } if k == key => {}
+                other => {
+                    return Err(format!("lease {key} holds {} but the address says {other:?}", lease.ip));
+                }
+            }
+            if addr.eni_id != lease.eni_id {
+                return Err(format!("lease {key} says ENI {} but {} is on {}", lease.eni_id, lease.ip, addr.eni_id));
+            }
+        }
+        for (ip, addr) in &self.addrs {
+            if *ip != addr.ip {
+                return Err(format!("address stored under {ip} is {}", addr.ip));
+            }
+            if !self.enis.contains_key(&addr.eni_id) {
+                return Err(format!("address {ip} belongs to unknown ENI {}", addr.eni_id));
+            }
+            if let AddressState::Leased { key } = &addr.state {
+                match self.leases.get(key) {
+                    Some(l) if l.ip == *ip => {}
+                    Some(l) => {
+                        return Err(format!("address {ip} says leased to {key}, whose lease holds {}", l.ip));
+                    }
+                    None => {
+                        return Err(format!("address {ip} says leased to {key}, which has no lease"));
+                    }
+                }
+            }
+            if self.is_primary_ip(*ip) {
+                return Err(format!("address {ip} is an ENI primary address"));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Trees {
+    db: sled::Db,
+    meta: sled::Tree,
+    enis: sled::Tree,
+    addrs: sled::Tree,
+    leases: sled::Tree,
+}
+
+impl Trees {
+    /// Writes a snapshot and the sequence number it reflects in one sled transaction, so sled
+    /// always sits at an operation boundary and its two indexes agree.
+    fn write_snapshot(&self, snap: &Snapshot) -> Result<(), String> {
+        fn enc<T: Serialize>(v: &Option<T>) -> Option<Vec<u8>> {
+            v.as_ref().map(|v| postcard::to_allocvec(v).expect("records always serialize"))
+        }
+        let enis: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            snap.enis.iter().map(|(k, v)| (k.as_bytes().to_vec(), enc(v))).collect();
+        let addrs: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            snap.addrs.iter().map(|(k, v)| (k.octets().to_vec(), enc(v))).collect();
+        let leases: Vec<(Vec<u8>, Option<Vec<u8>>)> = snap.leases.iter().map(|(k, v)| (k.encode(), enc(v))).collect();
+        let result: Result<(), TransactionError<()>> =
+            (&self.enis, &self.addrs, &self.leases, &self.meta).transaction(|(te, ta, tl, tm)| {
+                for (tree, rows) in [(te, &enis), (ta, &addrs), (tl, &leases)] {
+                    for (key, value) in rows {
+                        match value {
+                            Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
+                            None => tree.remove(key.as_slice())?,
+                        };
+                    }
+                }
+                tm.insert(META_APPLIED, &snap.seq.to_be_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        result.map_err(|e| format!("sled transaction failed: {e:?}"))
+    }
+
+    fn applied_seq(&self) -> Result<u64, String> {
+        match self.meta.get(META_APPLIED).map_err(|e| e.to_string())? {
+            None => Ok(0),
+            Some(v) => v.as_ref().try_into().map(u64::from_be_bytes).map_err(|_| "applied_seq is not 8 bytes".into()),
+        }
+    }
+}
+
+/// What opening the ledger found and repaired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Write-ahead-log records replayed into sled (operations sled had not flushed).
+    pub replayed_records: u64,
+    /// Bytes of a torn record cut off the end of the log (a write that was under way in a crash
+    /// and so was never acknowledged).
+    pub torn_tail_bytes: u64,
+}
+
+struct Inner {
+    path: PathBuf,
+    recovery: RecoveryReport,
+    config: LedgerConfig,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    checkpointing: Mutex<()>,
+    trees: Trees,
+    wal: Wal,
+    _lock: File,
+}
+
+/// Stops the checkpoint thread when the last `Ledger` handle goes away.
+struct CheckpointGuard {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for CheckpointGuard {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The crash-safe lease ledger. Cheap to clone; all clones share one ledger.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+    _checkpoint: Arc<CheckpointGuard>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("path", &self.inner.path).finish()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A clean close leaves sled holding everything and the log empty, so the next open
+        // replays nothing.
+        let _ = self.checkpoint();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_usable(&self) -> Result<(), LedgerError> {
+        match self.wal.poisoned() {
+            Some(reason) => Err(LedgerError::Poisoned(reason.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Logs `changes` as one record and applies them to the mirror; returns the sequence number
+    /// the caller must wait on.
+    fn commit(&self, st: &mut State, changes: Vec<Change>) -> Result<u64, LedgerError> {
+        self.check_usable()?;
+        let seq = st.last_seq + 1;
+        let body = postcard::to_allocvec(&changes).expect("changes always serialize");
+        self.wal.append(seq, &body);
+        for c in changes {
+            st.apply(c);
+        }
+        st.last_seq = seq;
+        Ok(seq)
+    }
+
+    /// Blocks until `seq` is on disk, then reports it acknowledged.
+    fn durable(&self, seq: u64) -> Result<(), LedgerError> {
+        self.wal.wait_durable(seq).map_err(LedgerError::Poisoned)?;
+        self.wal.acknowledge(seq);
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<(), LedgerError> {
+        if self.wal.poisoned().is_some() {
+            // sled may hold changes the log never made durable; leave the log as it is.
+            return self.check_usable();
+        }
+        // One checkpoint at a time: two could otherwise write their snapshots out of order.
+        let _one = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
+        let snapshot = {
+            let mut st = self.lock();
+            if st.dirty.is_empty() && self.wal.durable_seq() == st.last_seq && self.wal.segment_count() == 0 {
+                return Ok(());
+            }
+            st.take_snapshot()
+        };
+        let upto = snapshot.seq;
+        let written = self
+            .trees
+            .write_snapshot(&snapshot)
+            .and_then(|()| self.trees.db.flush().map(drop).map_err(|e| format!("sled flush: {e}")));
+        if let Err(e) = written {
+            // Keep the keys dirty so the next checkpoint writes them; the log still has them.
+            self.lock().dirty.merge(snapshot.keys);
+            return Err(LedgerError::Storage(e));
+        }
+        self.wal.trim(upto).map_err(|e| LedgerError::Storage(format!("trimming the write-ahead log: {e}")))
+    }
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `dir`: takes its lock, checks the schema version,
+    /// replays the write-ahead log into sled, loads the mirror and checks every invariant.
+    pub fn open(dir: &Path, config: LedgerConfig, clock: Arc<dyn Clock>) -> Result<Ledger, OpenError> {
+        let path = dir.to_path_buf();
+        let io = |source| OpenError::Io { path: path.clone(), source };
+        fs::create_dir_all(dir).map_err(io)?;
+        let lock = File::options().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(io)?;
+        lock.try_lock().map_err(|e| OpenError::Locked {
+            path: path.clone(),
+            source: match e {
+                fs::TryLockError::Error(e) => e,
+                fs::TryLockError::WouldBlock => std::io::Error::from(std::io::ErrorKind::WouldBlock),
+            },
+        })?;
+
+        // sled can panic on some damaged files; a panic here must become an error naming the path.
+        let opened = catch_unwind(AssertUnwindSafe(|| open_locked(dir, &config)));
+        let (trees, state, recovery) = match opened {
+            Ok(result) => result?,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                return Err(OpenError::Corrupt {
+                    path,
+                    detail: format!("the storage engine failed while reading: {what}"),
+                });
+            }
+        };
+        let wal = Wal::open(&dir.join("wal"), config.wal_segment_bytes, state.last_seq, config.sync_observer.clone())
+            .map_err(io)?;
+
+        let inner = Arc::new(Inner {
+            path: path.clone(),
+            recovery,
+            config,
+            clock,
+            state: Mutex::new(state),
+            checkpointing: Mutex::new(()),
+            trees,
+            wal,
+            _lock: lock,
+        });
+        let guard = match inner.config.checkpoint_interval {
+            None => CheckpointGuard { stop: None, thread: None },
+            Some(every) => {
+                let (stop, stopped) = mpsc::channel::<()>();
+                let worker = Arc::clone(&inner);
+                let thread = std::thread::Builder::new()
+                    .name("ledger-checkpoint".into())
+                    .spawn(move || {
+                        while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                            // A failed checkpoint leaves the log longer; the next one retries.
+                            let _ = worker.checkpoint();
+                        }
+                    })
+                    .map_err(io)?;
+                CheckpointGuard { stop: Some(stop), thread: Some(thread) }
+            }
+        };
+        Ok(Ledger { inner, _checkpoint: Arc::new(guard) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// What opening the ledger replayed and repaired.
+    pub fn recovery(&self) -> RecoveryReport {
+        self.inner.recovery
+    }
+
+    pub fn config(&self) -> &LedgerConfig {
+        &self.inner.config
+    }
+
+    /// Flushes sled and trims the write-ahead log now.
+    pub fn checkpoint(&self) -> Result<(), LedgerError> {
+        self.inner.checkpoint()
+    }
+
+    /// Sequence number of the last committed operation.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.lock().last_seq
+    }
+
+    /// Sequence number up to which operations are on disk.
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.wal.durable_seq()
+    }
+
+    /// How many fdatasyncs the write-ahead log has done since open.
+    pub fn sync_count(&self) -> u64 {
+        self.inner.wal.sync_count()
+    }
+
+    /// Live write-ahead-log segments.
+    pub fn wal_segments(&self) -> usize {
+        self.inner.wal.segment_count()
+    }
+
+    fn run<T>(
+        &self,
+        op: impl FnOnce(&Inner, &mut State) -> Result<(T, Vec<Change>), LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let inner = &*self.inner;
+        let (value, seq) = {
+            let mut st = inner.lock();
+            let (value, changes) = op(inner, &mut st)?;
+            let seq = if changes.is_empty() { st.last_seq } else { inner.commit(&mut st, changes)? };
+            (value, seq)
+        };
+        // Even an operation that changed nothing waits: what it read (say, an existing lease)
+        // may have been written by a call whose sync is still under way.
+        inner.durable(seq)?;
+        Ok(value)
+    }
+
+    /// Adds an ENI and its secondary addresses, all free.
+    pub fn add_eni(&self, eni: EniRecord, addresses: &[Ipv4Addr]) -> Result<(), LedgerError> {
+        self.run(|_, st| {
+            if st.enis.contains_key(&eni.id) {
+                return Err(LedgerError::EniExists(eni.id.clone()));
+            }
+            if st.addrs.contains_key(&eni.primary_ip) || st.is_primary_ip(eni.primary_ip) {
+                return Err(LedgerError::AddressExists(eni.primary_ip));
+            }
+            let mut seen = HashSet::new();
+            for &ip in addresses {
+                st.check_new_address(ip)?;
+                if ip == eni.primary_ip {
+                    return Err(LedgerError::PrimaryAddress(ip));
+                }
+                if !seen.insert(ip) {
+                    return Err(LedgerError::AddressExists(ip));
+                }
+            }
+            let mut changes = vec![Change::PutEni(eni.clone())];
+            changes.extend(addresses.iter().map(|&ip| free_address(ip, &eni.id)));
+            Ok(((), changes))
+        })
+    }
+
+    /// Marks an ENI attached or not. Addresses of a detached ENI are not leased.
+    pub fn set_eni_attached(&self, eni_id: &str, attached: bool) -> Result<(), LedgerError> {
+        self.run(|_, st| {
+            let eni = st.enis.get(eni_id).ok_or_else(|| LedgerError::UnknownEni(eni_id.into()))?;
+            if eni.attached == attached {
+                return Ok(((), vec![]));
+            }
+            Ok(((), vec![Change::PutEni(EniRecord { attached, ..eni.clone() })]))
+        })
+    }
+
+    /// Adds free secondary addresses to a known ENI.
+    pub fn add_addresses(&self, eni_id: &str, addresses: &[Ipv4Addr]) -> Result<(), LedgerError> {
+        self.run(|_, st| {
+            if !st.enis.contains_key(eni_id) {
+                return Err(LedgerError::UnknownEni(eni_id.into()));
+            }
+            let mut seen = HashSet::new();
+            for &ip in addresses {
+                st.check_new_address(ip)?;
+                if !seen.insert(ip) {
+                    return Err(LedgerError::AddressExists(ip));
+                }
+            }
+            Ok(((), addresses.iter().map(|&ip| free_address(ip, eni_id)).collect()))
+        })
+    }
+
+    /// Removes addresses of an ENI. Refused (and nothing removed) if any is leased or cooling.
+    pub fn remove_addresses(&self, eni_id: &str, addresses: &[Ipv4Addr]) -> Result<(), LedgerError> {
+        self.run(|inner, st| {
+            let now = inner.clock.now();
+            let mut changes = Vec::new();
+            for &ip in addresses {
+                let addr = st.addrs.get(&ip).ok_or(LedgerError::UnknownAddress(ip))?;
+                if addr.eni_id != eni_id {
+                    return Err(LedgerError::WrongEni { ip, requested: eni_id.into(), actual: addr.eni_id.clone() });
+                }
+                match addr.effective_state(now) {
+                    EffectiveState::Free => changes.push(Change::DelAddr(ip)),
+                    EffectiveState::Leased => {
+                        return Err(LedgerError::AddressInUse { ip, state: "leased" });
+                    }
+                    EffectiveState::Cooling => {
+                        return Err(LedgerError::AddressInUse { ip, state: "cooling" });
+                    }
+                }
+            }
+            Ok(((), changes))
+        })
+    }
+
+    /// Removes an ENI and its addresses. Refused while any address is leased or cooling.
+    pub fn remove_eni(&self, eni_id: &str) -> Result<(), LedgerError> {
+        self.run(|inner, st| {
+            if !st.enis.contains_key(eni_id) {
+                return Err(LedgerError::UnknownEni(eni_id.into()));
+            }
+            let now = inner.clock.now();
+            let mut counts = Counts::default();
+            let mut changes = Vec::new();
+            for addr in st.addrs.values().filter(|a| a.eni_id == eni_id) {
+                counts.count(addr.effective_state(now));
+                changes.push(Change::DelAddr(addr.ip));
+            }
+            if counts.leased + counts.cooling > 0 {
+                return Err(LedgerError::EniInUse {
+                    eni: eni_id.into(),
+                    leased: counts.leased,
+                    cooling: counts.cooling,
+                });
+            }
+            changes.push(Change::DelEni(eni_id.into()));
+            Ok(((), changes))
+        })
+    }
+
+    /// Leases an address to `key`: the free address released longest ago, on an attached ENI.
+    /// Idempotent: a key that already holds a lease gets that lease back (`created == false`).
+    pub fn allocate(&self, key: LeaseKey, meta: LeaseMeta) -> Result<Allocation, LedgerError> {
+        check_key(&key)?;
+        self.run(|inner, st| {
+            if let Some(lease) = st.leases.get(&key) {
+                return Ok((Allocation { lease: lease.clone(), created: false }, vec![]));
+            }
+            let now = inner.clock.now();
+            st.promote_expired(now);
+            let addr = st
+                .free
+                .iter()
+                .map(|(_, ip)| &st.addrs[ip])
+                .find(|a| st.enis.get(&a.eni_id).is_some_and(|e| e.attached))
+                .ok_or(LedgerError::NoFreeAddress)?;
+            let lease = Lease { key: key.clone(), ip: addr.ip, eni_id: addr.eni_id.clone(), meta, created_at: now };
+            let leased = AddressRecord { state: AddressState::Leased { key }, ..addr.clone() };
+            Ok((
+                Allocation { lease: lease.clone(), created: true },
+                vec![Change::PutAddr(leased), Change::PutLease(lease)],
+            ))
+        })
+    }
+
+    /// Releases the lease of `key` into cooldown and returns it; `None` if there was none.
+    pub fn release(&self, key: &LeaseKey) -> Result<Option<Lease>, LedgerError> {
+        self.run(|inner, st| {
+            let Some(lease) = st.leases.get(key).cloned() else {
+                return Ok((None, vec![]));
+            };
+            let now = inner.clock.now();
+            let changes = release_changes(st, &lease, now, inner.config.cooldown);
+            Ok((Some(lease), changes))
+        })
+    }
+
+    /// Releases every lease of `network` whose (container id, ifname) is not in `valid`, in one
+    /// transaction, and returns them.
+    pub fn gc(&self, network: &str, valid: &HashSet<(String, String)>) -> Result<Vec<Lease>, LedgerError> {
+        self.run(|inner, st| {
+            let now = inner.clock.now();
+            let stale: Vec<Lease> = st
+                .leases
+                .values()
+                .filter(|l| l.key.network == network)
+                .filter(|l| !valid.contains(&(l.key.container_id.clone(), l.key.ifname.clone())))
+                .cloned()
+                .collect();
+            let changes = stale.iter().flat_map(|l| release_changes(st, l, now, inner.config.cooldown)).collect();
+            Ok((stale, changes))
+        })
+    }
+
+    /// Rewrites every address whose cooldown has ended as free; returns how many.
+    pub fn expire_cooldowns(&self) -> Result<usize, LedgerError> {
+        self.run(|inner, st| {
+            let now = inner.clock.now();
+            let changes: Vec<Change> = st
+                .addrs
+                .values()
+                .filter(|a| matches!(a.state, AddressState::Cooling { until } if until <= now))
+                .map(|a| Change::PutAddr(AddressRecord { state: AddressState::Free, ..a.clone() }))
+                .collect();
+            Ok((changes.len(), changes))
+        })
+    }
+
+    pub fn lease(&self, key: &LeaseKey) -> Option<Lease> {
+        self.inner.lock().leases.get(key).cloned()
+    }
+
+    pub fn lease_by_ip(&self, ip: Ipv4Addr) -> Option<Lease> {
+        let st = self.inner.lock();
+        match &st.addrs.get(&ip)?.state {
+            AddressState::Leased { key } => st.leases.get(key).cloned(),
+            _ => None,
+        }
+    }
+
+    /// Leases matching `filter`, ordered by key.
+    pub fn leases(&self, filter: &LeaseFilter) -> Vec<Lease> {
+        self.inner.lock().leases.values().filter(|l| filter.matches(l)).cloned().collect()
+    }
+
+    pub fn enis(&self) -> Vec<EniRecord> {
+        self.inner.lock().enis.values().cloned().collect()
+    }
+
+    pub fn eni(&self, id: &str) -> Option<EniRecord> {
+        self.inner.lock().enis.get(id).cloned()
+    }
+
+    pub fn address(&self, ip: Ipv4Addr) -> Option<AddressRecord> {
+        self.inner.lock().addrs.get(&ip).cloned()
+    }
+
+    /// Addresses, ordered by IP; only those of `eni_id` when given.
+    pub fn addresses(&self, eni_id: Option<&str>) -> Vec<AddressRecord> {
+        let st = self.inner.lock();
+        st.addrs.values().filter(|a| eni_id.is_none_or(|e| a.eni_id == e)).cloned().collect()
+    }
+
+    /// Counts as of now (a cooling address whose cooldown has ended counts as free).
+    pub fn stats(&self) -> Stats {
+        let now = self.inner.clock.now();
+        let st = self.inner.lock();
+        let mut stats = Stats { enis: st.enis.len(), ..Stats::default() };
+        for id in st.enis.keys() {
+            stats.per_eni.insert(id.clone(), Counts::default());
+        }
+        for addr in st.addrs.values() {
+            let state = addr.effective_state(now);
+            stats.addresses.count(state);
+            stats.per_eni.entry(addr.eni_id.clone()).or_default().count(state);
+        }
+        stats
+    }
+
+    /// Checks every invariant of the in-memory state (also done on open).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.inner.lock().check_invariants()
+    }
+
+    /// Flushes everything and closes the ledger, reporting a failure to do so (dropping the
+    /// last handle does the same silently).
+    pub fn close(self) -> Result<(), LedgerError> {
+        let result = self.inner.checkpoint();
+        drop(self);
+        result
+    }
+}
+
+fn free_address(ip: Ipv4Addr, eni_id: &str) -> Change {
+    Change::PutAddr(AddressRecord { ip, eni_id: eni_id.into(), state: AddressState::Free, last_released: None })
+}
+
+fn release_changes(st: &State, lease: &Lease, now: UnixMillis, cooldown: Duration) -> Vec<Change> {
+    let addr = &st.addrs[&lease.ip];
+    let state = if cooldown.is_zero() {
+        AddressState::Free
+    } else {
+        AddressState::Cooling { until: now.saturating_add(cooldown.as_millis() as u64) }
+    };
+    vec![
+        Change::PutAddr(AddressRecord { state, last_released: Some(now), ..addr.clone() }),
+        Change::DelLease(lease.key.clone()),
+    ]
+}
+
+fn check_key(key: &LeaseKey) -> Result<(), LedgerError> {
+    if [&key.network, &key.container_id, &key.ifname].iter().any(|p| p.contains('\0')) {
+        return Err(LedgerError::InvalidKey(key.clone()));
+    }
+    Ok(())
+}
+
+fn sled_error(path: &Path, e: sled::Error) -> OpenError {
+    match e {
+        sled::Error::Io(source) => OpenError::Io { path: path.to_path_buf(), source },
+        other => OpenError::Corrupt { path: path.to_path_buf(), detail: format!("the storage engine says: {other}") },
+    }
+}
+
+/// Everything of `open` that may touch sled (and so may panic on damaged files).
+fn open_locked(dir: &Path, config: &LedgerConfig) -> Result<(Trees, State, RecoveryReport), OpenError> {
+    let path = dir.to_path_buf();
+    let corrupt = |detail: String| OpenError::Corrupt { path: path.clone(), detail };
+    let db = sled::Config::new()
+        .path(dir.join("sled"))
+        .cache_capacity(config.cache_bytes)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| sled_error(dir, e))?;
+    let meta = db.open_tree(TREE_META).map_err(|e| sled_error(dir, e))?;
+
+    match meta.get(META_MAGIC).map_err(|e| sled_error(dir, e))? {
+        Some(m) if m.as_ref() == MAGIC => {}
+        Some(_) => {
+            return Err(OpenError::Foreign { path, detail: "its marker is not enipool's".into() });
+        }
+        None => {
+            let others: Vec<String> = db
+                .tree_names()
+                .into_iter()
+                .map(|n| String::from_utf8_lossy(&n).into_owned())
+                .filter(|n| n != TREE_META && n != "__sled__default")
+                .collect();
+            if !others.is_empty() || !db.is_empty() || !meta.is_empty() {
+                return Err(OpenError::Foreign {
+                    path,
+                    detail: format!("it is a sled database without enipool's marker (trees: {others:?})"),
+                });
+            }
+            meta.insert(META_MAGIC, MAGIC).map_err(|e| sled_error(dir, e))?;
+            meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes()).map_err(|e| sled_error(dir, e))?;
+            db.flush().map_err(|e| sled_error(dir, e))?;
+        }
+    }
+    let version = match meta.get(META_SCHEMA).map_err(|e| sled_error(dir, e))? {
+        Some(v) => v
+            .as_ref()
+            .try_into()
+            .map(u32::from_be_bytes)
+            .map_err(|_| corrupt("schema_version is not 4 bytes".into()))?,
+        None => {
+            return Err(corrupt("it has enipool's marker but no schema version".into()));
+        }
+    };
+    if version > SCHEMA_VERSION {
+        return Err(OpenError::NewerVersion { path, found: version, supported: SCHEMA_VERSION });
+    }
+    migrate(&db, version).map_err(corrupt)?;
+
+    let open = |name: &str| db.open_tree(name).map_err(|e| sled_error(dir, e));
+    let trees =
+        Trees { enis: open(TREE_ENIS)?, addrs: open(TREE_ADDRS)?, leases: open(TREE_LEASES)?, meta, db: db.clone() };
+
+    let mut state = State::default();
+    load_tree(&trees.enis, TREE_ENIS, dir, |e: EniRecord| {
+        state.enis.insert(e.id.clone(), e);
+    })?;
+    load_tree(&trees.addrs, TREE_ADDRS, dir, |a: AddressRecord| {
+        state.addrs.insert(a.ip, a);
+    })?;
+    load_tree(&trees.leases, TREE_LEASES, dir, |l: Lease| {
+        state.leases.insert(l.key.clone(), l);
+    })?;
+    let addrs: Vec<AddressRecord> = state.addrs.values().cloned().collect();
+    for a in &addrs {
+        state.index(a);
+    }
+
+    // Replay what the log holds beyond the last checkpoint, then checkpoint it into sled so the
+    // log can start empty.
+    let wal_dir = dir.join("wal");
+    let recovered =
+        Wal::recover(&wal_dir).map_err(|source| OpenError::Io { path: wal_dir.clone(), source })?.map_err(corrupt)?;
+    let applied = trees.applied_seq().map_err(corrupt)?;
+    state.last_seq = applied;
+    let mut report = RecoveryReport { torn_tail_bytes: recovered.torn_tail_bytes, replayed_records: 0 };
+    for rec in recovered.records.iter().filter(|r| r.seq > applied) {
+        if rec.seq != state.last_seq + 1 {
+            return Err(corrupt(format!(
+                "the write-ahead log resumes at record {} but the store holds records up to {}: records are missing",
+                rec.seq, state.last_seq
+            )));
+        }
+        let changes: Vec<Change> = postcard::from_bytes(&rec.body)
+            .map_err(|e| corrupt(format!("write-ahead log record {} does not decode: {e}", rec.seq)))?;
+        for c in changes {
+            state.apply(c);
+        }
+        state.last_seq = rec.seq;
+        report.replayed_records += 1;
+    }
+    if !state.dirty.is_empty() {
+        trees.write_snapshot(&state.take_snapshot()).map_err(corrupt)?;
+        db.flush().map_err(|e| sled_error(dir, e))?;
+    }
+    state.check_invariants().map_err(|detail| OpenError::Invariant { path: path.clone(), detail })?;
+    Ok((trees, state, report))
+}
+
+fn load_tree<T: for<'de> Deserialize<'de>>(
+    tree: &sled::Tree,
+    name: &str,
+    dir: &Path,
+    mut put: impl FnMut(T),
+) -> Result<(), OpenError> {
+    for item in tree.iter() {
+        let (key, value) = item.map_err(|e| sled_error(dir, e))?;
+        let rec = postcard::from_bytes(&value).map_err(|e| OpenError::Corrupt {
+            path: dir.to_path_buf(),
+            detail: format!("record {:02x?} in tree {name} does not decode: {e}", key.as_ref()),
+        })?;
+        put(rec);
+    }
+    Ok(())
+}
+
+/// Brings an older schema forward, in place. There is only version 1 so far.
+fn migrate(_db: &sled::Db, version: u32) -> Result<(), String> {
+    match version {
+        SCHEMA_VERSION => Ok(()),
+        older => Err(format!("schema version {older} is unknown (this build knows 1..={SCHEMA_VERSION})")),
+    }
+}
