@@ -348,6 +348,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     checkpointing: Mutex<()>,
+    /// Set by `simulate_crash`: close without the final checkpoint.
+    crashed: std::sync::atomic::AtomicBool,
     trees: Trees,
     wal: Wal,
     _lock: File,
@@ -385,7 +387,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // A clean close leaves sled holding everything and the log empty, so the next open
         // replays nothing.
-        let _ = self.checkpoint();
+        if !self.crashed.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.checkpoint();
+        }
     }
 }
 
@@ -795,6 +799,14 @@ impl Ledger {
     /// Checks every invariant of the in-memory state (also done on open).
     pub fn check_invariants(&self) -> Result<(), String> {
         self.inner.lock().check_invariants()
+    }
+
+    /// Closes the ledger the way a crash would leave it as far as this process's writes go: no
+    /// final checkpoint, so everything since the last checkpoint exists only in the
+    /// write-ahead log. For recovery tests. (The kernel still holds what was written.)
+    #[doc(hidden)]
+    pub fn simulate_crash(self) {
+        self.inner.crashed.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Flushes everything and closes the ledger, reporting a failure to do so (dropping the
