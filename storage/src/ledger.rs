@@ -496,6 +496,7 @@ impl Ledger {
             clock,
             state: Mutex::new(state),
             checkpointing: Mutex::new(()),
+            crashed: Default::default(),
             trees,
             wal,
             _lock: lock,
