@@ -117,7 +117,9 @@ struct State {
 struct Dirty {
     enis: BTreeSet<String>,
     addrs: BTreeSet<Ipv4Addr>,
-    leases: BTreeSet<LeaseKey>,
+    /// Each dirty lease key, with whether it existed at the last checkpoint: a lease made and
+    /// released between two checkpoints (most of them, under churn) never reaches sled.
+    leases: BTreeMap<LeaseKey, bool>,
 }
 
 impl Dirty {
@@ -128,6 +130,7 @@ impl Dirty {
     fn merge(&mut self, other: Dirty) {
         self.enis.extend(other.enis);
         self.addrs.extend(other.addrs);
+        // `other` is older than `self`, so its record of what sled holds wins.
         self.leases.extend(other.leases);
     }
 }
@@ -206,12 +209,13 @@ impl State {
                 self.dirty.addrs.insert(ip);
             }
             Change::PutLease(lease) => {
-                self.dirty.leases.insert(lease.key.clone());
+                let existed = self.leases.contains_key(&lease.key);
+                self.dirty.leases.entry(lease.key.clone()).or_insert(existed);
                 self.leases.insert(lease.key.clone(), lease);
             }
             Change::DelLease(key) => {
-                self.leases.remove(&key);
-                self.dirty.leases.insert(key);
+                let existed = self.leases.remove(&key).is_some();
+                self.dirty.leases.entry(key).or_insert(existed);
             }
         }
     }
@@ -223,7 +227,14 @@ impl State {
             seq: self.last_seq,
             enis: keys.enis.iter().map(|k| (k.clone(), self.enis.get(k).cloned())).collect(),
             addrs: keys.addrs.iter().map(|k| (*k, self.addrs.get(k).cloned())).collect(),
-            leases: keys.leases.iter().map(|k| (k.clone(), self.leases.get(k).cloned())).collect(),
+            leases: keys
+                .leases
+                .iter()
+                .filter_map(|(k, &in_sled)| match self.leases.get(k) {
+                    None if !in_sled => None,
+                    now => Some((k.clone(), now.cloned())),
+                })
+                .collect(),
             keys,
         }
     }
@@ -447,7 +458,11 @@ impl Inner {
             .and_then(|()| self.trees.db.flush().map(drop).map_err(|e| format!("sled flush: {e}")));
         if let Err(e) = written {
             // Keep the keys dirty so the next checkpoint writes them; the log still has them.
-            self.lock().dirty.merge(snapshot.keys);
+            // The transaction may have reached sled even if the flush failed, so every lease key
+            // now counts as possibly in sled (its removal must be written).
+            let mut keys = snapshot.keys;
+            keys.leases.values_mut().for_each(|in_sled| *in_sled = true);
+            self.lock().dirty.merge(keys);
             return Err(LedgerError::Storage(e));
         }
         self.wal.trim(upto).map_err(|e| LedgerError::Storage(format!("trimming the write-ahead log: {e}")))
