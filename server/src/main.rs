@@ -1,6 +1,48 @@
-//! enipoold is not built yet (see the daemon issue); this binary says so instead of pretending.
+use std::process::ExitCode;
 
-fn main() -> std::process::ExitCode {
-    eprintln!("enipoold: the daemon is not implemented yet; only the ledger (crate enipool-storage) exists");
-    std::process::ExitCode::from(2)
+use clap::Parser;
+use enipool_server::config::{Cli, Command};
+use enipool_server::{api, cli, daemon};
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("enipoold: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match args.command {
+            Some(Command::Openapi) => {
+                print!("{}", api::openapi_json());
+                Ok(())
+            }
+            Some(Command::Status(c)) => cli::status(&c).await.map(|s| print!("{s}")),
+            Some(Command::Leases(c)) => cli::leases(&c).await.map(|s| print!("{s}")),
+            None => {
+                let config = args.daemon.resolve()?;
+                let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+                    .map_err(|e| anyhow::anyhow!("--log {:?}: {e}", config.log))?;
+                {
+                    use std::io::IsTerminal;
+                    let ansi = std::io::stderr().is_terminal();
+                    tracing_subscriber::fmt()
+                        .with_env_filter(filter)
+                        .with_ansi(ansi)
+                        .with_writer(std::io::stderr)
+                        .init();
+                }
+                daemon::run(config).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("enipoold: {e:#}");
+            ExitCode::from(1)
+        }
+    }
 }

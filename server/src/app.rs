@@ -1,0 +1,132 @@
+//! What every part of the daemon shares: configuration, the ledger, the provider, metrics, and
+//! the signals between the API and the pool manager.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use enipool_api::ProviderEvent;
+use enipool_storage::{Clock, Ledger, SystemClock};
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::provider::{InstanceInfo, Provider, ProviderError};
+
+#[derive(Default)]
+pub struct Events {
+    pub last_action: Option<ProviderEvent>,
+    pub last_error: Option<ProviderEvent>,
+}
+
+pub struct App {
+    pub config: Config,
+    pub ledger: Ledger,
+    pub provider: Arc<dyn Provider>,
+    pub info: InstanceInfo,
+    pub metrics: Metrics,
+    /// Wakes the pool manager (after allocations, and when one found no free IP).
+    pub pool_wake: Notify,
+    /// Bumped whenever the pool gains IPs; allocations waiting for growth watch it.
+    pub pool_generation: watch::Sender<u64>,
+    /// Told once, on SIGTERM.
+    pub shutdown: Notify,
+    pub events: Mutex<Events>,
+    pub exhausted_allocations: AtomicU64,
+    ready: AtomicBool,
+    not_ready_reason: Mutex<Option<String>>,
+    shutting_down: AtomicBool,
+}
+
+impl App {
+    pub fn new(config: Config, ledger: Ledger, provider: Arc<dyn Provider>, info: InstanceInfo) -> App {
+        App {
+            config,
+            ledger,
+            provider,
+            info,
+            metrics: Metrics::new(),
+            pool_wake: Notify::new(),
+            pool_generation: watch::channel(0).0,
+            shutdown: Notify::new(),
+            events: Mutex::new(Events::default()),
+            exhausted_allocations: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            not_ready_reason: Mutex::new(Some("starting".into())),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn clock_now(&self) -> u64 {
+        SystemClock.now()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn readiness(&self) -> (bool, Option<String>) {
+        (self.is_ready(), self.not_ready_reason.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    pub fn set_ready(&self) {
+        *self.not_ready_reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn set_not_ready(&self, reason: String) {
+        *self.not_ready_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.ready.store(false, Ordering::Release);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.shutdown.notify_waiters();
+        self.pool_wake.notify_one();
+    }
+
+    pub fn pool_grew(&self) {
+        self.pool_generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn note_action(&self, action: &str, detail: String) {
+        tracing::info!(action, %detail, "provider action");
+        let event = ProviderEvent { action: action.into(), at: self.clock_now(), detail };
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).last_action = Some(event);
+    }
+
+    /// Runs one provider call with metrics, and records its error as the last provider error.
+    pub async fn provider_call<T>(
+        &self,
+        action: &'static str,
+        call: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.metrics.provider_call(action, started.elapsed(), result.is_ok());
+        if let Err(e) = &result {
+            tracing::warn!(action, error = %e, "provider call failed");
+            let event = ProviderEvent { action: action.into(), at: self.clock_now(), detail: e.to_string() };
+            self.events.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(event);
+        }
+        result
+    }
+
+    /// Runs a ledger call (which may wait on an fdatasync) off the async workers.
+    pub async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, E> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(anyhow::anyhow!("{e}")),
+            Err(join) => Err(anyhow::anyhow!("ledger task failed: {join}")),
+        }
+    }
+}

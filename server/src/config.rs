@@ -1,0 +1,363 @@
+//! enipoold's configuration. Every setting is a flag, an environment variable and a key of the
+//! `--config` TOML file; precedence is flag, then environment, then file, then default. Pool
+//! knobs carry the reference daemon's environment names (WARM_ENI_TARGET, ...), the rest are
+//! ENIPOOL_*. Every period the daemon waits on is here, so tests set them short.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+pub const DEFAULT_SOCKET: &str = "/run/enipool/enipool.sock";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "enipoold",
+    version,
+    about = "enipool's node daemon: leases VPC IPs to pods and keeps the ENI pool warm."
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the pool: ENIs, counts, targets, last provider action and error.
+    Status(ClientArgs),
+    /// List leases.
+    Leases(ClientArgs),
+    /// Print the OpenAPI document this build serves (the source of openapi/openapi.json).
+    Openapi,
+}
+
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// The daemon's unix socket.
+    #[arg(long, env = "ENIPOOL_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Daemon settings as given on the command line or in the environment; `None` means "not given
+/// here", so the file or the default decides.
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DaemonArgs {
+    /// TOML file with any of these settings (keys are the long flag names).
+    #[arg(long, env = "ENIPOOL_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Unix socket serving every route, mutating ones included. [default: /run/enipool/enipool.sock]
+    #[arg(long, env = "ENIPOOL_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Loopback TCP address for read-only routes, /metrics, /openapi.json and /docs. [default: 127.0.0.1:61779]
+    #[arg(long, env = "ENIPOOL_LISTEN")]
+    pub listen: Option<String>,
+    /// Address serving /metrics alone, for Prometheus off the node; "off" disables it. [default: 0.0.0.0:61778]
+    #[arg(long, env = "ENIPOOL_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Directory holding the ledger (and the static provider's simulated instance). [default: /var/lib/enipool]
+    #[arg(long, env = "ENIPOOL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Where ENIs and IPs come from: "static" (simulated, no AWS) or "ec2". [default: static]
+    #[arg(long, env = "ENIPOOL_PROVIDER")]
+    pub provider: Option<String>,
+    /// Instance type the static provider simulates (limits from the built-in table). [default: m5.large]
+    #[arg(long, env = "ENIPOOL_INSTANCE_TYPE")]
+    pub instance_type: Option<String>,
+    /// VPC CIDR the static provider carves its subnet from. [default: 10.0.0.0/16]
+    #[arg(long, env = "ENIPOOL_VPC_CIDR")]
+    pub vpc_cidr: Option<String>,
+    /// Latency the static provider adds to every call, to watch pool behaviour (e.g. 200ms). [default: 0]
+    #[arg(long, env = "ENIPOOL_STATIC_LATENCY")]
+    pub static_latency: Option<String>,
+
+    /// Keep this many spare ENIs' worth of free IPs (reference name). [default: 1]
+    #[arg(long, env = "WARM_ENI_TARGET")]
+    pub warm_eni_target: Option<u32>,
+    /// Keep this many free IPs; overrides WARM_ENI_TARGET (reference name). [default: unset]
+    #[arg(long, env = "WARM_IP_TARGET")]
+    pub warm_ip_target: Option<u32>,
+    /// Never hold fewer IPs than this (reference name). [default: unset]
+    #[arg(long, env = "MINIMUM_IP_TARGET")]
+    pub minimum_ip_target: Option<u32>,
+    /// Cap on ENIs, below the instance type's limit (reference name). [default: the type's limit]
+    #[arg(long, env = "MAX_ENI")]
+    pub max_eni: Option<u32>,
+    /// How long a released IP cools down before reuse; bare numbers are seconds (reference name). [default: 30]
+    #[arg(long, env = "IP_COOLDOWN_PERIOD")]
+    pub ip_cooldown_period: Option<String>,
+
+    /// MTU of pod interfaces (reference name). [default: 9001]
+    #[arg(long, env = "POD_MTU")]
+    pub pod_mtu: Option<u32>,
+    /// Leave SNAT to something outside the node (reference name). [default: false]
+    #[arg(long, env = "AWS_VPC_K8S_CNI_EXTERNALSNAT")]
+    pub external_snat: Option<bool>,
+    /// Comma-separated CIDRs never SNATed, besides the VPC's (reference name). [default: none]
+    #[arg(long, env = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS")]
+    pub exclude_snat_cidrs: Option<String>,
+    /// SNAT port randomisation: prng (--random-fully), hashrandom (--random) or none (reference name). [default: prng]
+    #[arg(long, env = "AWS_VPC_K8S_CNI_RANDOMIZESNAT")]
+    pub randomize_snat: Option<String>,
+
+    /// How often the pool manager re-checks the pool without being woken. [default: 5s]
+    #[arg(long, env = "ENIPOOL_POOL_TICK")]
+    pub pool_tick: Option<String>,
+    /// Least time between two releases of excess IPs or ENIs. [default: 30s]
+    #[arg(long, env = "ENIPOOL_SHRINK_INTERVAL")]
+    pub shrink_interval: Option<String>,
+    /// How long an allocation waits for the pool to grow when no IP is free, before 503. [default: 2s]
+    #[arg(long, env = "ENIPOOL_ALLOCATION_WAIT")]
+    pub allocation_wait: Option<String>,
+    /// How often the ledger checkpoints into sled and trims its log. [default: 1s]
+    #[arg(long, env = "ENIPOOL_CHECKPOINT_INTERVAL")]
+    pub checkpoint_interval: Option<String>,
+    /// How long SIGTERM waits for in-flight requests. [default: 5s]
+    #[arg(long, env = "ENIPOOL_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// Log filter (tracing EnvFilter syntax). [default: info]
+    #[arg(long, env = "ENIPOOL_LOG")]
+    pub log: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    Static,
+    Ec2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnatRandomize {
+    Prng,
+    HashRandom,
+    None,
+}
+
+impl SnatRandomize {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnatRandomize::Prng => "prng",
+            SnatRandomize::HashRandom => "hashrandom",
+            SnatRandomize::None => "none",
+        }
+    }
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub provider: ProviderKind,
+    pub instance_type: String,
+    pub vpc_cidr: Ipv4Net,
+    pub static_latency: Duration,
+    pub warm_eni_target: u32,
+    pub warm_ip_target: Option<u32>,
+    pub minimum_ip_target: Option<u32>,
+    pub max_eni: Option<u32>,
+    pub ip_cooldown: Duration,
+    pub pod_mtu: u32,
+    pub external_snat: bool,
+    pub exclude_snat_cidrs: Vec<Ipv4Net>,
+    pub randomize_snat: SnatRandomize,
+    pub pool_tick: Duration,
+    pub shrink_interval: Duration,
+    pub allocation_wait: Duration,
+    pub checkpoint_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub log: String,
+}
+
+/// `30`, `1.5` (seconds), `250ms`, `30s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => s.split_at(at),
+        None => (s, "s"),
+    };
+    let value: f64 = number.trim().parse().with_context(|| format!("{s:?} is not a duration (e.g. 30, 30s, 250ms)"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => bail!("{s:?}: unknown unit {other:?} (use ms, s, m or h)"),
+    };
+    if !value.is_finite() || value < 0.0 {
+        bail!("{s:?} must be a non-negative duration");
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+impl DaemonArgs {
+    /// Fills every field this one leaves unset from `other` (the file).
+    fn or(self, other: DaemonArgs) -> DaemonArgs {
+        macro_rules! pick {
+            ($($f:ident),*) => { DaemonArgs { config: self.config, $($f: self.$f.or(other.$f)),* } };
+        }
+        pick!(
+            socket,
+            listen,
+            metrics_listen,
+            data_dir,
+            provider,
+            instance_type,
+            vpc_cidr,
+            static_latency,
+            warm_eni_target,
+            warm_ip_target,
+            minimum_ip_target,
+            max_eni,
+            ip_cooldown_period,
+            pod_mtu,
+            external_snat,
+            exclude_snat_cidrs,
+            randomize_snat,
+            pool_tick,
+            shrink_interval,
+            allocation_wait,
+            checkpoint_interval,
+            shutdown_grace,
+            log
+        )
+    }
+
+    /// Merges the file named by `--config` (if any) under these settings and applies defaults.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let from_file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => DaemonArgs::default(),
+        };
+        let a = self.or(from_file);
+        let duration = |name: &str, v: Option<String>, default: &str| -> anyhow::Result<Duration> {
+            parse_duration(v.as_deref().unwrap_or(default)).with_context(|| format!("--{name}"))
+        };
+        let addr = |name: &str, v: &str| -> anyhow::Result<SocketAddr> {
+            v.parse().with_context(|| format!("--{name}: {v:?} is not an address like 127.0.0.1:61779"))
+        };
+        let listen = addr("listen", a.listen.as_deref().unwrap_or("127.0.0.1:61779"))?;
+        let metrics_listen = match a.metrics_listen.as_deref().unwrap_or("0.0.0.0:61778") {
+            "off" | "" => None,
+            v => Some(addr("metrics-listen", v)?),
+        };
+        let provider = match a.provider.as_deref().unwrap_or("static") {
+            "static" => ProviderKind::Static,
+            "ec2" => ProviderKind::Ec2,
+            other => bail!("--provider: {other:?} is not a provider (static or ec2)"),
+        };
+        let vpc_cidr: Ipv4Net = a
+            .vpc_cidr
+            .as_deref()
+            .unwrap_or("10.0.0.0/16")
+            .parse()
+            .context("--vpc-cidr: not an IPv4 CIDR like 10.0.0.0/16")?;
+        if vpc_cidr.prefix_len() > 24 {
+            bail!("--vpc-cidr: {vpc_cidr} is too small; use a /24 or larger");
+        }
+        let exclude_snat_cidrs = a
+            .exclude_snat_cidrs
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().with_context(|| format!("--exclude-snat-cidrs: {s:?} is not an IPv4 CIDR")))
+            .collect::<anyhow::Result<Vec<Ipv4Net>>>()?;
+        let randomize_snat = match a.randomize_snat.as_deref().unwrap_or("prng") {
+            "prng" => SnatRandomize::Prng,
+            "hashrandom" => SnatRandomize::HashRandom,
+            "none" => SnatRandomize::None,
+            other => bail!("--randomize-snat: {other:?} is not one of prng, hashrandom, none"),
+        };
+        let pod_mtu = a.pod_mtu.unwrap_or(9001);
+        if !(576..=9001).contains(&pod_mtu) {
+            bail!("--pod-mtu: {pod_mtu} is outside 576..=9001");
+        }
+        if a.max_eni == Some(0) {
+            bail!("--max-eni: must be at least 1 (the primary ENI)");
+        }
+        Ok(Config {
+            socket: a.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            listen,
+            metrics_listen,
+            data_dir: a.data_dir.unwrap_or_else(|| "/var/lib/enipool".into()),
+            provider,
+            instance_type: a.instance_type.unwrap_or_else(|| "m5.large".into()),
+            vpc_cidr,
+            static_latency: duration("static-latency", a.static_latency, "0")?,
+            warm_eni_target: a.warm_eni_target.unwrap_or(1),
+            warm_ip_target: a.warm_ip_target,
+            minimum_ip_target: a.minimum_ip_target,
+            max_eni: a.max_eni,
+            ip_cooldown: duration("ip-cooldown-period", a.ip_cooldown_period, "30")?,
+            pod_mtu,
+            external_snat: a.external_snat.unwrap_or(false),
+            exclude_snat_cidrs,
+            randomize_snat,
+            pool_tick: duration("pool-tick", a.pool_tick, "5s")?,
+            shrink_interval: duration("shrink-interval", a.shrink_interval, "30s")?,
+            allocation_wait: duration("allocation-wait", a.allocation_wait, "2s")?,
+            checkpoint_interval: duration("checkpoint-interval", a.checkpoint_interval, "1s")?,
+            shutdown_grace: duration("shutdown-grace", a.shutdown_grace, "5s")?,
+            log: a.log.unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<DaemonArgs> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_bare_seconds_and_units() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn flag_beats_file_and_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("enipool.toml");
+        std::fs::write(&file, "warm-ip-target = 7\npool-tick = \"50ms\"\ninstance-type = \"c5.4xlarge\"\n").unwrap();
+        let args = DaemonArgs { config: Some(file), warm_ip_target: Some(3), ..DaemonArgs::default() };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.warm_ip_target, Some(3));
+        assert_eq!(c.pool_tick, Duration::from_millis(50));
+        assert_eq!(c.instance_type, "c5.4xlarge");
+        assert_eq!(c.warm_eni_target, 1);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("enipool.toml");
+        std::fs::write(&file, "warm-ip-targte = 7\n").unwrap();
+        let err = DaemonArgs { config: Some(file), ..DaemonArgs::default() }.resolve().unwrap_err();
+        assert!(format!("{err:#}").contains("warm-ip-targte"), "{err:#}");
+    }
+}

@@ -1,0 +1,13 @@
+//! enipoold: the node daemon. It leases VPC IPs to pods over an HTTP API on a unix socket, keeps
+//! a warm pool of ENIs and secondary IPs through a `Provider`, and records every lease in the
+//! crash-safe ledger (`enipool-storage`) before acknowledging it.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod metrics;
+pub mod pool;
+pub mod provider;

@@ -1,0 +1,119 @@
+//! Prometheus metrics. Pool gauges are read from the ledger at scrape time, so they are never
+//! stale; counters and histograms are updated where things happen.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use enipool_storage::Stats;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    leases: Gauge,
+    ips: Family<StateLabel, Gauge>,
+    ips_total: Gauge,
+    enis: Gauge,
+    allocation_seconds: Histogram,
+    allocations_exhausted: Counter,
+    provider_calls: Family<ActionLabel, Counter>,
+    provider_errors: Family<ActionLabel, Counter>,
+    provider_seconds: Family<ActionLabel, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("enipool");
+        let leases = Gauge::default();
+        let ips = Family::<StateLabel, Gauge>::default();
+        let ips_total = Gauge::default();
+        let enis = Gauge::default();
+        // 50 us .. ~3 s
+        let allocation_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 17));
+        let allocations_exhausted = Counter::default();
+        let provider_calls = Family::<ActionLabel, Counter>::default();
+        let provider_errors = Family::<ActionLabel, Counter>::default();
+        let provider_seconds = Family::<ActionLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 15))
+        });
+        registry.register("leases", "Live leases", leases.clone());
+        registry.register("ips", "Secondary IPs by state (free, leased, cooling)", ips.clone());
+        registry.register("ips_total", "Secondary IPs held by the node", ips_total.clone());
+        registry.register("enis", "ENIs attached to the node", enis.clone());
+        registry.register("allocation_seconds", "Time to answer a lease request", allocation_seconds.clone());
+        registry.register(
+            "allocations_exhausted",
+            "Lease requests refused because no IP was free",
+            allocations_exhausted.clone(),
+        );
+        registry.register("provider_calls", "Provider (EC2) calls by action", provider_calls.clone());
+        registry.register("provider_errors", "Failed provider (EC2) calls by action", provider_errors.clone());
+        registry.register("provider_call_seconds", "Provider (EC2) call latency by action", provider_seconds.clone());
+        Metrics {
+            registry: Mutex::new(registry),
+            leases,
+            ips,
+            ips_total,
+            enis,
+            allocation_seconds,
+            allocations_exhausted,
+            provider_calls,
+            provider_errors,
+            provider_seconds,
+        }
+    }
+
+    pub fn allocation(&self, took: Duration) {
+        self.allocation_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn exhausted(&self) {
+        self.allocations_exhausted.inc();
+    }
+
+    pub fn provider_call(&self, action: &str, took: Duration, ok: bool) {
+        let label = ActionLabel { action: action.into() };
+        self.provider_calls.get_or_create(&label).inc();
+        if !ok {
+            self.provider_errors.get_or_create(&label).inc();
+        }
+        self.provider_seconds.get_or_create(&label).observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition, with pool gauges set from `stats`.
+    pub fn render(&self, stats: &Stats, leases: usize) -> String {
+        self.leases.set(leases as i64);
+        for (state, n) in
+            [("free", stats.addresses.free), ("leased", stats.addresses.leased), ("cooling", stats.addresses.cooling)]
+        {
+            self.ips.get_or_create(&StateLabel { state: state.into() }).set(n as i64);
+        }
+        self.ips_total.set(stats.addresses.total as i64);
+        self.enis.set(stats.enis as i64);
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+}

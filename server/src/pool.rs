@@ -1,0 +1,309 @@
+//! The pool manager: keeps enough free IPs (and ENIs) warm, and gives back what is in excess.
+//!
+//! It is one background task, woken by every allocation and by a periodic tick. It never holds
+//! anything an allocation waits on: allocations go straight to the ledger, and only when the
+//! ledger has no free IP does an allocation wait (bounded) for this task to grow the pool.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use enipool_storage::{EffectiveState, EniRecord, Stats};
+use tracing::{info, warn};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::provider::{Limits, ProviderEni, ProviderError};
+
+/// What the pool should hold, given the targets and the current counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// IPs the pool wants to hold now (capped by the ENI limit).
+    pub desired_total: u32,
+    pub deficit: u32,
+    pub excess: u32,
+}
+
+/// The warm-pool arithmetic, with the reference daemon's knobs and meanings except that cooling
+/// IPs do not count as available (the reference's starvation bug): they are neither free for new
+/// pods nor releasable.
+pub fn plan(config: &Config, limits: Limits, total: u32, leased: u32, cooling: u32) -> Plan {
+    let per_eni = limits.pod_ips_per_eni().max(1);
+    let max_enis = config.max_eni.map_or(limits.max_enis, |m| m.min(limits.max_enis));
+    let max_total = max_enis * per_eni;
+    let in_use = leased + cooling;
+    let wanted = if config.warm_ip_target.is_some() || config.minimum_ip_target.is_some() {
+        let warm = in_use + config.warm_ip_target.unwrap_or(0);
+        warm.max(config.minimum_ip_target.unwrap_or(0))
+    } else {
+        // Whole ENIs: enough of them that `warm_eni_target` ENIs' worth of IPs stay free.
+        let need = in_use + config.warm_eni_target * per_eni;
+        need.div_ceil(per_eni) * per_eni
+    };
+    let desired_total = wanted.min(max_total);
+    Plan {
+        desired_total,
+        deficit: desired_total.saturating_sub(total),
+        excess: total.saturating_sub(desired_total.max(in_use)),
+    }
+}
+
+pub fn plan_now(app: &App, stats: &Stats) -> Plan {
+    let c = stats.addresses;
+    plan(&app.config, app.info.limits, c.total as u32, c.leased as u32, c.cooling as u32)
+}
+
+/// The ledger's record of a provider ENI. The primary ENI routes through the main table; a
+/// secondary ENI gets its own table, device number + 1, as the reference does.
+pub fn eni_record(eni: &ProviderEni) -> EniRecord {
+    EniRecord {
+        id: eni.id.clone(),
+        device_number: eni.device_number,
+        subnet_cidr: eni.subnet_cidr,
+        subnet_gateway: eni.subnet_gateway,
+        primary_ip: eni.primary_ip,
+        route_table: if eni.primary { 254 } else { eni.device_number + 1 },
+        attached: true,
+    }
+}
+
+/// Runs the pool manager until shutdown.
+pub async fn run(app: Arc<App>) {
+    let mut last_shrink: Option<Instant> = None;
+    loop {
+        if app.is_shutting_down() {
+            return;
+        }
+        if app.is_ready()
+            && let Err(e) = step(&app, &mut last_shrink).await
+        {
+            warn!(error = %e, "pool step failed");
+        }
+        tokio::select! {
+            _ = app.pool_wake.notified() => {}
+            _ = tokio::time::sleep(app.config.pool_tick) => {}
+            _ = app.shutdown.notified() => return,
+        }
+    }
+}
+
+/// One look at the pool: grow to the target, or shrink what is in excess (rate-limited).
+pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> anyhow::Result<()> {
+    let stats = app.ledger.stats();
+    let p = plan_now(app, &stats);
+    if p.deficit > 0 {
+        grow(app, p.deficit).await
+    } else if p.excess > 0 && last_shrink.is_none_or(|at| at.elapsed() >= app.config.shrink_interval) {
+        let shrunk = shrink(app, p.excess).await?;
+        if shrunk {
+            *last_shrink = Some(Instant::now());
+        }
+        Ok(())
+    } else {
+        Ok(())
+    }
+}
+
+async fn grow(app: &App, mut deficit: u32) -> anyhow::Result<()> {
+    let limits = app.info.limits;
+    let per_eni = limits.pod_ips_per_eni();
+    let max_enis = app.config.max_eni.map_or(limits.max_enis, |m| m.min(limits.max_enis));
+    while deficit > 0 {
+        let stats = app.ledger.stats();
+        let mut enis = app.ledger.enis();
+        enis.sort_by_key(|e| e.device_number);
+        let with_room = enis
+            .iter()
+            .filter(|e| e.attached)
+            .map(|e| (e, per_eni.saturating_sub(stats.per_eni.get(&e.id).map_or(0, |c| c.total as u32))))
+            .find(|(_, room)| *room > 0);
+        if let Some((eni, room)) = with_room {
+            let n = room.min(deficit);
+            let ips = app.provider_call("assign_ips", app.provider.assign_ips(&eni.id, n)).await?;
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            let added = ips.clone();
+            app.blocking(move || ledger.add_addresses(&id, &added)).await?;
+            app.note_action("assign_ips", format!("{} IPs to {}", ips.len(), eni.id));
+            deficit = deficit.saturating_sub(ips.len() as u32);
+            app.pool_grew();
+            if ips.is_empty() {
+                break;
+            }
+        } else if (enis.len() as u32) < max_enis {
+            let used: Vec<u32> = enis.iter().map(|e| e.device_number).collect();
+            let device = (1..).find(|d| !used.contains(d)).expect("a free device number");
+            let eni = app.provider_call("create_eni", app.provider.create_eni(device)).await?;
+            let record = eni_record(&eni);
+            let ledger = app.ledger.clone();
+            let ips = eni.secondary_ips.clone();
+            app.blocking(move || ledger.add_eni(record, &ips)).await?;
+            app.note_action("create_eni", format!("{} at device {device}", eni.id));
+        } else {
+            // At the instance's limit: nothing more to do until pods go away.
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Gives back up to `excess` IPs: whole secondary ENIs without leased or cooling IPs first,
+/// then (with WARM_IP_TARGET / MINIMUM_IP_TARGET) single free IPs. Returns whether anything went.
+async fn shrink(app: &App, excess: u32) -> anyhow::Result<bool> {
+    let now = app.clock_now();
+    let stats = app.ledger.stats();
+    let mut left = excess;
+    let mut shrunk = false;
+    let mut enis = app.ledger.enis();
+    // Highest device numbers first: they were added last.
+    enis.sort_by_key(|e| std::cmp::Reverse(e.device_number));
+    for eni in enis.iter().filter(|e| e.id != app.info.primary_eni_id) {
+        let Some(c) = stats.per_eni.get(&eni.id) else { continue };
+        if c.leased + c.cooling > 0 || c.total as u32 > left {
+            continue;
+        }
+        let ips: Vec<Ipv4Addr> = app.ledger.addresses(Some(&eni.id)).iter().map(|a| a.ip).collect();
+        let ledger = app.ledger.clone();
+        let id = eni.id.clone();
+        // The ledger refuses if an allocation took one of its IPs meanwhile; then we keep it.
+        if app.blocking(move || ledger.remove_eni(&id)).await.is_err() {
+            continue;
+        }
+        if let Err(e) = app.provider_call("delete_eni", app.provider.delete_eni(&eni.id)).await {
+            // Put it back so its IPs stay usable; the next step retries.
+            let ledger = app.ledger.clone();
+            let record = eni.clone();
+            let _ = app.blocking(move || ledger.add_eni(record, &ips)).await;
+            return Err(e.into());
+        }
+        app.note_action("delete_eni", format!("{} ({} IPs)", eni.id, c.total));
+        left -= c.total as u32;
+        shrunk = true;
+    }
+    let single_ips = app.config.warm_ip_target.is_some() || app.config.minimum_ip_target.is_some();
+    if single_ips && left > 0 {
+        for eni in &enis {
+            if left == 0 {
+                break;
+            }
+            let free: Vec<Ipv4Addr> = app
+                .ledger
+                .addresses(Some(&eni.id))
+                .into_iter()
+                .filter(|a| a.effective_state(now) == EffectiveState::Free)
+                .map(|a| a.ip)
+                .rev()
+                .take(left as usize)
+                .collect();
+            if free.is_empty() {
+                continue;
+            }
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            let gone = free.clone();
+            if app.blocking(move || ledger.remove_addresses(&id, &gone)).await.is_err() {
+                continue;
+            }
+            if let Err(e) = app.provider_call("unassign_ips", app.provider.unassign_ips(&eni.id, &free)).await {
+                let ledger = app.ledger.clone();
+                let id = eni.id.clone();
+                let _ = app.blocking(move || ledger.add_addresses(&id, &free)).await;
+                return Err(e.into());
+            }
+            app.note_action("unassign_ips", format!("{} IPs from {}", free.len(), eni.id));
+            left -= free.len() as u32;
+            shrunk = true;
+        }
+    }
+    Ok(shrunk)
+}
+
+/// Makes the ledger agree with the provider at start-up: ENIs and IPs the provider has are
+/// adopted (free); free IPs and empty ENIs the provider no longer has are dropped. Leased IPs
+/// the provider lost are kept and reported (the EC2 issue marks them lost).
+pub async fn sync_with_provider(app: &App) -> Result<(), ProviderError> {
+    let enis = app.provider_call("list_enis", app.provider.list_enis()).await?;
+    let fail = |e: anyhow::Error| ProviderError::Failed(format!("{e:#}"));
+    for eni in &enis {
+        let known = app.ledger.eni(&eni.id).is_some();
+        let ledger = app.ledger.clone();
+        if !known {
+            let record = eni_record(eni);
+            let ips = eni.secondary_ips.clone();
+            app.blocking(move || ledger.add_eni(record, &ips)).await.map_err(fail)?;
+            info!(eni = %eni.id, ips = eni.secondary_ips.len(), "adopted ENI from provider");
+            continue;
+        }
+        let have: Vec<Ipv4Addr> = app.ledger.addresses(Some(&eni.id)).iter().map(|a| a.ip).collect();
+        let missing: Vec<Ipv4Addr> = eni.secondary_ips.iter().copied().filter(|ip| !have.contains(ip)).collect();
+        if !missing.is_empty() {
+            let id = eni.id.clone();
+            app.blocking(move || ledger.add_addresses(&id, &missing)).await.map_err(fail)?;
+        }
+        let gone: Vec<Ipv4Addr> = have.into_iter().filter(|ip| !eni.secondary_ips.contains(ip)).collect();
+        for ip in gone {
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            if app.blocking(move || ledger.remove_addresses(&id, &[ip])).await.is_err() {
+                warn!(%ip, eni = %eni.id, "provider no longer has this IP but it is leased or cooling; kept");
+            }
+        }
+    }
+    for known in app.ledger.enis() {
+        if !enis.iter().any(|e| e.id == known.id) {
+            let ledger = app.ledger.clone();
+            let id = known.id.clone();
+            if app.blocking(move || ledger.remove_eni(&id)).await.is_err() {
+                warn!(eni = %known.id, "provider no longer has this ENI but it holds leased or cooling IPs; kept");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DaemonArgs;
+
+    fn config(f: impl FnOnce(&mut DaemonArgs)) -> Config {
+        let mut a = DaemonArgs::default();
+        f(&mut a);
+        a.resolve().unwrap()
+    }
+
+    const M5_LARGE: Limits = Limits { max_enis: 3, ipv4_per_eni: 10 };
+
+    #[test]
+    fn warm_eni_target_keeps_whole_enis_of_free_ips() {
+        let c = config(|_| {});
+        // Nothing leased: one ENI's worth (9) wanted.
+        assert_eq!(plan(&c, M5_LARGE, 0, 0, 0), Plan { desired_total: 9, deficit: 9, excess: 0 });
+        // One pod: still one full free ENI wanted, so two ENIs.
+        assert_eq!(plan(&c, M5_LARGE, 9, 1, 0).desired_total, 18);
+        // Cooling IPs are not available: they push the target up like leased ones.
+        assert_eq!(plan(&c, M5_LARGE, 18, 0, 9).desired_total, 18);
+        // Capped at the instance's 27 pod IPs.
+        assert_eq!(plan(&c, M5_LARGE, 27, 26, 0), Plan { desired_total: 27, deficit: 0, excess: 0 });
+    }
+
+    #[test]
+    fn warm_ip_and_minimum_targets() {
+        let c = config(|a| {
+            a.warm_ip_target = Some(5);
+            a.minimum_ip_target = Some(10);
+        });
+        assert_eq!(plan(&c, M5_LARGE, 0, 0, 0).desired_total, 10);
+        assert_eq!(plan(&c, M5_LARGE, 10, 8, 0).desired_total, 13);
+        assert_eq!(plan(&c, M5_LARGE, 20, 2, 0), Plan { desired_total: 10, deficit: 0, excess: 10 });
+        // Never releasable below what is leased or cooling.
+        assert_eq!(plan(&c, M5_LARGE, 20, 2, 17).excess, 0);
+    }
+
+    #[test]
+    fn max_eni_caps_the_pool() {
+        let c = config(|a| a.max_eni = Some(1));
+        assert_eq!(plan(&c, M5_LARGE, 0, 0, 0).desired_total, 9);
+        assert_eq!(plan(&c, M5_LARGE, 9, 9, 0).desired_total, 9);
+    }
+}

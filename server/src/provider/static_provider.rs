@@ -1,0 +1,234 @@
+//! The built-in provider: one simulated instance carved from a VPC CIDR, with no AWS account.
+//! Its "cloud" (which ENIs exist and which IPs they hold) persists in
+//! `<data-dir>/static-instance.json`, written whole with fsync and rename, so it is consistent
+//! across restarts just as EC2 would be. An optional latency makes pool behaviour visible.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::{InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits};
+
+const STATE_FILE: &str = "static-instance.json";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SimEni {
+    id: String,
+    device_number: u32,
+    primary_ip: Ipv4Addr,
+    secondary_ips: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SimInstance {
+    instance_id: String,
+    instance_type: String,
+    vpc_cidr: Ipv4Net,
+    subnet_cidr: Ipv4Net,
+    next_eni_serial: u64,
+    enis: Vec<SimEni>,
+}
+
+pub struct StaticProvider {
+    path: PathBuf,
+    limits: Limits,
+    latency: Duration,
+    state: Mutex<SimInstance>,
+}
+
+fn failed(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::Failed(e.to_string())
+}
+
+impl StaticProvider {
+    /// Loads the simulated instance from `data_dir`, or creates it.
+    pub fn open(data_dir: &Path, instance_type: &str, vpc_cidr: Ipv4Net, latency: Duration) -> anyhow::Result<Self> {
+        let limits = builtin_limits(instance_type).ok_or_else(|| {
+            anyhow::anyhow!("--instance-type {instance_type}: not in the static provider's built-in table")
+        })?;
+        let path = data_dir.join(STATE_FILE);
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let s: SimInstance = serde_json::from_slice(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: not a static-provider instance: {e}", path.display()))?;
+                if s.instance_type != instance_type || s.vpc_cidr != vpc_cidr {
+                    anyhow::bail!(
+                        "{} simulates a {} in {}; start with --instance-type {} --vpc-cidr {} or use another --data-dir",
+                        path.display(),
+                        s.instance_type,
+                        s.vpc_cidr,
+                        s.instance_type,
+                        s.vpc_cidr
+                    );
+                }
+                s
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A /20 (or the whole VPC if smaller) holds the biggest instance's 750 addresses.
+                let subnet_cidr = if vpc_cidr.prefix_len() < 20 {
+                    Ipv4Net::new(vpc_cidr.network(), 20).expect("20 is a valid prefix")
+                } else {
+                    vpc_cidr
+                };
+                let primary_ip = Ipv4Addr::from(u32::from(subnet_cidr.network()) + 10);
+                let s = SimInstance {
+                    instance_id: "i-0000000000000static".into(),
+                    instance_type: instance_type.into(),
+                    vpc_cidr,
+                    subnet_cidr,
+                    next_eni_serial: 2,
+                    enis: vec![SimEni { id: eni_id(1), device_number: 0, primary_ip, secondary_ips: Vec::new() }],
+                };
+                std::fs::create_dir_all(data_dir)?;
+                save(&path, &s)?;
+                s
+            }
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        };
+        Ok(StaticProvider { path, limits, latency, state: Mutex::new(state) })
+    }
+
+    async fn delay(&self) {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+    }
+
+    fn view(s: &SimInstance, e: &SimEni) -> ProviderEni {
+        ProviderEni {
+            id: e.id.clone(),
+            device_number: e.device_number,
+            primary: e.device_number == 0,
+            subnet_cidr: s.subnet_cidr,
+            subnet_gateway: Ipv4Addr::from(u32::from(s.subnet_cidr.network()) + 1),
+            primary_ip: e.primary_ip,
+            secondary_ips: e.secondary_ips.clone(),
+        }
+    }
+}
+
+fn eni_id(serial: u64) -> String {
+    format!("eni-{serial:017x}")
+}
+
+fn save(path: &Path, s: &SimInstance) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(s).expect("serializable"))?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The lowest `count` addresses of the subnet in use by nobody (AWS reserves the first four and
+/// the last address of a subnet).
+fn free_addresses(s: &SimInstance, count: usize) -> Vec<Ipv4Addr> {
+    let used: BTreeSet<Ipv4Addr> =
+        s.enis.iter().flat_map(|e| std::iter::once(e.primary_ip).chain(e.secondary_ips.iter().copied())).collect();
+    let first = u32::from(s.subnet_cidr.network()) + 4;
+    let last = u32::from(s.subnet_cidr.broadcast()) - 1;
+    (first..=last).map(Ipv4Addr::from).filter(|ip| !used.contains(ip)).take(count).collect()
+}
+
+#[async_trait]
+impl Provider for StaticProvider {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+
+    async fn init(&self) -> Result<InstanceInfo, ProviderError> {
+        self.delay().await;
+        let s = self.state.lock().await;
+        let primary = s.enis.iter().find(|e| e.device_number == 0).ok_or_else(|| failed("no primary ENI"))?;
+        Ok(InstanceInfo {
+            instance_id: s.instance_id.clone(),
+            instance_type: s.instance_type.clone(),
+            limits: self.limits,
+            primary_eni_id: primary.id.clone(),
+            primary_ip: primary.primary_ip,
+            vpc_cidrs: vec![s.vpc_cidr],
+        })
+    }
+
+    async fn list_enis(&self) -> Result<Vec<ProviderEni>, ProviderError> {
+        self.delay().await;
+        let s = self.state.lock().await;
+        Ok(s.enis.iter().map(|e| Self::view(&s, e)).collect())
+    }
+
+    async fn create_eni(&self, device_number: u32) -> Result<ProviderEni, ProviderError> {
+        self.delay().await;
+        let mut s = self.state.lock().await;
+        if s.enis.len() as u32 >= self.limits.max_enis {
+            return Err(ProviderError::Limit(format!("{} allows {} ENIs", s.instance_type, self.limits.max_enis)));
+        }
+        if s.enis.iter().any(|e| e.device_number == device_number) {
+            return Err(failed(format!("device index {device_number} is in use")));
+        }
+        let primary_ip = *free_addresses(&s, 1)
+            .first()
+            .ok_or_else(|| ProviderError::SubnetExhausted(format!("subnet {} is full", s.subnet_cidr)))?;
+        let serial = s.next_eni_serial;
+        let mut next = s.clone();
+        next.next_eni_serial += 1;
+        next.enis.push(SimEni { id: eni_id(serial), device_number, primary_ip, secondary_ips: Vec::new() });
+        save(&self.path, &next).map_err(failed)?;
+        *s = next;
+        let eni = s.enis.last().expect("just pushed");
+        Ok(Self::view(&s, eni))
+    }
+
+    async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, ProviderError> {
+        self.delay().await;
+        let mut s = self.state.lock().await;
+        let idx = s.enis.iter().position(|e| e.id == eni_id).ok_or_else(|| failed(format!("no ENI {eni_id}")))?;
+        let room = self.limits.pod_ips_per_eni() as usize - s.enis[idx].secondary_ips.len();
+        if count as usize > room {
+            return Err(ProviderError::Limit(format!("{eni_id} has room for {room} more addresses, {count} asked")));
+        }
+        let ips = free_addresses(&s, count as usize);
+        if ips.len() < count as usize {
+            return Err(ProviderError::SubnetExhausted(format!("subnet {} is full", s.subnet_cidr)));
+        }
+        let mut next = s.clone();
+        next.enis[idx].secondary_ips.extend(&ips);
+        save(&self.path, &next).map_err(failed)?;
+        *s = next;
+        Ok(ips)
+    }
+
+    async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), ProviderError> {
+        self.delay().await;
+        let mut s = self.state.lock().await;
+        let idx = s.enis.iter().position(|e| e.id == eni_id).ok_or_else(|| failed(format!("no ENI {eni_id}")))?;
+        let mut next = s.clone();
+        next.enis[idx].secondary_ips.retain(|ip| !ips.contains(ip));
+        save(&self.path, &next).map_err(failed)?;
+        *s = next;
+        Ok(())
+    }
+
+    async fn delete_eni(&self, eni_id: &str) -> Result<(), ProviderError> {
+        self.delay().await;
+        let mut s = self.state.lock().await;
+        let eni = s.enis.iter().find(|e| e.id == eni_id).ok_or_else(|| failed(format!("no ENI {eni_id}")))?;
+        if eni.device_number == 0 {
+            return Err(failed("the primary ENI is never deleted"));
+        }
+        let mut next = s.clone();
+        next.enis.retain(|e| e.id != eni_id);
+        save(&self.path, &next).map_err(failed)?;
+        *s = next;
+        Ok(())
+    }
+}
