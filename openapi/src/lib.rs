@@ -6,6 +6,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+#[cfg(feature = "client")]
+pub mod client;
+
 /// The address pods use as their default gateway (answered by the host veth through the static
 /// neighbour entry the plugin installs).
 pub const POD_GATEWAY: &str = "169.254.1.1";

@@ -25,12 +25,12 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-async fn fetch(args: &ClientArgs, path: &str) -> anyhow::Result<hyper::body::Bytes> {
+async fn fetch(args: &ClientArgs, path: &str) -> anyhow::Result<Vec<u8>> {
     let reply = Client::new(&args.socket).get(path).await?;
     if !reply.status.is_success() {
         bail!("{path}: {} {}", reply.status, String::from_utf8_lossy(&reply.body));
     }
-    Ok(reply.body)
+    Ok(reply.body.to_vec())
 }
 
 pub async fn status(args: &ClientArgs) -> anyhow::Result<String> {

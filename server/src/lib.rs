@@ -5,7 +5,8 @@
 pub mod api;
 pub mod app;
 pub mod cli;
-pub mod client;
+/// The unix-socket client lives with the API contract; re-exported for the CLI and tests.
+pub use enipool_api::client;
 pub mod config;
 pub mod daemon;
 pub mod metrics;

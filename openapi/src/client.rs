@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 client over the daemon's unix socket, for `enipoold status|leases` and for
-//! tests and load generators.
+//! A minimal HTTP/1.1 client over the daemon's unix socket, for `enipoold status|leases`, tests and
+//! load generators (feature `client`).
 
 use std::path::{Path, PathBuf};
 
