@@ -1,0 +1,783 @@
+//! Durability: acknowledgements wait for a covering sync, a torn log tail recovers to a record
+//! boundary, cooldowns and allocation order survive restarts, and damaged, foreign, newer or
+//! locked ledgers are refused with an error naming their directory.
+
+mod common;
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::time::Duration;
+
+use enipool_storage::*;
+
+use common::{Observed, copy_dir, eni, files_under, ips_from, meta, observe, wal_segments};
+
+const START: UnixMillis = 1_700_000_000_000;
+/// How long a test gives a wrongly early acknowledgement to show up before it lets the sync it
+/// holds back finish. Only the failing case depends on it; a correct ledger passes either way.
+const EARLY_ACK_WINDOW: Duration = Duration::from_millis(300);
+
+fn key(name: &str) -> LeaseKey {
+    LeaseKey::new("net", name, "eth0")
+}
+
+fn first_ip() -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 1)
+}
+
+fn config(cooldown: Duration) -> LedgerConfig {
+    LedgerConfig {
+        cooldown,
+        checkpoint_interval: None,
+        // Segments (and the spare the log keeps ready) are zero-filled to this size on open.
+        wal_segment_bytes: 64 << 10,
+        cache_bytes: 4 << 20,
+        sync_observer: None,
+    }
+}
+
+fn open(dir: &Path, config: LedgerConfig, clock: &Arc<ManualClock>) -> Result<Ledger, OpenError> {
+    common::wait_until_store_unlocked(dir);
+    Ledger::open(dir, config, clock.clone() as Arc<dyn Clock>)
+}
+
+/// A ledger with one attached ENI of `n` addresses from 10.0.0.1.
+fn ledger_with_eni(dir: &Path, config: LedgerConfig, clock: &Arc<ManualClock>, n: u32) -> Ledger {
+    let ledger = open(dir, config, clock).expect("a new ledger opens");
+    ledger.add_eni(eni("eni-1", 1, Ipv4Addr::new(10, 0, 255, 1), true), &ips_from(first_ip(), n)).expect("add the ENI");
+    ledger
+}
+
+// ---------------------------------------------------------------------------------------------
+// a. Acknowledgements and syncs, seen through the observer
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    Synced(u64),
+    Acked(u64),
+}
+
+#[derive(Default)]
+struct Gate {
+    /// The next sync report waits in the observer until `release`.
+    armed: bool,
+    holding: bool,
+}
+
+/// Records every sync and acknowledgement in the order the ledger reports them. Armed, it holds
+/// the next sync report back, as if the thread that synced were preempted right there.
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<Event>>,
+    gate: Mutex<Gate>,
+    gate_changed: Condvar,
+}
+
+impl SyncObserver for Recorder {
+    fn synced(&self, upto: u64) {
+        let mut gate = self.gate.lock().unwrap();
+        if gate.armed {
+            gate.armed = false;
+            gate.holding = true;
+            self.gate_changed.notify_all();
+            while gate.holding {
+                gate = self.gate_changed.wait(gate).unwrap();
+            }
+        }
+        drop(gate);
+        self.events.lock().unwrap().push(Event::Synced(upto));
+    }
+
+    fn acknowledged(&self, seq: u64) {
+        self.events.lock().unwrap().push(Event::Acked(seq));
+    }
+}
+
+impl Recorder {
+    fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().clone()
+    }
+
+    fn arm(&self) {
+        self.gate.lock().unwrap().armed = true;
+    }
+
+    /// Waits until a sync report is being held back.
+    fn wait_holding(&self) {
+        let mut gate = self.gate.lock().unwrap();
+        while !gate.holding {
+            gate = self.gate_changed.wait(gate).unwrap();
+        }
+    }
+
+    fn release(&self) {
+        self.gate.lock().unwrap().holding = false;
+        self.gate_changed.notify_all();
+    }
+}
+
+/// Every acknowledgement must come after a sync covering it (or be of a record that was durable
+/// when the ledger opened).
+fn check_acks_follow_syncs(events: &[Event], durable_at_open: u64) -> Result<(), String> {
+    let mut synced = durable_at_open;
+    for (i, event) in events.iter().enumerate() {
+        match *event {
+            Event::Synced(upto) => synced = synced.max(upto),
+            Event::Acked(seq) if seq > synced => {
+                let around = &events[i.saturating_sub(4)..(i + 4).min(events.len())];
+                return Err(format!(
+                    "event {i}: Acked({seq}) reported when syncs covered only up to {synced}; around it: {around:?}"
+                ));
+            }
+            Event::Acked(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn observed_config(recorder: &Arc<Recorder>) -> LedgerConfig {
+    LedgerConfig { sync_observer: Some(recorder.clone() as Arc<dyn SyncObserver>), ..config(Duration::ZERO) }
+}
+
+#[test]
+fn sequential_operations_each_sync_before_they_are_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let recorder = Arc::new(Recorder::default());
+    let ledger = ledger_with_eni(dir.path(), observed_config(&recorder), &clock, 32);
+
+    let syncs_before = ledger.sync_count();
+    let events_before = recorder.events().len();
+    let mut mutating = 0u64;
+    let mut calls = 0usize;
+    for i in 0..50 {
+        let k = key(&format!("c{i}"));
+        let a = ledger.allocate(k.clone(), LeaseMeta::default()).unwrap();
+        assert!(a.created);
+        assert_eq!(ledger.durable_seq(), ledger.last_seq(), "allocate returned before its record was durable");
+        // Calls that change nothing still acknowledge, without a sync of their own.
+        assert!(!ledger.allocate(k.clone(), LeaseMeta::default()).unwrap().created);
+        assert_eq!(ledger.release(&key("never-leased")).unwrap(), None);
+        assert!(ledger.release(&k).unwrap().is_some());
+        assert_eq!(ledger.durable_seq(), ledger.last_seq(), "release returned before its record was durable");
+        mutating += 2;
+        calls += 4;
+    }
+    let syncs = ledger.sync_count() - syncs_before;
+    assert!(syncs >= mutating, "{syncs} syncs for {mutating} sequential mutating operations");
+
+    let events = recorder.events();
+    check_acks_follow_syncs(&events, 0).unwrap();
+    let new = &events[events_before..];
+    let acks = new.iter().filter(|e| matches!(e, Event::Acked(_))).count();
+    let synced = new.iter().filter(|e| matches!(e, Event::Synced(_))).count() as u64;
+    assert_eq!(acks, calls, "every call is acknowledged once");
+    assert_eq!(synced, syncs, "every sync is reported");
+}
+
+#[test]
+fn concurrent_callers_share_syncs_and_each_is_acknowledged_after_one() {
+    const THREADS: usize = 16;
+    const PAIRS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let recorder = Arc::new(Recorder::default());
+    let ledger = ledger_with_eni(dir.path(), observed_config(&recorder), &clock, 64);
+
+    let syncs_before = ledger.sync_count();
+    let events_before = recorder.events().len();
+    let start = Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (ledger, start) = (&ledger, &start);
+            s.spawn(move || {
+                start.wait();
+                for i in 0..PAIRS {
+                    let k = key(&format!("t{t}-{i}"));
+                    let a = ledger.allocate(k.clone(), LeaseMeta::default()).unwrap();
+                    assert_eq!(ledger.release(&k).unwrap().map(|l| l.ip), Some(a.lease.ip));
+                }
+            });
+        }
+    });
+    let ops = (THREADS * PAIRS * 2) as u64;
+    let syncs = ledger.sync_count() - syncs_before;
+    assert!(syncs < ops, "{syncs} syncs for {ops} operations of {THREADS} concurrent callers: no sync was shared");
+    assert_eq!(ledger.durable_seq(), ledger.last_seq());
+    assert!(ledger.leases(&LeaseFilter::default()).is_empty());
+    ledger.check_invariants().unwrap();
+
+    let events = recorder.events();
+    let acks = events[events_before..].iter().filter(|e| matches!(e, Event::Acked(_))).count() as u64;
+    assert_eq!(acks, ops, "every operation is acknowledged once");
+    check_acks_follow_syncs(&events, 0).unwrap();
+}
+
+/// A repeated allocation finds the lease in memory while the record that made it is still waiting
+/// for its sync (behind a sync that is held back); it must not return before that record is
+/// synced.
+#[test]
+fn repeat_allocate_waits_for_the_sync_of_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let recorder = Arc::new(Recorder::default());
+    let ledger = ledger_with_eni(dir.path(), observed_config(&recorder), &clock, 8);
+    let k = key("original");
+
+    let (ledger, recorder, k) = (&ledger, &recorder, &k);
+    std::thread::scope(|s| {
+        recorder.arm();
+        // X's sync completes but its report is held: X stays the leader, so the next record waits.
+        let x = s.spawn(move || ledger.allocate(key("x"), LeaseMeta::default()).unwrap());
+        recorder.wait_holding();
+        let original = s.spawn(move || ledger.allocate(k.clone(), LeaseMeta::default()).unwrap());
+        // The original's record is committed (visible in memory) but cannot be synced yet.
+        while ledger.lease(k).is_none() {
+            std::thread::yield_now();
+        }
+        let original_seq = ledger.last_seq();
+        assert!(ledger.durable_seq() < original_seq);
+
+        let (repeat_tx, repeat_rx) = mpsc::channel();
+        let repeat = s.spawn(move || {
+            let a = ledger.allocate(key("original"), LeaseMeta::default()).unwrap();
+            repeat_tx.send(()).unwrap();
+            a
+        });
+        let early = repeat_rx.recv_timeout(EARLY_ACK_WINDOW).is_ok();
+        recorder.release();
+        let (x, original, repeat) = (x.join().unwrap(), original.join().unwrap(), repeat.join().unwrap());
+        assert!(!early, "the repeated allocation returned while its lease's record ({original_seq}) was not synced");
+        assert!(x.created && original.created && !repeat.created);
+        assert_eq!(repeat.lease, original.lease);
+
+        let events = recorder.events();
+        check_acks_follow_syncs(&events, 0).unwrap();
+        // Both the original and the repeat are acknowledged as `original_seq`, after its sync.
+        let first_sync = events.iter().position(|e| matches!(e, Event::Synced(u) if *u >= original_seq)).unwrap();
+        let acks: Vec<usize> = (0..events.len()).filter(|&i| events[i] == Event::Acked(original_seq)).collect();
+        assert_eq!(acks.len(), 2, "{events:?}");
+        assert!(acks.iter().all(|&i| i > first_sync), "{events:?}");
+    });
+}
+
+/// The sync of the original has returned but has not been reported to the observer yet (its
+/// report is held back, as a preempted leader's would be). A repeated allocation must still not be
+/// reported acknowledged before the sync that covers it; otherwise the observer cannot prove the
+/// ordering it exists to prove.
+#[test]
+fn no_acknowledgement_is_reported_before_the_sync_covering_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let recorder = Arc::new(Recorder::default());
+    let ledger = ledger_with_eni(dir.path(), observed_config(&recorder), &clock, 8);
+    let k = key("original");
+
+    let (ledger, recorder, k) = (&ledger, &recorder, &k);
+    std::thread::scope(|s| {
+        recorder.arm();
+        let original = s.spawn(move || ledger.allocate(k.clone(), LeaseMeta::default()).unwrap());
+        recorder.wait_holding();
+        let original_seq = ledger.last_seq();
+
+        let (repeat_tx, repeat_rx) = mpsc::channel();
+        let repeat = s.spawn(move || {
+            let a = ledger.allocate(key("original"), LeaseMeta::default()).unwrap();
+            repeat_tx.send(()).unwrap();
+            a
+        });
+        let _ = repeat_rx.recv_timeout(EARLY_ACK_WINDOW);
+        recorder.release();
+        let (original, repeat) = (original.join().unwrap(), repeat.join().unwrap());
+        assert!(original.created && !repeat.created);
+        assert_eq!(repeat.lease, original.lease);
+
+        let events = recorder.events();
+        if let Err(e) = check_acks_follow_syncs(&events, 0) {
+            panic!("the repeat of record {original_seq} was reported acknowledged before its sync was: {e}");
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// b. A torn tail, cut at every byte
+// ---------------------------------------------------------------------------------------------
+
+/// The end offsets of the records at the start of a log segment, read by the documented frame
+/// format (`[len: u32 LE][crc32: u32 LE][seq: u64 LE][body]`, `len` counting seq and body; a zero
+/// length is unused, zero-filled space), with each record's sequence number.
+fn record_ends(segment: &[u8]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 16 <= segment.len() {
+        let len = u32::from_le_bytes(segment[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        let seq = u64::from_le_bytes(segment[at + 8..at + 16].try_into().unwrap());
+        at += 8 + len;
+        out.push((seq, at as u64));
+    }
+    out
+}
+
+#[test]
+fn a_log_cut_at_any_byte_recovers_exactly_its_complete_records() {
+    let clock = Arc::new(ManualClock::new(START));
+    let cfg = LedgerConfig { wal_segment_bytes: 4 << 10, ..config(Duration::from_secs(10)) };
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger_with_eni(dir.path(), cfg.clone(), &clock, 8);
+
+    // A: acknowledged and in sled (a clean close), so the log starts empty.
+    ledger.allocate(key("a0"), meta("ns", "a0")).unwrap();
+    ledger.allocate(key("a1"), meta("ns", "a1")).unwrap();
+    clock.advance(5);
+    ledger.release(&key("a0")).unwrap();
+    clock.advance(20_000);
+    ledger.close().unwrap();
+    assert!(wal_segments(dir.path()).is_empty(), "a clean close empties the log");
+    let snapshot = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), snapshot.path());
+
+    // B: acknowledged, in the log only. The clock stands still, so what each state shows (and its
+    // stats) does not depend on when it is looked at.
+    let ledger = open(dir.path(), cfg.clone(), &clock).unwrap();
+    let a_seq = ledger.last_seq();
+    let mut expected: Vec<Observed> = vec![observe(&ledger)];
+    let mut ends: Vec<u64> = vec![0];
+    let b_ops: Vec<fn(&Ledger)> = vec![
+        |l| assert!(l.allocate(key("b0"), meta("ns", "b0")).unwrap().created),
+        |l| assert!(l.release(&key("a1")).unwrap().is_some()),
+        |l| l.set_eni_attached("eni-1", false).unwrap(),
+        |l| l.set_eni_attached("eni-1", true).unwrap(),
+        |l| assert!(l.allocate(key("b1"), LeaseMeta::default()).unwrap().created),
+        |l| assert_eq!(l.expire_cooldowns().unwrap(), 1),
+    ];
+    for (i, op) in b_ops.iter().enumerate() {
+        op(&ledger);
+        // By the time the call returned, its record was in the segment, after the earlier ones.
+        let segments = wal_segments(dir.path());
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        let records = record_ends(&fs::read(&segments[0]).unwrap());
+        let seqs: Vec<u64> = records.iter().map(|r| r.0).collect();
+        assert_eq!(seqs, (a_seq + 1..=a_seq + 1 + i as u64).collect::<Vec<_>>());
+        ends.push(records[i].1);
+        expected.push(observe(&ledger));
+    }
+    let segment = wal_segments(dir.path()).remove(0);
+    let segment_name = segment.file_name().unwrap().to_owned();
+    ledger.simulate_crash();
+    let log = fs::read(&segment).unwrap();
+    let used = *ends.last().unwrap() as usize;
+    assert!(log[used..].iter().all(|&b| b == 0), "the segment is zero-filled after its records");
+
+    // Every cut within the records, and a few in the zero-filled rest.
+    let cuts = (0..=used).chain([used + 1, used + 8, (used + log.len()) / 2, log.len() - 1, log.len()]);
+    for cut in cuts {
+        let restored = tempfile::tempdir().unwrap();
+        copy_dir(snapshot.path(), restored.path());
+        fs::write(restored.path().join("wal").join(&segment_name), &log[..cut]).unwrap();
+        let ledger = open(restored.path(), cfg.clone(), &clock)
+            .unwrap_or_else(|e| panic!("cut at {cut} of {}: open failed: {e}", log.len()));
+        let complete = ends.iter().rposition(|&end| end <= cut as u64).unwrap();
+        assert_eq!(observe(&ledger), expected[complete], "cut at byte {cut}: expected the first {complete} records");
+        // The torn part is what was written of the incomplete record, up to its last non-zero
+        // byte (zeros are indistinguishable from the segment's unused space).
+        let after = &log[ends[complete] as usize..cut];
+        let torn = after.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
+        assert_eq!(
+            ledger.recovery(),
+            RecoveryReport { replayed_records: complete as u64, torn_tail_bytes: torn },
+            "cut at byte {cut}"
+        );
+        ledger.check_invariants().unwrap();
+
+        // Now and then: the log goes on after the cut, and what is written next survives a crash.
+        if cut % 37 == 5 {
+            let extra = Ipv4Addr::new(10, 0, 0, 200);
+            ledger.add_addresses("eni-1", &[extra]).unwrap();
+            ledger.simulate_crash();
+            let again = open(restored.path(), cfg.clone(), &clock).unwrap();
+            assert!(again.address(extra).is_some(), "cut at byte {cut}: a write after recovery was lost");
+            assert_eq!(again.recovery().torn_tail_bytes, 0);
+            again.close().unwrap();
+        } else {
+            ledger.close().unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// c. Cooldowns survive a restart; d. allocation order
+// ---------------------------------------------------------------------------------------------
+
+fn cooldown_survives(crash: bool) {
+    let clock = Arc::new(ManualClock::new(START));
+    let cfg = config(Duration::from_secs(10));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger_with_eni(dir.path(), cfg.clone(), &clock, 2);
+    let (a, b) = (first_ip(), Ipv4Addr::new(10, 0, 0, 2));
+
+    assert_eq!(ledger.allocate(key("k1"), LeaseMeta::default()).unwrap().lease.ip, a);
+    clock.advance(1_000);
+    let released_at = clock.now();
+    ledger.release(&key("k1")).unwrap();
+    if crash {
+        ledger.simulate_crash();
+    } else {
+        ledger.close().unwrap();
+    }
+
+    let ledger = open(dir.path(), cfg, &clock).unwrap();
+    let rec = ledger.address(a).unwrap();
+    assert_eq!(rec.state, AddressState::Cooling { until: released_at + 10_000 });
+    assert_eq!(rec.last_released, Some(released_at));
+    assert_eq!(ledger.stats().addresses, Counts { total: 2, free: 1, leased: 0, cooling: 1 });
+    assert_eq!(ledger.allocate(key("k2"), LeaseMeta::default()).unwrap().lease.ip, b, "a cooling address was leased");
+    assert!(matches!(ledger.allocate(key("k3"), LeaseMeta::default()), Err(LedgerError::NoFreeAddress)));
+    clock.advance(9_999);
+    assert!(matches!(ledger.allocate(key("k3"), LeaseMeta::default()), Err(LedgerError::NoFreeAddress)));
+    assert_eq!(ledger.expire_cooldowns().unwrap(), 0);
+    clock.advance(1);
+    assert_eq!(ledger.stats().addresses, Counts { total: 2, free: 1, leased: 1, cooling: 0 });
+    assert_eq!(ledger.allocate(key("k3"), LeaseMeta::default()).unwrap().lease.ip, a);
+    ledger.close().unwrap();
+}
+
+#[test]
+fn a_cooldown_survives_a_clean_restart() {
+    cooldown_survives(false);
+}
+
+#[test]
+fn a_cooldown_survives_a_crash() {
+    cooldown_survives(true);
+}
+
+#[test]
+fn allocation_prefers_never_released_then_longest_ago_released_addresses() {
+    let clock = Arc::new(ManualClock::new(START));
+    let cfg = config(Duration::from_millis(10));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger_with_eni(dir.path(), cfg.clone(), &clock, 4);
+    let ip = |last: u8| Ipv4Addr::new(10, 0, 0, last);
+
+    // Never-released addresses go lowest first.
+    for (i, last) in [1, 2, 3, 4].into_iter().enumerate() {
+        assert_eq!(ledger.allocate(key(&format!("k{i}")), LeaseMeta::default()).unwrap().lease.ip, ip(last));
+    }
+    // Released in the order .3, .1, .4; .2 stays leased. .3 and .1 are released at the same instant.
+    ledger.release(&key("k2")).unwrap();
+    ledger.release(&key("k0")).unwrap();
+    clock.advance(100);
+    ledger.release(&key("k3")).unwrap();
+    clock.advance(100);
+    ledger.add_addresses("eni-1", &[ip(9)]).unwrap();
+    ledger.close().unwrap();
+
+    let ledger = open(dir.path(), cfg, &clock).unwrap();
+    // The never-released .9 first, then the two released longest ago (the lower address first),
+    // then .4.
+    for (i, last) in [9, 1, 3, 4].into_iter().enumerate() {
+        let a = ledger.allocate(key(&format!("n{i}")), LeaseMeta::default()).unwrap();
+        assert_eq!(a.lease.ip, ip(last), "allocation {i}");
+    }
+    assert!(matches!(ledger.allocate(key("n4"), LeaseMeta::default()), Err(LedgerError::NoFreeAddress)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// e. Ledgers that must not open
+// ---------------------------------------------------------------------------------------------
+
+/// Opening `dir` fails, with an error whose message names `dir`.
+fn open_fails(dir: &Path) -> OpenError {
+    open_fails_in(dir, "")
+}
+
+fn open_fails_in(dir: &Path, context: &str) -> OpenError {
+    let clock = Arc::new(ManualClock::new(START));
+    match open(dir, config(Duration::from_secs(1)), &clock) {
+        Ok(l) => panic!("{context}: {} opened, with {:?}", dir.display(), observe(&l)),
+        Err(e) => {
+            let shown = e.to_string();
+            assert!(shown.contains(&dir.display().to_string()), "{shown:?} does not name {}", dir.display());
+            e
+        }
+    }
+}
+
+/// A closed ledger holding an ENI, two leases and a cooling address.
+fn closed_ledger(dir: &Path) -> Observed {
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = ledger_with_eni(dir, config(Duration::from_secs(1)), &clock, 4);
+    ledger.allocate(key("c0"), meta("ns", "c0")).unwrap();
+    ledger.allocate(key("c1"), meta("ns", "c1")).unwrap();
+    ledger.allocate(key("c2"), meta("ns", "c2")).unwrap();
+    ledger.release(&key("c2")).unwrap();
+    let seen = observe(&ledger);
+    ledger.close().unwrap();
+    seen
+}
+
+fn plain_sled(dir: &Path) -> sled::Db {
+    common::wait_until_store_unlocked(dir);
+    sled::Config::new().path(dir.join("sled")).open().expect("plain sled opens the ledger's store")
+}
+
+/// Damages the files of a closed ledger's store that `pick` selects (by file name), with
+/// garbage of the same length or by emptying them, and expects opening to fail as Corrupt or Io.
+fn damaged_store_is_refused(what: &str, pick: fn(&str) -> bool, empty: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let before = closed_ledger(dir.path());
+    assert!(!before.leases.is_empty());
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut hit = 0;
+    for file in files_under(&dir.path().join("sled")) {
+        if !pick(&file.file_name().unwrap().to_string_lossy()) {
+            continue;
+        }
+        hit += 1;
+        let len = if empty { 0 } else { fs::metadata(&file).unwrap().len().max(64) as usize };
+        let garbage: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 24) as u8
+            })
+            .collect();
+        fs::write(&file, garbage).unwrap();
+    }
+    assert!(hit > 0, "no file is {what}");
+    // Opening must not come up as a new, empty ledger: the leases it held would be handed out
+    // again.
+    let err = open_fails_in(dir.path(), what);
+    assert!(
+        matches!(err, OpenError::Corrupt { .. } | OpenError::Io { .. }),
+        "{what}: expected Corrupt or Io, got {err:?}"
+    );
+}
+
+#[test]
+fn garbage_over_every_store_file_is_refused() {
+    damaged_store_is_refused("garbage over every file of the store", |_| true, false);
+}
+
+#[test]
+fn garbage_over_the_store_log_is_refused() {
+    damaged_store_is_refused("garbage over the store's log (sled/db)", |name| name == "db", false);
+}
+
+#[test]
+fn an_emptied_store_log_is_refused() {
+    damaged_store_is_refused("the store's log (sled/db) emptied", |name| name == "db", true);
+}
+
+#[test]
+fn garbage_over_the_store_config_is_refused() {
+    damaged_store_is_refused("garbage over the store's config (sled/conf)", |name| name == "conf", false);
+}
+
+#[test]
+fn a_foreign_sled_database_is_refused_and_left_alone() {
+    // A sled database of someone else's, with its own tree.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = plain_sled(dir.path());
+        db.open_tree("inventory").unwrap().insert("item", "value").unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(open_fails(dir.path()), OpenError::Foreign { .. }));
+    let db = plain_sled(dir.path());
+    assert_eq!(db.open_tree("inventory").unwrap().get("item").unwrap().as_deref(), Some(&b"value"[..]));
+    drop(db);
+
+    // Data in the default tree only.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = plain_sled(dir.path());
+        db.insert("k", "v").unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(open_fails(dir.path()), OpenError::Foreign { .. }));
+
+    // A `meta` tree whose marker is not enipool's.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = plain_sled(dir.path());
+        db.open_tree("meta").unwrap().insert("magic", "something-else").unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(open_fails(dir.path()), OpenError::Foreign { .. }));
+}
+
+#[test]
+fn a_newer_schema_version_is_refused_and_the_ledger_left_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = closed_ledger(dir.path());
+    let set_version = |v: u32| {
+        let db = plain_sled(dir.path());
+        db.open_tree("meta").unwrap().insert("schema_version", &v.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    };
+
+    set_version(SCHEMA_VERSION + 1);
+    match open_fails(dir.path()) {
+        OpenError::NewerVersion { found, supported, .. } => {
+            assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+        }
+        other => panic!("expected NewerVersion, got {other:?}"),
+    }
+
+    // The refused open changed nothing: with the version put back, everything is there.
+    set_version(SCHEMA_VERSION);
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = open(dir.path(), config(Duration::from_secs(1)), &clock).unwrap();
+    assert_eq!(observe(&ledger), before);
+}
+
+#[test]
+fn a_second_open_of_an_open_ledger_is_refused_as_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let first = ledger_with_eni(dir.path(), config(Duration::from_secs(1)), &clock, 2);
+    // Straight to `Ledger::open`: the `open` helper would wait for the first ledger's store.
+    match Ledger::open(dir.path(), config(Duration::from_secs(1)), clock.clone() as Arc<dyn Clock>) {
+        Ok(_) => panic!("a second ledger opened {} while the first is open", dir.path().display()),
+        Err(e @ OpenError::Locked { .. }) => {
+            assert!(e.to_string().contains(&dir.path().display().to_string()), "{e} does not name the directory");
+        }
+        Err(e) => panic!("expected Locked, got {e:?}"),
+    }
+    // The refused open disturbed nothing, and closing the first releases the lock.
+    let lease = first.allocate(key("k"), LeaseMeta::default()).unwrap().lease;
+    first.close().unwrap();
+    let second = open(dir.path(), config(Duration::from_secs(1)), &clock).unwrap();
+    assert_eq!(second.lease(&key("k")), Some(lease));
+}
+
+/// A log of several segments (small segments, no checkpoints), left by a crash.
+fn crashed_with_segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let clock = Arc::new(ManualClock::new(START));
+    let cfg = LedgerConfig { wal_segment_bytes: 150, ..config(Duration::ZERO) };
+    let ledger = ledger_with_eni(dir, cfg, &clock, 8);
+    ledger.checkpoint().unwrap();
+    for i in 0..6 {
+        ledger.allocate(key(&format!("k{i}")), LeaseMeta::default()).unwrap();
+    }
+    ledger.simulate_crash();
+    let segments = wal_segments(dir);
+    assert!(segments.len() >= 3, "{segments:?}");
+    segments
+}
+
+fn read_all(files: &[std::path::PathBuf]) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    files.iter().map(|f| (f.clone(), fs::read(f).unwrap())).collect()
+}
+
+#[test]
+fn a_damaged_record_before_the_last_segment_is_corrupt_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = crashed_with_segments(dir.path());
+    // A byte in the body of the first record.
+    let mut first = fs::read(&segments[0]).unwrap();
+    first[20] ^= 0x20;
+    fs::write(&segments[0], &first).unwrap();
+    let before = read_all(&wal_segments(dir.path()));
+
+    let err = open_fails(dir.path());
+    assert!(matches!(err, OpenError::Corrupt { .. }), "expected Corrupt, got {err:?}");
+    // Nothing was cut off or deleted: the log is there for an operator to look at.
+    assert_eq!(read_all(&wal_segments(dir.path())), before);
+}
+
+#[test]
+fn a_damaged_record_followed_by_valid_ones_is_corrupt_even_in_the_last_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = ledger_with_eni(dir.path(), config(Duration::ZERO), &clock, 8);
+    ledger.checkpoint().unwrap();
+    for i in 0..3 {
+        ledger.allocate(key(&format!("k{i}")), LeaseMeta::default()).unwrap();
+    }
+    ledger.simulate_crash();
+    let segments = wal_segments(dir.path());
+    assert_eq!(segments.len(), 1);
+    let mut log = fs::read(&segments[0]).unwrap();
+    let ends = record_ends(&log);
+    assert_eq!(ends.len(), 3);
+    // A byte in the body of the second of three acknowledged records.
+    log[ends[0].1 as usize + 20] ^= 0x01;
+    fs::write(&segments[0], &log).unwrap();
+    let before = read_all(&segments);
+
+    let err = open_fails(dir.path());
+    assert!(matches!(err, OpenError::Corrupt { .. }), "expected Corrupt, got {err:?}");
+    assert_eq!(read_all(&wal_segments(dir.path())), before);
+}
+
+#[test]
+fn a_missing_segment_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = crashed_with_segments(dir.path());
+    fs::remove_file(&segments[0]).unwrap();
+    let err = open_fails(dir.path());
+    assert!(matches!(err, OpenError::Corrupt { .. }), "expected Corrupt, got {err:?}");
+}
+
+#[test]
+fn broken_invariants_on_disk_are_refused() {
+    // A lease record deleted while its address still says leased.
+    let dir = tempfile::tempdir().unwrap();
+    closed_ledger(dir.path());
+    {
+        let db = plain_sled(dir.path());
+        let removed = db.open_tree("leases").unwrap().remove(b"net\0c0\0eth0").unwrap();
+        assert!(removed.is_some(), "the lease is stored under network NUL container NUL ifname");
+        db.flush().unwrap();
+    }
+    assert!(matches!(open_fails(dir.path()), OpenError::Invariant { .. }));
+
+    // An ENI deleted while its addresses remain.
+    let dir = tempfile::tempdir().unwrap();
+    closed_ledger(dir.path());
+    {
+        let db = plain_sled(dir.path());
+        assert!(db.open_tree("enis").unwrap().remove(b"eni-1").unwrap().is_some());
+        db.flush().unwrap();
+    }
+    assert!(matches!(open_fails(dir.path()), OpenError::Invariant { .. }));
+}
+
+#[test]
+fn undecodable_records_and_missing_metadata_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    closed_ledger(dir.path());
+    {
+        let db = plain_sled(dir.path());
+        db.open_tree("leases").unwrap().insert(b"net\0c0\0eth0", &[0xff; 3]).unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(open_fails(dir.path()), OpenError::Corrupt { .. }));
+
+    let dir = tempfile::tempdir().unwrap();
+    closed_ledger(dir.path());
+    {
+        let db = plain_sled(dir.path());
+        db.open_tree("meta").unwrap().remove("schema_version").unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(open_fails(dir.path()), OpenError::Corrupt { .. }));
+}
+
+#[test]
+fn a_path_that_is_a_file_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    fs::write(&file, b"x").unwrap();
+    assert!(matches!(open_fails(&file), OpenError::Io { .. }));
+}
