@@ -458,6 +458,26 @@ fn a_cooldown_survives_a_crash() {
     cooldown_survives(true);
 }
 
+/// The wall clock can step back (an NTP correction). An address whose cooldown had ended is
+/// cooling again at the earlier time; it must not be handed out then, whether or not an earlier
+/// allocation already looked at it.
+#[test]
+fn a_clock_stepping_back_does_not_hand_out_a_cooling_address() {
+    let clock = Arc::new(ManualClock::new(START));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger_with_eni(dir.path(), config(Duration::from_secs(10)), &clock, 2);
+    let (a, b) = (first_ip(), Ipv4Addr::new(10, 0, 0, 2));
+    assert_eq!(ledger.allocate(key("k1"), LeaseMeta::default()).unwrap().lease.ip, a);
+    ledger.release(&key("k1")).unwrap();
+    clock.advance(10_000);
+    // The cooldown has ended; this allocation takes the never-released .2 and sees .1 free.
+    assert_eq!(ledger.allocate(key("k2"), LeaseMeta::default()).unwrap().lease.ip, b);
+    clock.set(START + 5_000);
+    assert_eq!(ledger.stats().addresses.cooling, 1, "at the earlier time .1 is cooling");
+    let third = ledger.allocate(key("k3"), LeaseMeta::default());
+    assert!(matches!(third, Err(LedgerError::NoFreeAddress)), "a cooling address was handed out: {third:?}");
+}
+
 #[test]
 fn allocation_prefers_never_released_then_longest_ago_released_addresses() {
     let clock = Arc::new(ManualClock::new(START));
