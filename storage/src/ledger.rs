@@ -59,6 +59,8 @@ pub struct LedgerConfig {
     pub cache_bytes: u64,
     /// Instrumentation: sees every sync and acknowledgement.
     pub sync_observer: Option<Arc<dyn SyncObserver>>,
+    /// How long `open` waits for sled's own file lock (see `open_sled`).
+    pub store_lock_wait: Duration,
 }
 
 impl Default for LedgerConfig {
@@ -69,6 +71,7 @@ impl Default for LedgerConfig {
             wal_segment_bytes: 4 << 20,
             cache_bytes: 32 << 20,
             sync_observer: None,
+            store_lock_wait: Duration::from_secs(2),
         }
     }
 }
@@ -81,6 +84,7 @@ impl std::fmt::Debug for LedgerConfig {
             .field("wal_segment_bytes", &self.wal_segment_bytes)
             .field("cache_bytes", &self.cache_bytes)
             .field("sync_observer", &self.sync_observer.is_some())
+            .field("store_lock_wait", &self.store_lock_wait)
             .finish()
     }
 }
@@ -703,11 +707,15 @@ impl Ledger {
             }
             let now = inner.clock.now();
             st.promote_expired(now);
+            // Check the record, not just the index: an address promoted out of cooling reads as
+            // cooling again if the wall clock has stepped back since.
             let addr = st
                 .free
                 .iter()
                 .map(|(_, ip)| &st.addrs[ip])
-                .find(|a| st.enis.get(&a.eni_id).is_some_and(|e| e.attached))
+                .find(|a| {
+                    a.effective_state(now) == EffectiveState::Free && st.enis.get(&a.eni_id).is_some_and(|e| e.attached)
+                })
                 .ok_or(LedgerError::NoFreeAddress)?;
             let lease = Lease { key: key.clone(), ip: addr.ip, eni_id: addr.eni_id.clone(), meta, created_at: now };
             let leased = AddressRecord { state: AddressState::Leased { key }, ..addr.clone() };
@@ -869,18 +877,26 @@ fn sled_error(path: &Path, e: sled::Error) -> OpenError {
 fn open_locked(dir: &Path, config: &LedgerConfig) -> Result<(Trees, State, RecoveryReport), OpenError> {
     let path = dir.to_path_buf();
     let corrupt = |detail: String| OpenError::Corrupt { path: path.clone(), detail };
-    let db = sled::Config::new()
-        .path(dir.join("sled"))
-        .cache_capacity(config.cache_bytes)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|e| sled_error(dir, e))?;
+    let db = open_sled(dir, config)?;
     let meta = db.open_tree(TREE_META).map_err(|e| sled_error(dir, e))?;
+    // sled 0.34 opens a damaged or emptied log as an empty database. The marker file, written
+    // once the ledger exists, tells "new" from "lost its data": the latter must never open as an
+    // empty ledger, or every address would be handed out again.
+    let marker = dir.join(MARKER_FILE);
+    let initialised = marker.exists();
 
     match meta.get(META_MAGIC).map_err(|e| sled_error(dir, e))? {
         Some(m) if m.as_ref() == MAGIC => {}
         Some(_) => {
             return Err(OpenError::Foreign { path, detail: "its marker is not enipool's".into() });
+        }
+        None if initialised => {
+            return Err(corrupt(format!(
+                "the store under {} has lost its data (no enipool marker, but {} says this ledger was \
+                 initialised); restore it from a backup or move the directory aside to start empty",
+                dir.join("sled").display(),
+                marker.display()
+            )));
         }
         None => {
             let others: Vec<String> = db
@@ -899,6 +915,9 @@ fn open_locked(dir: &Path, config: &LedgerConfig) -> Result<(Trees, State, Recov
             meta.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes()).map_err(|e| sled_error(dir, e))?;
             db.flush().map_err(|e| sled_error(dir, e))?;
         }
+    }
+    if !initialised {
+        write_marker(&marker).map_err(|source| OpenError::Io { path: marker.clone(), source })?;
     }
     let version = match meta.get(META_SCHEMA).map_err(|e| sled_error(dir, e))? {
         Some(v) => v
@@ -963,6 +982,40 @@ fn open_locked(dir: &Path, config: &LedgerConfig) -> Result<(Trees, State, Recov
     }
     state.check_invariants().map_err(|detail| OpenError::Invariant { path: path.clone(), detail })?;
     Ok((trees, state, report))
+}
+
+const MARKER_FILE: &str = "LEDGER";
+
+fn write_marker(marker: &Path) -> std::io::Result<()> {
+    let tmp = marker.with_extension("tmp");
+    let file = File::create(&tmp)?;
+    std::io::Write::write_all(&mut &file, format!("enipool ledger, schema {SCHEMA_VERSION}\n").as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&tmp, marker)?;
+    File::open(marker.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// Opens sled, waiting (at most `config.store_lock_wait`) for its file lock: a sled IO thread of
+/// a ledger closed a moment ago in this process can still hold it (spacejam/sled#1234). Our own
+/// `LOCK` is already held, so no other ledger can be the holder.
+fn open_sled(dir: &Path, config: &LedgerConfig) -> Result<sled::Db, OpenError> {
+    let deadline = std::time::Instant::now() + config.store_lock_wait;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let opened =
+            sled::Config::new().path(dir.join("sled")).cache_capacity(config.cache_bytes).flush_every_ms(None).open();
+        match opened {
+            // sled reports its lock as ErrorKind::Other with this message (config.rs).
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(OpenError::Locked { path: dir.to_path_buf(), source: e });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other.map_err(|e| sled_error(dir, e)),
+        }
+    }
 }
 
 fn load_tree<T: for<'de> Deserialize<'de>>(

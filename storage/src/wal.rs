@@ -350,10 +350,12 @@ impl Wal {
             return Err(reason);
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.durable.store(last, Ordering::Release);
+        // Report the sync before publishing it: once `durable` moves, other callers may
+        // acknowledge without coming here, and the observer must already have seen the sync.
         if let Some(obs) = &self.observer {
             obs.synced(last);
         }
+        self.durable.store(last, Ordering::Release);
         Ok(())
     }
 

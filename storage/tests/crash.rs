@@ -51,7 +51,7 @@ fn config() -> LedgerConfig {
         // Small segments: the log rotates and is trimmed segment by segment under the kills.
         wal_segment_bytes: 8 << 10,
         cache_bytes: 4 << 20,
-        sync_observer: None,
+        ..LedgerConfig::default()
     }
 }
 
@@ -263,8 +263,6 @@ fn sigkill_at_random_moments_loses_no_acknowledged_operation() {
     for round in 0..ROUNDS {
         let early = round % EARLY_KILL_EVERY == EARLY_KILL_EVERY - 1;
         let target_acks = if early { 0 } else { rng.random_range(20..400) };
-        // The ledger this process just closed may still hold sled's lock for a moment.
-        common::wait_until_store_unlocked(dir.path());
         let mut child = Command::new(&exe)
             .args(["--exact", CHILD_TEST, "--nocapture", "--ignored", "--test-threads", "1"])
             .env(CHILD_DIR_ENV, dir.path())

@@ -439,12 +439,9 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
         checkpoint_interval: case.background_checkpoints.then(|| Duration::from_millis(1)),
         wal_segment_bytes: case.wal_segment_bytes,
         cache_bytes: 4 << 20,
-        sync_observer: None,
+        ..LedgerConfig::default()
     };
-    let open = || {
-        common::wait_until_store_unlocked(dir.path());
-        Ledger::open(dir.path(), config.clone(), clock.clone() as Arc<dyn Clock>)
-    };
+    let open = || Ledger::open(dir.path(), config.clone(), clock.clone() as Arc<dyn Clock>);
     let mut ledger = open().expect("a new ledger opens");
     let mut model = Model { cooldown: case.cooldown_ms, ..Model::default() };
 

@@ -92,35 +92,3 @@ pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
-
-/// Waits until nothing in this process holds sled's file lock on `<dir>/sled/db` any more.
-///
-/// Works around a library bug: `Ledger::close` (and dropping a ledger, or a plain `sled::Db`)
-/// can return while a sled 0.34 thread-pool job still holds the store's file open, so an
-/// immediate `Ledger::open` of the same directory sometimes fails with
-/// `OpenError::Io { .. could not acquire lock on "<dir>/sled/db" .. WouldBlock }`. Seen in
-/// `model::ledger_matches_the_model` under load; tests that reopen a directory call this first so
-/// they test what they are about, and say on stderr when they had to wait.
-pub fn wait_until_store_unlocked(dir: &Path) {
-    use std::os::fd::AsRawFd;
-    let Ok(file) = fs::File::open(dir.join("sled").join("db")) else { return };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut waited = false;
-    loop {
-        // SAFETY: flock(2) on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            // SAFETY: as above.
-            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-            if waited {
-                eprintln!(
-                    "note: {} was still locked by a closed ledger's store (see common::wait_until_store_unlocked)",
-                    dir.display()
-                );
-            }
-            return;
-        }
-        waited = true;
-        assert!(std::time::Instant::now() < deadline, "{} stays locked after its ledger was closed", dir.display());
-        std::thread::yield_now();
-    }
-}
