@@ -1,7 +1,44 @@
-//! enipool-cni is not built yet (see the CNI issue). Until then it answers every command with a
-//! CNI error object, code 100+ ("ours"), rather than pretending to set up a pod.
+//! enipool-cni: the CNI plugin the container runtime execs for every pod. It leases an IP from
+//! enipoold over a unix socket and wires the pod's network namespace (veth, /32 address, routes,
+//! static neighbour, host route and rules, node SNAT). See ARCHITECTURE.md.
 
-fn main() -> std::process::ExitCode {
-    println!(r#"{{"cniVersion":"1.1.0","code":100,"msg":"enipool-cni is not implemented yet"}}"#);
-    std::process::ExitCode::from(1)
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+mod commands;
+mod config;
+mod daemon;
+mod log;
+mod net;
+mod netns;
+mod protocol;
+mod snat;
+
+fn main() -> ExitCode {
+    let env = protocol::Env::from_process();
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().take(config::MAX_STDIN_BYTES as u64 + 1).read_to_end(&mut stdin);
+    let outcome = match read {
+        Err(e) => error_outcome(protocol::CniError::new(protocol::code::IO_FAILURE, format!("reading stdin: {e}"))),
+        Ok(_) if stdin.len() > config::MAX_STDIN_BYTES => error_outcome(protocol::CniError::new(
+            protocol::code::DECODE_FAILURE,
+            format!("stdin is larger than {} bytes", config::MAX_STDIN_BYTES),
+        )),
+        Ok(_) => {
+            let fail_at = std::env::var("ENIPOOL_CNI_TEST_FAIL_AT").ok().and_then(|s| commands::FailAt::parse(&s));
+            std::panic::catch_unwind(|| commands::run(&env, &stdin, fail_at)).unwrap_or_else(|_| {
+                error_outcome(protocol::CniError::new(protocol::code::INTERNAL, "enipool-cni panicked (a bug)"))
+            })
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&outcome.stdout);
+    let _ = out.flush();
+    ExitCode::from(outcome.exit)
+}
+
+fn error_outcome(e: protocol::CniError) -> commands::Outcome {
+    let mut stdout = serde_json::to_vec(&e.to_json(protocol::LATEST_VERSION)).unwrap_or_default();
+    stdout.push(b'\n');
+    commands::Outcome { stdout, exit: 1 }
 }

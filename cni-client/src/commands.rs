@@ -1,0 +1,453 @@
+//! The six CNI commands. `run` is the whole plugin minus process I/O: environment and stdin in,
+//! stdout bytes and exit code out, so tests can feed it anything.
+
+use std::net::Ipv4Addr;
+
+use enipool_api::{self as api, FieldError};
+use serde_json::Value;
+
+use crate::config::{self, LogLevel, NetConf};
+use crate::daemon::Daemon;
+use crate::net::{self, PodSpec, Undo};
+use crate::netns::{self, NetNs};
+use crate::protocol::{self, CniArgs, CniError, CniResult, Command, Env, Interface, IpConfig, Route, code};
+use crate::{log, snat};
+
+pub struct Outcome {
+    pub stdout: Vec<u8>,
+    pub exit: u8,
+}
+
+/// Test-only fault injection: the step after which ADD fails as if the kernel had refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailAt {
+    AfterWire,
+}
+
+impl FailAt {
+    pub fn parse(s: &str) -> Option<FailAt> {
+        match s {
+            "after-wire" => Some(FailAt::AfterWire),
+            _ => None,
+        }
+    }
+}
+
+pub fn run(env: &Env, stdin: &[u8], fail_at: Option<FailAt>) -> Outcome {
+    let version =
+        config::sniff_version(stdin).filter(|v| protocol::is_supported(v)).unwrap_or(protocol::LATEST_VERSION.into());
+    match run_command(env, stdin, fail_at) {
+        Ok(None) => Outcome { stdout: Vec::new(), exit: 0 },
+        Ok(Some(v)) => {
+            let mut stdout = serde_json::to_vec(&v).unwrap_or_default();
+            stdout.push(b'\n');
+            Outcome { stdout, exit: 0 }
+        }
+        Err(e) => {
+            log::log(LogLevel::Error, &e.to_string());
+            let mut stdout = serde_json::to_vec(&e.to_json(&version)).unwrap_or_default();
+            stdout.push(b'\n');
+            Outcome { stdout, exit: 1 }
+        }
+    }
+}
+
+fn run_command(env: &Env, stdin: &[u8], fail_at: Option<FailAt>) -> Result<Option<Value>, CniError> {
+    let command = env.command()?;
+    if command == Command::Version {
+        return Ok(Some(protocol::version_info(config::sniff_version(stdin).as_deref())));
+    }
+    let conf = config::parse(stdin)?;
+    let container = env.optional("CNI_CONTAINERID").ok().flatten().unwrap_or("-");
+    log::init(conf.log_file.clone(), conf.log_level, env.required("CNI_COMMAND")?, container);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::new(code::INTERNAL, format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async {
+        match command {
+            Command::Add => add(env, &conf, fail_at).await.map(Some),
+            Command::Del => del(env, &conf).await.map(|()| None),
+            Command::Check => check(env, &conf).await.map(|()| None),
+            Command::Status => status(&conf).await.map(|()| None),
+            Command::Gc => gc(&conf).await.map(|()| None),
+            Command::Version => unreachable!("answered above"),
+        }
+    })
+}
+
+/// The CNI_* variables every per-attachment command needs, checked.
+struct Attachment<'a> {
+    container_id: &'a str,
+    ifname: &'a str,
+    args: CniArgs,
+}
+
+fn env_field(name: &str) -> impl FnOnce(FieldError) -> CniError + '_ {
+    move |e| CniError::env(format!("{name}: {}", e.reason))
+}
+
+fn attachment(env: &Env) -> Result<Attachment<'_>, CniError> {
+    let container_id = env.required("CNI_CONTAINERID")?;
+    api::check_container_id(container_id).map_err(env_field("CNI_CONTAINERID"))?;
+    let ifname = env.required("CNI_IFNAME")?;
+    api::check_ifname(ifname).map_err(env_field("CNI_IFNAME"))?;
+    let args = protocol::parse_cni_args(env.optional("CNI_ARGS")?.unwrap_or(""))?;
+    Ok(Attachment { container_id, ifname, args })
+}
+
+fn host_veth_for(conf: &NetConf, a: &Attachment<'_>) -> String {
+    let pod = match (&a.args.pod_namespace, &a.args.pod_name) {
+        (Some(ns), Some(name)) => Some((ns.as_str(), name.as_str())),
+        _ => None,
+    };
+    net::host_veth_name(&conf.veth_prefix, pod, a.container_id)
+}
+
+async fn host_netlink() -> Result<rtnetlink::Handle, CniError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| CniError::kernel("opening a netlink socket", e))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn pod_netlink(ns: &NetNs) -> Result<rtnetlink::Handle, CniError> {
+    let (conn, handle) = netns::netlink_in(ns, &tokio::runtime::Handle::current())
+        .map_err(|e| CniError::kernel(format!("opening a netlink socket in {}", ns.path), e))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn lease_ip(lease: &api::Lease) -> Result<Ipv4Addr, CniError> {
+    lease.ip.parse().map_err(|_| CniError::new(code::DAEMON, format!("enipoold leased an invalid IP {:?}", lease.ip)))
+}
+
+async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value, CniError> {
+    let a = attachment(env)?;
+    let netns_path = env.required("CNI_NETNS")?;
+    let network = conf.network()?;
+    let host_veth = host_veth_for(conf, &a);
+    let request = api::LeaseRequest {
+        network: network.to_string(),
+        container_id: a.container_id.to_string(),
+        ifname: a.ifname.to_string(),
+        pod_namespace: a.args.pod_namespace.clone(),
+        pod_name: a.args.pod_name.clone(),
+        netns: Some(netns_path.to_string()),
+        host_veth: Some(host_veth.clone()),
+    };
+    request.validate().map_err(|e| match e.field {
+        "network" => CniError::config("name", e.reason),
+        "pod_namespace" | "pod_name" => CniError::env(format!("CNI_ARGS: {e}")),
+        _ => CniError::env(format!("{e}")),
+    })?;
+
+    // Everything that can be refused without side effects comes before the lease.
+    let ns = NetNs::open(netns_path)?;
+    let host = host_netlink().await?;
+    let pod = pod_netlink(&ns)?;
+    net::ensure_absent_in_pod(&pod, a.ifname, netns_path).await?;
+
+    let mut daemon = Daemon::new(&conf.socket);
+    let lease = daemon.lease(&request).await?;
+    log::info(&format!(
+        "leased {} on {} (table {}) for {network}/{}",
+        lease.ip, lease.eni_id, lease.route_table, a.ifname
+    ));
+
+    let mut undo = Undo::default();
+    let outcome = async {
+        let ip = lease_ip(&lease)?;
+        if !(68..=65535).contains(&lease.mtu) {
+            return Err(CniError::new(code::DAEMON, format!("enipoold sent an invalid MTU {}", lease.mtu)));
+        }
+        let snat = if lease.snat.enabled { Some(snat::SnatSpec::from_lease(&lease.snat)?) } else { None };
+        let spec = PodSpec {
+            ifname: a.ifname,
+            host_veth: &host_veth,
+            alias: net::host_veth_alias(network, a.container_id, a.ifname),
+            ip,
+            mtu: lease.mtu,
+            route_table: lease.route_table,
+            netns_fd: ns.fd(),
+        };
+        let wired = net::wire(&host, &pod, &spec, &mut undo).await?;
+        if fail_at == Some(FailAt::AfterWire) {
+            return Err(CniError::new(code::KERNEL, "injected failure after wiring (ENIPOOL_CNI_TEST_FAIL_AT)"));
+        }
+        if let Some(s) = &snat {
+            snat::ensure(s, &conf.state_dir)?;
+        }
+        Ok((ip, wired))
+    }
+    .await;
+    let (ip, wired) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            for problem in undo.run(&host).await {
+                log::warn(&format!("rollback: {problem}"));
+            }
+            if let Err(re) = daemon.release(network, a.container_id, a.ifname).await {
+                log::warn(&format!("rollback: releasing the lease: {re}"));
+                return Err(e.with_details(format!("and the lease of {} could not be released: {}", lease.ip, re.msg)));
+            }
+            return Err(e);
+        }
+    };
+    let ours = CniResult {
+        interfaces: vec![
+            Interface {
+                name: host_veth.clone(),
+                mac: net::format_mac(&wired.host_mac),
+                mtu: Some(lease.mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: a.ifname.to_string(),
+                mac: net::format_mac(&wired.pod_mac),
+                mtu: Some(lease.mtu),
+                sandbox: Some(netns_path.to_string()),
+            },
+        ],
+        ips: vec![IpConfig {
+            address: format!("{ip}/32"),
+            gateway: Some(net::POD_GATEWAY.to_string()),
+            interface: Some(1),
+        }],
+        routes: vec![Route { dst: "0.0.0.0/0".into(), gw: Some(net::POD_GATEWAY.to_string()) }],
+    };
+    Ok(protocol::encode_result(&ours, &conf.cni_version, conf.prev_result.as_ref()))
+}
+
+/// Our IPv4 address and host veth as a prevResult records them (best effort: DEL must not fail on
+/// a prevResult it cannot read).
+fn from_prev_result(conf: &NetConf, ifname: &str) -> (Option<Ipv4Addr>, Option<String>) {
+    let Some(prev) = conf.prev_result.as_ref().and_then(|p| protocol::decode_prev_result(p).ok()) else {
+        return (None, None);
+    };
+    let ours = |ip: &IpConfig| {
+        ip.interface.and_then(|i| prev.interfaces.get(i)).is_none_or(|i| i.name == ifname && i.sandbox.is_some())
+    };
+    let parse = |ip: &IpConfig| ip.address.split('/').next().and_then(|a| a.parse::<Ipv4Addr>().ok());
+    let ip = prev.ips.iter().filter(|ip| ours(ip)).find_map(parse);
+    let veth = prev
+        .interfaces
+        .iter()
+        .find(|i| i.sandbox.is_none() && i.name.starts_with(&conf.veth_prefix))
+        .map(|i| i.name.clone());
+    (ip, veth)
+}
+
+async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let a = attachment(env)?;
+    let network = conf.network()?;
+    let (prev_ip, prev_veth) = from_prev_result(conf, a.ifname);
+    let host_veth = prev_veth.unwrap_or_else(|| host_veth_for(conf, &a));
+    let mut daemon = Daemon::new(&conf.socket);
+    // The daemon's lease is the truth about the IP; without a lease the first DEL already removed
+    // the rules (it removes them before it releases), and the IP may be someone else's by now.
+    let (ip, remove_rules, lease, daemon_down) = match daemon.get_lease(network, a.container_id, a.ifname).await {
+        Ok(Some(lease)) => (Some(lease_ip(&lease)?), true, true, None),
+        Ok(None) => (prev_ip, false, false, None),
+        Err(e) if e.code == code::TRY_AGAIN_LATER => (prev_ip, true, false, Some(e)),
+        Err(e) => return Err(e),
+    };
+    if let Some(ip) = ip {
+        let host = host_netlink().await?;
+        net::unwire_host(&host, &host_veth, ip, remove_rules).await?;
+    }
+    if let Some(e) = daemon_down {
+        log::warn(&format!("DEL without the daemon (it reclaims the lease later): {e}"));
+        return Ok(());
+    }
+    if lease {
+        match daemon.release(network, a.container_id, a.ifname).await {
+            Ok(()) => log::info(&format!("released {}", ip.map_or_else(String::new, |i| i.to_string()))),
+            Err(e) if e.code == code::TRY_AGAIN_LATER => {
+                log::warn(&format!("releasing the lease failed; the daemon reclaims it later: {e}"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let a = attachment(env)?;
+    let netns_path = env.required("CNI_NETNS")?;
+    let network = conf.network()?;
+    if conf.prev_result.is_none() {
+        return Err(CniError::config("prevResult", "is required for CHECK"));
+    }
+    let (prev_ip, prev_veth) = from_prev_result(conf, a.ifname);
+    let prev_ip = prev_ip.ok_or_else(|| CniError::config("prevResult", "holds no IPv4 address of this interface"))?;
+    let host_veth = prev_veth.unwrap_or_else(|| host_veth_for(conf, &a));
+    let mut daemon = Daemon::new(&conf.socket);
+    let Some(lease) = daemon.get_lease(network, a.container_id, a.ifname).await? else {
+        return Err(CniError::new(
+            code::CHECK_MISMATCH,
+            format!("CHECK: enipoold holds no lease for {network}/{}/{}", a.container_id, a.ifname),
+        ));
+    };
+    let ip = lease_ip(&lease)?;
+    let mut bad = Vec::new();
+    if ip != prev_ip {
+        bad.push(format!("prevResult has {prev_ip}, enipoold's lease has {ip}"));
+    }
+    let ns = NetNs::open(netns_path)?;
+    let host = host_netlink().await?;
+    let pod = pod_netlink(&ns)?;
+    let expected = net::Expected {
+        ifname: a.ifname,
+        host_veth: &host_veth,
+        ip: prev_ip,
+        mtu: lease.mtu,
+        route_table: lease.route_table,
+    };
+    bad.extend(net::check(&host, &pod, &expected).await?);
+    if lease.snat.enabled {
+        bad.extend(snat::check(&snat::SnatSpec::from_lease(&lease.snat)?)?);
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(CniError::new(code::CHECK_MISMATCH, format!("CHECK found {} mismatch(es): {}", bad.len(), bad.join("; "))))
+}
+
+async fn status(conf: &NetConf) -> Result<(), CniError> {
+    let mut daemon = Daemon::new(&conf.socket);
+    match daemon.readiness().await {
+        Ok(None) => Ok(()),
+        Ok(Some(reason)) => Err(CniError::new(code::NOT_READY, format!("enipoold is not ready: {reason}"))),
+        Err(e) => Err(CniError::new(code::NOT_READY, e.msg)),
+    }
+}
+
+async fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let network = conf.network()?;
+    let key = "cni.dev/valid-attachments";
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| CniError::config(key, "is required for GC"))?;
+    let mut pairs = Vec::with_capacity(valid.len());
+    for v in valid {
+        api::check_container_id(&v.container_id).map_err(|e| CniError::config(key, e))?;
+        api::check_ifname(&v.ifname).map_err(|e| CniError::config(key, e))?;
+        pairs.push((v.container_id.clone(), v.ifname.clone()));
+    }
+    let request = api::GcRequest {
+        network: network.to_string(),
+        valid: pairs.iter().map(|(c, i)| api::Attachment { container_id: c.clone(), ifname: i.clone() }).collect(),
+    };
+    let daemon_result = Daemon::new(&conf.socket).gc(&request).await;
+    match &daemon_result {
+        Ok(reply) => log::info(&format!("GC: enipoold released {} lease(s)", reply.released.len())),
+        Err(e) => log::warn(&format!("GC: {e}")),
+    }
+    let host = host_netlink().await?;
+    for done in net::gc(&host, network, &pairs).await? {
+        log::info(&format!("GC: {done}"));
+    }
+    daemon_result.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn out(env: &[(&str, &str)], stdin: &str) -> (Value, u8) {
+        let o = run(&Env::from_pairs(env.iter().copied()), stdin.as_bytes(), None);
+        let v = if o.stdout.is_empty() { Value::Null } else { serde_json::from_slice(&o.stdout).unwrap() };
+        (v, o.exit)
+    }
+
+    #[test]
+    fn version_needs_no_config() {
+        let (v, exit) = out(&[("CNI_COMMAND", "VERSION")], "");
+        assert_eq!(exit, 0);
+        assert_eq!(v["supportedVersions"], serde_json::json!(["0.4.0", "1.0.0", "1.1.0"]));
+        let (v, _) = out(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#);
+        assert_eq!(v["cniVersion"], "0.4.0");
+    }
+
+    #[test]
+    fn env_and_config_errors_have_spec_codes() {
+        let conf = r#"{"cniVersion":"1.0.0","name":"net","type":"enipool-cni","socket":"/nonexistent/s.sock"}"#;
+        let (v, exit) = out(&[], conf);
+        assert_eq!((v["code"].as_u64(), exit), (Some(4), 1));
+        assert_eq!(v["cniVersion"], "1.0.0", "errors answer in the request's version");
+        let (v, _) = out(&[("CNI_COMMAND", "ADD")], conf);
+        assert_eq!(v["code"], 4, "{v}");
+        assert!(v["msg"].as_str().unwrap().contains("CNI_CONTAINERID"));
+        let add = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/x")];
+        let (v, _) = out(&add, "{oops");
+        assert_eq!(v["code"], 6);
+        assert_eq!(v["cniVersion"], protocol::LATEST_VERSION);
+        let (v, _) = out(&add, r#"{"cniVersion":"1.0.0","name":"net","vethPrefix":"waytoolong"}"#);
+        assert_eq!(v["code"], 7);
+        let (v, _) = out(&add, conf);
+        assert_eq!(v["code"], 3, "a missing netns: {v}");
+        let mut bad_args = add.to_vec();
+        bad_args.push(("CNI_ARGS", "K8S_POD_NAME=p;NOPE=1"));
+        let (v, _) = out(&bad_args, conf);
+        assert_eq!(v["code"], 4, "{v}");
+        let mut bad_id = add.to_vec();
+        bad_id[1] = ("CNI_CONTAINERID", "../etc");
+        let (v, _) = out(&bad_id, conf);
+        assert_eq!(v["code"], 4, "{v}");
+    }
+
+    #[test]
+    fn status_without_a_daemon_is_50() {
+        let conf = r#"{"cniVersion":"1.1.0","name":"net","socket":"/nonexistent/s.sock"}"#;
+        let (v, exit) = out(&[("CNI_COMMAND", "STATUS")], conf);
+        assert_eq!((v["code"].as_u64(), exit), (Some(50), 1), "{v}");
+        assert!(v["msg"].as_str().unwrap().contains("unreachable"), "{v}");
+    }
+
+    #[test]
+    fn prev_result_gives_del_its_ip_and_veth() {
+        let conf = config::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","prevResult":{"cniVersion":"1.0.0",
+            "interfaces":[{"name":"eniabc","mac":"02:00:00:00:00:01"},{"name":"eth0","sandbox":"/run/netns/x"}],
+            "ips":[{"address":"10.0.0.7/32","interface":1}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(from_prev_result(&conf, "eth0"), (Some(Ipv4Addr::new(10, 0, 0, 7)), Some("eniabc".to_string())));
+        assert_eq!(from_prev_result(&conf, "eth1").0, None);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Garbage in: always one JSON object out, an error code when exit is non-zero, no panic.
+        /// (The socket does not exist, so nothing here touches a daemon or, before it, the kernel
+        /// beyond opening namespaces that do not exist.)
+        #[test]
+        fn garbage_never_panics(
+            command in prop::sample::select(vec!["ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC", "", "add", "\u{0}"]),
+            container in "[ -~]{0,20}",
+            ifname in "[ -~]{0,20}",
+            args in "[ -~]{0,40}",
+            stdin in prop::collection::vec(any::<u8>(), 0..200),
+            json_stdin in r#"\{("cniVersion":"(1\.0\.0|0\.4\.0|x)",)?("name":"[a-z ]{0,5}",)?("vethPrefix":"[a-z]{0,6}",)?"socket":"/nonexistent/s"\}"#,
+            use_json in any::<bool>(),
+        ) {
+            let env = Env::from_pairs([
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", container.as_str()),
+                ("CNI_IFNAME", ifname.as_str()),
+                ("CNI_ARGS", args.as_str()),
+                ("CNI_NETNS", "/nonexistent/netns"),
+            ]);
+            let input = if use_json { json_stdin.into_bytes() } else { stdin };
+            let o = run(&env, &input, None);
+            if o.exit == 0 {
+                prop_assert!(o.stdout.is_empty() || serde_json::from_slice::<Value>(&o.stdout).is_ok());
+            } else {
+                let v: Value = serde_json::from_slice(&o.stdout).expect("an error object");
+                prop_assert!(v["code"].as_u64().is_some_and(|c| c > 0));
+                prop_assert!(v["msg"].is_string());
+                prop_assert!(v["cniVersion"].is_string());
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The network configuration on stdin: one entry of a `.conflist` with the runtime's additions
+//! (`name`, `cniVersion`, `prevResult`, `runtimeConfig`, `cni.dev/valid-attachments`).
+//! Unknown keys are tolerated (runtimes and other tools add their own); a known key with an
+//! invalid value is code 7 and the message names the key.
+
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+use crate::protocol::{self, CniError, code};
+
+pub const DEFAULT_SOCKET: &str = "/run/enipool/enipool.sock";
+pub const DEFAULT_STATE_DIR: &str = "/run/enipool";
+pub const DEFAULT_VETH_PREFIX: &str = "eni";
+/// Longest stdin we read: configs are a few KiB; a runaway writer must not exhaust memory.
+pub const MAX_STDIN_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
+}
+
+/// One valid attachment from GC's `cni.dev/valid-attachments`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidAttachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct NetConf {
+    pub cni_version: String,
+    /// The network name; ADD, DEL, CHECK and GC need it (the lease key starts with it).
+    pub name: Option<String>,
+    /// The daemon's unix socket.
+    pub socket: PathBuf,
+    /// Host veth names are this plus 11 hex digits; at most 4 characters.
+    pub veth_prefix: String,
+    pub log_file: Option<PathBuf>,
+    pub log_level: LogLevel,
+    /// Where node-wide markers and locks live (the SNAT marker and lock). A tmpfs, so a reboot clears it.
+    pub state_dir: PathBuf,
+    pub prev_result: Option<Value>,
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+fn string<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, CniError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(CniError::config(key, "must be a string")),
+    }
+}
+
+fn absolute_path(obj: &Map<String, Value>, key: &str) -> Result<Option<PathBuf>, CniError> {
+    match string(obj, key)? {
+        None => Ok(None),
+        Some(s) if s.starts_with('/') && !s.contains('\0') && s.len() < 4096 => Ok(Some(PathBuf::from(s))),
+        Some(s) => Err(CniError::config(key, format!("must be an absolute path, not {s:?}"))),
+    }
+}
+
+/// Parses stdin. Not JSON is code 6; not an object, or a known key with a bad value, is code 7;
+/// a cniVersion we do not speak is code 1.
+pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+    let value: Value = serde_json::from_slice(stdin)
+        .map_err(|e| CniError::new(code::DECODE_FAILURE, format!("network config on stdin is not JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(CniError::new(code::INVALID_CONFIG, "invalid network config: must be a JSON object"));
+    };
+    let cni_version = string(&obj, "cniVersion")?.ok_or_else(|| CniError::config("cniVersion", "is required"))?;
+    if !protocol::is_supported(cni_version) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "incompatible CNI version {cni_version:?}: this plugin supports {}",
+                protocol::SUPPORTED_VERSIONS.join(", ")
+            ),
+        ));
+    }
+    let name = string(&obj, "name")?.map(str::to_string);
+    if let Some(n) = &name {
+        enipool_api::check_network(n).map_err(|e| CniError::config("name", e.reason))?;
+    }
+    string(&obj, "type")?;
+    let socket = absolute_path(&obj, "socket")?.unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let state_dir = absolute_path(&obj, "stateDir")?.unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+    let log_file = absolute_path(&obj, "logFile")?;
+    let veth_prefix = match string(&obj, "vethPrefix")? {
+        None => DEFAULT_VETH_PREFIX.to_string(),
+        Some(p) => {
+            if p.is_empty() || p.len() > 4 || !p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(CniError::config(
+                    "vethPrefix",
+                    format!("must be 1-4 characters of letters, digits, '-', '_' or '.', not {p:?}"),
+                ));
+            }
+            p.to_string()
+        }
+    };
+    let log_level = match string(&obj, "logLevel")?.map(str::to_ascii_lowercase).as_deref() {
+        None => LogLevel::Info,
+        Some("error") => LogLevel::Error,
+        Some("warn" | "warning") => LogLevel::Warn,
+        Some("info") => LogLevel::Info,
+        Some("debug" | "trace") => LogLevel::Debug,
+        Some(other) => {
+            return Err(CniError::config("logLevel", format!("must be error, warn, info or debug, not {other:?}")));
+        }
+    };
+    let prev_result = match obj.get("prevResult") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) => Some(v.clone()),
+        Some(_) => return Err(CniError::config("prevResult", "must be an object")),
+    };
+    let valid_attachments = match obj.get("cni.dev/valid-attachments") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let key = "cni.dev/valid-attachments";
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                let Value::Object(a) = item else {
+                    return Err(CniError::config(key, "entries must be objects"));
+                };
+                let field = |f: &str| -> Result<String, CniError> {
+                    match a.get(f) {
+                        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                        _ => Err(CniError::config(key, format!("entries need a non-empty string {f:?}"))),
+                    }
+                };
+                out.push(ValidAttachment { container_id: field("containerID")?, ifname: field("ifname")? });
+            }
+            Some(out)
+        }
+        Some(_) => return Err(CniError::config("cni.dev/valid-attachments", "must be an array")),
+    };
+    Ok(NetConf {
+        cni_version: cni_version.to_string(),
+        name,
+        socket,
+        veth_prefix,
+        log_file,
+        log_level,
+        state_dir,
+        prev_result,
+        valid_attachments,
+    })
+}
+
+/// The cniVersion of stdin if it can be read at all, for error objects and VERSION.
+pub fn sniff_version(stdin: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(stdin).ok()?;
+    v.get("cniVersion")?.as_str().map(str::to_string)
+}
+
+impl NetConf {
+    pub fn network(&self) -> Result<&str, CniError> {
+        self.name.as_deref().ok_or_else(|| CniError::config("name", "is required"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_and_unknown_keys_are_tolerated() {
+        let c =
+            parse(br#"{"cniVersion":"1.0.0","name":"aws-cni","type":"enipool-cni","somethingElse":{"x":1}}"#).unwrap();
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.veth_prefix, "eni");
+        assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.network().unwrap(), "aws-cni");
+    }
+
+    #[test]
+    fn bad_values_are_code_7_naming_the_key() {
+        for (input, key) in [
+            (r#"{"cniVersion":"1.0.0","vethPrefix":"toolong"}"#, "vethPrefix"),
+            (r#"{"cniVersion":"1.0.0","vethPrefix":""}"#, "vethPrefix"),
+            (r#"{"cniVersion":"1.0.0","vethPrefix":"a/b"}"#, "vethPrefix"),
+            (r#"{"cniVersion":"1.0.0","socket":"relative.sock"}"#, "socket"),
+            (r#"{"cniVersion":"1.0.0","socket":5}"#, "socket"),
+            (r#"{"cniVersion":"1.0.0","logLevel":"loud"}"#, "logLevel"),
+            (r#"{"cniVersion":"1.0.0","logFile":"x.log"}"#, "logFile"),
+            (r#"{"cniVersion":"1.0.0","name":"bad name"}"#, "name"),
+            (r#"{"cniVersion":"1.0.0","prevResult":[]}"#, "prevResult"),
+            (
+                r#"{"cniVersion":"1.1.0","cni.dev/valid-attachments":[{"containerID":"a"}]}"#,
+                "cni.dev/valid-attachments",
+            ),
+            (r#"{"name":"n"}"#, "cniVersion"),
+        ] {
+            let e = parse(input.as_bytes()).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{input}: {e}");
+            assert!(e.msg.contains(key), "{input}: {e}");
+        }
+    }
+
+    #[test]
+    fn decode_and_version_failures_have_their_codes() {
+        assert_eq!(parse(b"{not json").unwrap_err().code, code::DECODE_FAILURE);
+        assert_eq!(parse(b"").unwrap_err().code, code::DECODE_FAILURE);
+        assert_eq!(parse(b"[1]").unwrap_err().code, code::INVALID_CONFIG);
+        assert_eq!(parse(br#"{"cniVersion":"0.3.1"}"#).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+    }
+
+    #[test]
+    fn valid_attachments_are_read() {
+        let c = parse(
+            br#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.valid_attachments.unwrap(),
+            vec![ValidAttachment { container_id: "c1".into(), ifname: "eth0".into() }]
+        );
+    }
+}
