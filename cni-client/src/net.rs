@@ -298,7 +298,9 @@ pub async fn wire(host: &Handle, pod: &Handle, spec: &PodSpec<'_>, undo: &mut Un
         delete_link(host, stale.index).await.map_err(kernel("deleting a stale host veth"))?;
     }
     let host_mac = random_mac();
-    let peer = LinkUnspec::new_with_name(spec.ifname).mtu(spec.mtu).setns_by_fd(spec.netns_fd).up().build();
+    // The peer cannot be set up in the creating request: the kernel opens it before it is paired
+    // (ENOTCONN). It is brought up in the pod namespace below.
+    let peer = LinkUnspec::new_with_name(spec.ifname).mtu(spec.mtu).setns_by_fd(spec.netns_fd).build();
     let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(spec.host_veth.to_string())
         .mtu(spec.mtu)
@@ -334,14 +336,24 @@ pub async fn wire(host: &Handle, pod: &Handle, spec: &PodSpec<'_>, undo: &mut Un
         .map_err(kernel("looking up the pod interface"))?
         .ok_or_else(|| CniError::new(code::KERNEL, format!("{} is not in the pod namespace", spec.ifname)))?;
     let pi = pod_link.index;
+    pod.link()
+        .set(LinkUnspec::new_with_index(pi).up().build())
+        .execute()
+        .await
+        .map_err(kernel("setting the pod interface up"))?;
     pod.address().add(pi, IpAddr::V4(spec.ip), 32).execute().await.map_err(kernel("adding the pod address"))?;
     let gw_route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(POD_GATEWAY, 32)
         .output_interface(pi)
         .scope(RouteScope::Link)
+        .protocol(RouteProtocol::Boot)
         .build();
     pod.route().add(gw_route).replace().execute().await.map_err(kernel("adding the pod's gateway route"))?;
-    let default = RouteMessageBuilder::<Ipv4Addr>::new().gateway(POD_GATEWAY).output_interface(pi).build();
+    let default = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(POD_GATEWAY)
+        .output_interface(pi)
+        .protocol(RouteProtocol::Boot)
+        .build();
     pod.route().add(default).replace().execute().await.map_err(kernel("adding the pod's default route"))?;
     pod.neighbours()
         .add(pi, IpAddr::V4(POD_GATEWAY))
