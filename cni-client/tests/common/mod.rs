@@ -364,6 +364,11 @@ impl Node {
 
     /// Everything the node's network state consists of, as text.
     pub fn snapshot(&self) -> String {
+        // The uplink's IPv6 duplicate address detection finishes on its own time; wait for it so
+        // it does not show up as a change.
+        wait_for("IPv6 DAD on the node", Duration::from_secs(20), || {
+            (!self.ns.ip(&["addr", "show"]).contains("tentative")).then_some(())
+        });
         let mut s = String::new();
         for args in [
             &["-d", "link", "show"][..],

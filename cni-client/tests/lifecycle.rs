@@ -1,0 +1,79 @@
+//! Whole pod lifecycles as a runtime drives them, and garbage collection.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// 100 times: create the pod netns, ADD, DEL, delete the netns. Afterwards the node's links,
+/// addresses, routes, rules, neighbours and iptables are exactly as before, except for the
+/// node-wide SNAT chain the first ADD created; and the daemon holds no lease.
+#[test]
+fn a_hundred_add_del_cycles_leave_the_node_as_it_was() {
+    let node = Node::new(&[]);
+    let before = node.snapshot();
+    assert_eq!(node.iptables_save(), "", "a fresh node has no iptables state");
+
+    for i in 0..100 {
+        let mut pod = Pod::new(&format!("cycle{i}"));
+        let r = node.add(&pod);
+        node.del(&pod, Some(&r));
+        pod.delete_netns();
+    }
+    node.wait_no_host_veths();
+    assert!(node.daemon.leases().is_empty(), "{:?}", node.daemon.leases());
+
+    let snat = "*nat\n\
+        :PREROUTING ACCEPT [0:0]\n\
+        :INPUT ACCEPT [0:0]\n\
+        :OUTPUT ACCEPT [0:0]\n\
+        :POSTROUTING ACCEPT [0:0]\n\
+        :ENIPOOL-SNAT - [0:0]\n\
+        -A POSTROUTING -m comment --comment \"enipool SNAT\" -j ENIPOOL-SNAT\n\
+        -A ENIPOOL-SNAT -d 10.0.0.0/16 -m comment --comment \"enipool SNAT\" -j RETURN\n\
+        -A ENIPOOL-SNAT ! -o vlan+ -m comment --comment \"enipool SNAT\" -m addrtype ! --dst-type LOCAL -j SNAT --to-source 10.0.0.10 --random-fully\n\
+        COMMIT";
+    let after = node.snapshot();
+    let expected = format!("{before}{snat}");
+    if after != expected {
+        let diff: Vec<String> = after
+            .lines()
+            .zip(expected.lines().chain(std::iter::repeat("<missing>")))
+            .filter(|(a, e)| a != e)
+            .map(|(a, e)| format!("now: {a}\n was: {e}"))
+            .take(10)
+            .collect();
+        panic!("the node changed:\n{}\n--- after ---\n{after}", diff.join("\n"));
+    }
+}
+
+/// GC releases the leases of attachments not in cni.dev/valid-attachments and removes their host
+/// veths and rules; valid attachments keep working.
+#[test]
+fn gc_removes_what_is_not_valid() {
+    let node = Node::new(&[]);
+    let keep = Pod::new("keep");
+    let stale = Pod::new("stale");
+    let rk = node.add(&keep);
+    let rs = node.add(&stale);
+    let stale_ip = result_ip(&rs);
+    let stale_veth = rs["interfaces"][0]["name"].as_str().unwrap().to_string();
+
+    let mut conf = node.conf("1.1.0");
+    conf["cni.dev/valid-attachments"] = json!([{"containerID": keep.container_id, "ifname": "eth0"}]);
+    let gc = node.exec_plugin(PLUGIN, &[("CNI_COMMAND", "GC".to_string())], conf.to_string().as_bytes(), &[]);
+    assert_eq!(gc.exit, 0, "GC: {}", gc.raw);
+
+    let leases = node.daemon.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0]["container_id"], keep.container_id.as_str());
+    assert!(!node.host_veths().contains(&stale_veth), "GC deletes the stale host veth");
+    assert!(!node.ns.ip(&["rule", "show"]).contains(&stale_ip), "GC deletes the stale rules");
+
+    let mut check = node.conf("1.0.0");
+    check["prevResult"] = rk.clone();
+    let c = node.cni("CHECK", &keep, &check);
+    assert_eq!(c.exit, 0, "the valid pod is intact: {}", c.raw);
+    assert!(keep.ns().ping(NODE_IP));
+    node.del(&keep, Some(&rk));
+}
