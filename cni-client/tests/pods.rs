@@ -189,3 +189,25 @@ fn results_in_0_4_0_and_1_1_0() {
     conf["prevResult"] = r.out.clone();
     assert_eq!(node.cni("DEL", &pod, &conf).exit, 0);
 }
+
+#[test]
+fn check_names_each_mismatch() {
+    let node = Node::new(&[]);
+    let pod = Pod::new("drift");
+    let r = node.add(&pod);
+    let ip = result_ip(&r);
+    // Someone removes the pod's static neighbour and the host's rule.
+    pod.ns().ip(&["neigh", "del", "169.254.1.1", "dev", "eth0"]);
+    node.ns.ip(&["rule", "del", "to", &ip, "lookup", "main", "prio", "512"]);
+    node.ns.exec_ok(&["iptables", "-t", "nat", "-F", "ENIPOOL-SNAT"]);
+    let mut conf = node.conf("1.0.0");
+    conf["prevResult"] = r.clone();
+    let check = node.cni("CHECK", &pod, &conf);
+    assert_eq!(check.out["code"], 104, "{}", check.raw);
+    let msg = check.out["msg"].as_str().unwrap();
+    assert!(msg.contains("3 mismatch"), "{msg}");
+    assert!(msg.contains("neighbour 169.254.1.1 is missing"), "{msg}");
+    assert!(msg.contains(&format!("rule to {ip} lookup 254 prio 512 is missing")), "{msg}");
+    assert!(msg.contains("ENIPOOL-SNAT holds"), "{msg}");
+    node.del(&pod, Some(&r));
+}

@@ -148,14 +148,21 @@ impl Daemon {
     pub fn start(extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("enipool.sock");
-        let data = dir.path().join("data");
-        let log = File::create(dir.path().join("enipoold.log")).unwrap();
+        let mut d = Daemon { child: None, dir, socket };
+        d.spawn(extra);
+        d
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        let data = self.dir.path().join("data");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("enipoold.log")).unwrap();
         let child = Command::new(enipoold())
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .args(["--provider", "static", "--listen", "127.0.0.1:0", "--metrics-listen", "off"])
             .arg("--socket")
-            .arg(&socket)
+            .arg(&self.socket)
             .arg("--data-dir")
             .arg(&data)
             .args(["--ip-cooldown-period", "0", "--pool-tick", "50ms", "--allocation-wait", "300ms"])
@@ -166,9 +173,14 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .unwrap();
-        let d = Daemon { child: Some(child), dir, socket };
-        d.wait_ready();
-        d
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Stops the daemon and starts it again on the same data and socket with other settings.
+    pub fn restart(&mut self, extra: &[&str]) {
+        self.stop();
+        self.spawn(extra);
     }
 
     fn wait_ready(&self) {

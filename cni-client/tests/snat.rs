@@ -1,0 +1,63 @@
+//! The node-wide SNAT chain: made once however many ADDs race, and rewritten when the daemon's
+//! exclusions change.
+
+mod common;
+
+use common::*;
+
+fn jumps(node: &Node) -> usize {
+    node.iptables_save().matches("-A POSTROUTING -m comment --comment \"enipool SNAT\" -j ENIPOOL-SNAT").count()
+}
+
+#[test]
+fn concurrent_adds_make_one_chain_and_one_jump() {
+    let node = Node::new(&[]);
+    let pods: Vec<Pod> = (0..8).map(|i| Pod::new(&format!("race{i}"))).collect();
+    let results: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods.iter().map(|p| s.spawn(|| node.add(p))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(jumps(&node), 1, "{}", node.iptables_save());
+    assert_eq!(node.iptables_save().matches("--to-source 10.0.0.10").count(), 1);
+    let mut ips: Vec<String> = results.iter().map(result_ip).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 8, "eight distinct IPs");
+    for (p, r) in pods.iter().zip(&results) {
+        node.del(p, Some(r));
+    }
+}
+
+#[test]
+fn changed_exclusions_are_reconciled_on_the_next_add() {
+    let mut node = Node::new(&[]);
+    let a = Pod::new("before");
+    let ra = node.add(&a);
+    assert!(!node.iptables_save().contains("192.168.0.0/16"));
+
+    node.daemon.restart(&["--exclude-snat-cidrs", "192.168.0.0/16", "--randomize-snat", "hashrandom"]);
+    let b = Pod::new("after");
+    let rb = node.add(&b);
+    let save = node.iptables_save();
+    assert!(
+        save.contains("-A ENIPOOL-SNAT -d 192.168.0.0/16 -m comment --comment \"enipool SNAT\" -j RETURN"),
+        "{save}"
+    );
+    assert!(
+        save.contains("--to-source 10.0.0.10 --random\n") || save.ends_with("--to-source 10.0.0.10 --random"),
+        "{save}"
+    );
+    assert!(!save.contains("--random-fully"), "{save}");
+    assert_eq!(jumps(&node), 1, "{save}");
+    node.del(&a, Some(&ra));
+    node.del(&b, Some(&rb));
+}
+
+#[test]
+fn external_snat_leaves_iptables_alone() {
+    let node = Node::new(&["--external-snat", "true"]);
+    let pod = Pod::new("nosnat");
+    let r = node.add(&pod);
+    assert_eq!(node.iptables_save(), "", "no SNAT chain when SNAT is external");
+    node.del(&pod, Some(&r));
+}
