@@ -115,28 +115,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 format!("request bodies are limited to {} bytes", api::MAX_BODY_BYTES),
             )
         })?;
+        let malformed = |message: String| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                problem::INVALID_BODY,
+                "Malformed JSON",
+                format!("request body is not valid JSON: {message}"),
+            )
+        };
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize(de) {
-            Ok(v) => Ok(ApiJson(v)),
+        match serde_path_to_error::deserialize(&mut *de) {
+            // Only whitespace may follow the value: `{...} x` is not a JSON document.
+            Ok(v) => de.end().map(|()| ApiJson(v)).map_err(|e| malformed(e.to_string())),
             Err(e) => {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 let message = inner.to_string();
                 if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        problem::INVALID_BODY,
-                        "Malformed JSON",
-                        format!("request body is not valid JSON: {message}"),
-                    ));
+                    return Err(malformed(message));
                 }
-                // serde reports a missing or unknown field at its parent's path; name the field.
-                let named = ["missing field `", "unknown field `"]
-                    .iter()
-                    .find_map(|p| message.strip_prefix(p))
-                    .and_then(|rest| rest.split('`').next())
-                    .map(str::to_string);
-                let field = match (named, path.as_str()) {
+                // serde reports a missing field at its parent's path (name the field); an
+                // unknown field's path already ends with its name.
+                let missing =
+                    message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()).map(str::to_string);
+                let field = match (missing, path.as_str()) {
                     (Some(f), "." | "") => f,
                     (Some(f), parent) => format!("{parent}.{f}"),
                     (None, p) => p.to_string(),
