@@ -259,6 +259,7 @@ impl State {
 
     /// Every invariant the ledger promises; `Err` names the first one broken.
     fn check_invariants(&self) -> Result<(), String> {
+        let primary_ips: HashSet<Ipv4Addr> = self.enis.values().map(|e| e.primary_ip).collect();
         for (key, lease) in &self.leases {
             if *key != lease.key {
                 return Err(format!("lease stored under {key} is for {}", lease.key));
@@ -294,7 +295,7 @@ impl State {
                     }
                 }
             }
-            if self.is_primary_ip(*ip) {
+            if primary_ips.contains(ip) {
                 return Err(format!("address {ip} is an ENI primary address"));
             }
         }
@@ -938,20 +939,30 @@ fn open_locked(dir: &Path, config: &LedgerConfig) -> Result<(Trees, State, Recov
     let trees =
         Trees { enis: open(TREE_ENIS)?, addrs: open(TREE_ADDRS)?, leases: open(TREE_LEASES)?, meta, db: db.clone() };
 
+    // The two big trees load in parallel: reopening with thousands of leases is mostly
+    // iterating and decoding them.
     let mut state = State::default();
-    load_tree(&trees.enis, TREE_ENIS, dir, |e: EniRecord| {
-        state.enis.insert(e.id.clone(), e);
-    })?;
-    load_tree(&trees.addrs, TREE_ADDRS, dir, |a: AddressRecord| {
-        state.addrs.insert(a.ip, a);
-    })?;
-    load_tree(&trees.leases, TREE_LEASES, dir, |l: Lease| {
-        state.leases.insert(l.key.clone(), l);
-    })?;
-    let addrs: Vec<AddressRecord> = state.addrs.values().cloned().collect();
-    for a in &addrs {
-        state.index(a);
-    }
+    let (leases, loaded) = std::thread::scope(|scope| {
+        let leases = scope.spawn(|| {
+            let mut leases = BTreeMap::new();
+            load_tree(&trees.leases, TREE_LEASES, dir, |l: Lease| {
+                leases.insert(l.key.clone(), l);
+            })
+            .map(|()| leases)
+        });
+        let loaded = load_tree(&trees.enis, TREE_ENIS, dir, |e: EniRecord| {
+            state.enis.insert(e.id.clone(), e);
+        })
+        .and_then(|()| {
+            load_tree(&trees.addrs, TREE_ADDRS, dir, |a: AddressRecord| {
+                state.index(&a);
+                state.addrs.insert(a.ip, a);
+            })
+        });
+        (leases.join(), loaded)
+    });
+    loaded?;
+    state.leases = leases.map_err(|_| corrupt("the storage engine failed while reading leases".into()))??;
 
     // Replay what the log holds beyond the last checkpoint, then checkpoint it into sled so the
     // log can start empty.
