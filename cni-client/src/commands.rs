@@ -142,13 +142,16 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
     })?;
 
     // Everything that can be refused without side effects comes before the lease.
+    let started = std::time::Instant::now();
     let ns = NetNs::open(netns_path)?;
     let host = host_netlink().await?;
     let pod = pod_netlink(&ns)?;
     net::ensure_absent_in_pod(&pod, a.ifname, netns_path).await?;
 
+    let prepared = started.elapsed();
     let mut daemon = Daemon::new(&conf.socket);
     let lease = daemon.lease(&request).await?;
+    let leased = started.elapsed();
     log::info(&format!(
         "leased {} on {} (table {}) for {network}/{}",
         lease.ip, lease.eni_id, lease.route_table, a.ifname
@@ -171,11 +174,14 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
             netns_fd: ns.fd(),
         };
         let wired = net::wire(&host, &pod, &spec, &mut undo).await?;
+        log::debug(&format!("wired in {:?}", started.elapsed() - leased));
         if fail_at == Some(FailAt::AfterWire) {
             return Err(CniError::new(code::KERNEL, "injected failure after wiring (ENIPOOL_CNI_TEST_FAIL_AT)"));
         }
         if let Some(s) = &snat {
+            let before = started.elapsed();
             snat::ensure(s, &conf.state_dir)?;
+            log::debug(&format!("SNAT ensured in {:?}", started.elapsed() - before));
         }
         Ok((ip, wired))
     }
@@ -193,6 +199,11 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
             return Err(e);
         }
     };
+    log::debug(&format!(
+        "ADD took {:?} (netns and sockets {prepared:?}, lease {:?})",
+        started.elapsed(),
+        leased - prepared
+    ));
     let ours = CniResult {
         interfaces: vec![
             Interface {

@@ -41,3 +41,7 @@ pub fn info(msg: &str) {
 pub fn warn(msg: &str) {
     log(LogLevel::Warn, msg)
 }
+
+pub fn debug(msg: &str) {
+    log(LogLevel::Debug, msg)
+}
