@@ -57,23 +57,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         println!("enipoold listening: http://{}/metrics", m.local_addr()?);
     }
 
-    match pool::sync_with_provider(&app).await {
-        Ok(()) => app.set_ready(),
-        Err(e) => app.set_not_ready(format!("provider sync failed: {e}")),
-    }
-    let pool_task = tokio::spawn(pool::run(Arc::clone(&app)));
-    if !app.is_ready() {
-        let retry = Arc::clone(&app);
-        tokio::spawn(async move {
-            while !retry.is_ready() && !retry.is_shutting_down() {
-                tokio::time::sleep(retry.config.pool_tick).await;
-                match pool::sync_with_provider(&retry).await {
-                    Ok(()) => retry.set_ready(),
-                    Err(e) => retry.set_not_ready(format!("provider sync failed: {e}")),
+    // Serve at once; the sync with the provider runs beside it. Until it has succeeded /readyz
+    // answers 503 with the reason, and allocations are served from what the ledger holds.
+    app.set_not_ready("starting: syncing the ledger with the provider".into());
+    let syncing = Arc::clone(&app);
+    tokio::spawn(async move {
+        loop {
+            match pool::sync_with_provider(&syncing).await {
+                Ok(()) => {
+                    syncing.set_ready();
+                    syncing.pool_wake.notify_one();
+                    return;
                 }
+                Err(e) => syncing.set_not_ready(format!("provider sync failed: {e}")),
             }
-        });
-    }
+            tokio::select! {
+                _ = tokio::time::sleep(syncing.config.pool_tick) => {}
+                _ = syncing.shutdown.notified() => return,
+            }
+        }
+    });
+    let pool_task = tokio::spawn(pool::run(Arc::clone(&app)));
 
     let shutdown = {
         let app = Arc::clone(&app);
