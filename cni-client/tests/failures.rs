@@ -137,3 +137,31 @@ fn a_full_pool_is_try_again_later_and_secondary_enis_get_a_from_rule() {
     node.wait_no_host_veths();
     assert_node_clean(&node);
 }
+
+#[test]
+fn check_needs_a_prev_result_and_gc_needs_valid_attachments() {
+    let node = Node::new(&[]);
+    let pod = Pod::new("strict");
+    let r = node.add(&pod);
+    assert_error(&node.cni("CHECK", &pod, &node.conf("1.0.0")), 7, "prevResult");
+    let gc =
+        node.exec_plugin(PLUGIN, &[("CNI_COMMAND", "GC".to_string())], node.conf("1.1.0").to_string().as_bytes(), &[]);
+    assert_error(&gc, 7, "cni.dev/valid-attachments");
+    assert_eq!(node.daemon.leases().len(), 1, "a refused GC releases nothing");
+    node.del(&pod, Some(&r));
+}
+
+#[test]
+fn gc_without_the_daemon_still_cleans_the_kernel_and_says_try_again() {
+    let mut node = Node::new(&[]);
+    let pod = Pod::new("orphan");
+    let r = node.add(&pod);
+    let ip = result_ip(&r);
+    node.daemon.stop();
+    let mut conf = node.conf("1.1.0");
+    conf["cni.dev/valid-attachments"] = serde_json::json!([]);
+    let gc = node.exec_plugin(PLUGIN, &[("CNI_COMMAND", "GC".to_string())], conf.to_string().as_bytes(), &[]);
+    assert_error(&gc, 11, "unreachable");
+    assert!(node.host_veths().is_empty(), "the orphan's host veth is gone");
+    assert!(!node.ns.ip(&["rule", "show"]).contains(&ip), "and its rules");
+}
