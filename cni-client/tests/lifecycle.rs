@@ -77,3 +77,28 @@ fn gc_removes_what_is_not_valid() {
     assert!(keep.ns().ping(NODE_IP));
     node.del(&keep, Some(&rk));
 }
+
+/// A late repeated DEL of a pod whose IP now belongs to another pod leaves the new pod's rule and
+/// route alone: DEL trusts the daemon's lease, not the old prevResult.
+#[test]
+fn a_late_repeated_del_does_not_touch_the_ips_new_owner() {
+    // t3.micro: two pod IPs in all, so a released IP is handed out again at once (no cooldown).
+    let node = Node::new(&["--instance-type", "t3.micro"]);
+    let (old, filler, new) = (Pod::new("old"), Pod::new("filler"), Pod::new("new"));
+    let r_old = node.add(&old);
+    let r_filler = node.add(&filler);
+    node.del(&old, Some(&r_old));
+    let r_new = node.add(&new);
+    let ip = result_ip(&r_new);
+    assert_eq!(ip, result_ip(&r_old), "the only free IP was the old pod's");
+
+    node.del(&old, Some(&r_old));
+    let rules = node.ns.ip(&["rule", "show"]);
+    assert!(rules.contains(&format!("to {ip} lookup main")), "the new owner's rule survives: {rules}");
+    assert!(filler.ns().ping(&ip), "and the new owner is reachable");
+    let mut conf = node.conf("1.0.0");
+    conf["prevResult"] = r_new.clone();
+    assert_eq!(node.cni("CHECK", &new, &conf).exit, 0);
+    node.del(&new, Some(&r_new));
+    node.del(&filler, Some(&r_filler));
+}
