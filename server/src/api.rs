@@ -341,8 +341,12 @@ async fn list_leases(
     State(app): State<AppState>,
     query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<api::Lease>>, ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, problem::INVALID_FIELD, "Invalid query", e.body_text()))?;
+    let Query(q) = query.map_err(|e| {
+        let text = e.body_text();
+        // serde names the offending parameter as `name` in its message.
+        let field = text.split('`').nth(1).map(str::to_string);
+        ApiError { field, ..ApiError::new(StatusCode::BAD_REQUEST, problem::INVALID_FIELD, "Invalid query", text) }
+    })?;
     let filter = LeaseFilter { network: q.network, pod_namespace: q.pod_namespace, eni_id: q.eni };
     Ok(Json(app.ledger.leases(&filter).iter().map(|l| to_api_lease(&app, l)).collect()))
 }
@@ -476,7 +480,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "enipool", description = "enipoold's API: leases of VPC IPs for pods, and the state of the node's ENI pool. Mutating calls are served only on the unix socket."),
+    info(title = "enipool", description = "enipoold's API: leases of VPC IPs for pods, and the state of the node's ENI pool. Mutating calls are served only on the unix socket; on the loopback TCP listener they answer 403 (type urn:enipool:problem:read-only-listener). Any route may also answer 404 (unknown route) or 405 (method not allowed). Every error is an RFC 9457 application/problem+json document (schema Problem) whose type is stable."),
     paths(create_lease, delete_lease, get_lease, list_leases, list_enis, get_pool, gc, healthz, readyz, metrics),
     components(schemas(
         api::LeaseRequest, api::Lease, api::SnatSettings, api::GcRequest, api::GcReply, api::Attachment,
