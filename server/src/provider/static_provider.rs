@@ -13,7 +13,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits};
+use enipool_provider::{InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits};
 
 const STATE_FILE: &str = "static-instance.json";
 
