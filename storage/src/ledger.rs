@@ -355,6 +355,8 @@ pub struct RecoveryReport {
     /// Bytes of a torn record cut off the end of the log (a write that was under way in a crash
     /// and so was never acknowledged).
     pub torn_tail_bytes: u64,
+    /// The state came from the image a clean close left, not from sled's records.
+    pub from_image: bool,
 }
 
 struct Inner {
@@ -403,8 +405,14 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // A clean close leaves sled holding everything and the log empty, so the next open
         // replays nothing.
-        if !self.crashed.load(std::sync::atomic::Ordering::SeqCst) {
-            let _ = self.checkpoint();
+        if !self.crashed.load(std::sync::atomic::Ordering::SeqCst) && self.checkpoint().is_ok() {
+            // Nothing else can run now (this is the last handle), so the state is exactly what
+            // sled holds at its sequence number: leave an image for a fast next open. Failing
+            // to write it only makes the next open slower.
+            let st = self.lock();
+            if st.dirty.is_empty() && self.trees.applied_seq().ok() == Some(st.last_seq) {
+                let _ = write_image(&self.path, &st);
+            }
         }
     }
 }
@@ -939,6 +947,60 @@ fn open_locked(dir: &Path, config: &LedgerConfig) -> Result<(Trees, State, Recov
     let trees =
         Trees { enis: open(TREE_ENIS)?, addrs: open(TREE_ADDRS)?, leases: open(TREE_LEASES)?, meta, db: db.clone() };
 
+    let applied = trees.applied_seq().map_err(corrupt)?;
+    let image = take_image(dir, applied);
+    let from_image = image.is_some();
+    let mut state = match image {
+        Some(image) => {
+            let mut state = State::default();
+            for e in image.enis {
+                state.enis.insert(e.id.clone(), e);
+            }
+            for a in image.addrs {
+                state.index(&a);
+                state.addrs.insert(a.ip, a);
+            }
+            for l in image.leases {
+                state.leases.insert(l.key.clone(), l);
+            }
+            state
+        }
+        None => load_state(&trees, dir)?,
+    };
+
+    // Replay what the log holds beyond the last checkpoint, then checkpoint it into sled so the
+    // log can start empty.
+    let wal_dir = dir.join("wal");
+    let recovered =
+        Wal::recover(&wal_dir).map_err(|source| OpenError::Io { path: wal_dir.clone(), source })?.map_err(corrupt)?;
+    state.last_seq = applied;
+    let mut report = RecoveryReport { torn_tail_bytes: recovered.torn_tail_bytes, replayed_records: 0, from_image };
+    for rec in recovered.records.iter().filter(|r| r.seq > applied) {
+        if rec.seq != state.last_seq + 1 {
+            return Err(corrupt(format!(
+                "the write-ahead log resumes at record {} but the store holds records up to {}: records are missing",
+                rec.seq, state.last_seq
+            )));
+        }
+        let changes: Vec<Change> = postcard::from_bytes(&rec.body)
+            .map_err(|e| corrupt(format!("write-ahead log record {} does not decode: {e}", rec.seq)))?;
+        for c in changes {
+            state.apply(c);
+        }
+        state.last_seq = rec.seq;
+        report.replayed_records += 1;
+    }
+    if !state.dirty.is_empty() {
+        trees.write_snapshot(&state.take_snapshot()).map_err(corrupt)?;
+        db.flush().map_err(|e| sled_error(dir, e))?;
+    }
+    state.check_invariants().map_err(|detail| OpenError::Invariant { path: path.clone(), detail })?;
+    Ok((trees, state, report))
+}
+
+/// Loads the mirror from sled's trees (the path after a crash, or without an image).
+fn load_state(trees: &Trees, dir: &Path) -> Result<State, OpenError> {
+    let corrupt = |detail: String| OpenError::Corrupt { path: dir.to_path_buf(), detail };
     // The two big trees load in parallel: reopening with thousands of leases is mostly
     // iterating and decoding them.
     let mut state = State::default();
@@ -963,36 +1025,52 @@ fn open_locked(dir: &Path, config: &LedgerConfig) -> Result<(Trees, State, Recov
     });
     loaded?;
     state.leases = leases.map_err(|_| corrupt("the storage engine failed while reading leases".into()))??;
+    Ok(state)
+}
 
-    // Replay what the log holds beyond the last checkpoint, then checkpoint it into sled so the
-    // log can start empty.
-    let wal_dir = dir.join("wal");
-    let recovered =
-        Wal::recover(&wal_dir).map_err(|source| OpenError::Io { path: wal_dir.clone(), source })?.map_err(corrupt)?;
-    let applied = trees.applied_seq().map_err(corrupt)?;
-    state.last_seq = applied;
-    let mut report = RecoveryReport { torn_tail_bytes: recovered.torn_tail_bytes, replayed_records: 0 };
-    for rec in recovered.records.iter().filter(|r| r.seq > applied) {
-        if rec.seq != state.last_seq + 1 {
-            return Err(corrupt(format!(
-                "the write-ahead log resumes at record {} but the store holds records up to {}: records are missing",
-                rec.seq, state.last_seq
-            )));
-        }
-        let changes: Vec<Change> = postcard::from_bytes(&rec.body)
-            .map_err(|e| corrupt(format!("write-ahead log record {} does not decode: {e}", rec.seq)))?;
-        for c in changes {
-            state.apply(c);
-        }
-        state.last_seq = rec.seq;
-        report.replayed_records += 1;
+/// A clean close leaves the whole state in one checksummed file, tagged with the sequence number
+/// sled holds, so the next open reads one file instead of materialising every record from sled
+/// (a cold sled open of 10,000 leases took ~170 ms here). Used only when its sequence number is
+/// sled's, and deleted as it is read, so it can never stand for any other state.
+#[derive(Serialize, Deserialize)]
+struct Image {
+    seq: u64,
+    enis: Vec<EniRecord>,
+    addrs: Vec<AddressRecord>,
+    leases: Vec<Lease>,
+}
+
+const IMAGE_FILE: &str = "image";
+
+fn write_image(dir: &Path, st: &State) -> std::io::Result<()> {
+    let image = Image {
+        seq: st.last_seq,
+        enis: st.enis.values().cloned().collect(),
+        addrs: st.addrs.values().cloned().collect(),
+        leases: st.leases.values().cloned().collect(),
+    };
+    let body = postcard::to_allocvec(&image).expect("records always serialize");
+    let mut bytes = crc32fast::hash(&body).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    let tmp = dir.join("image.tmp");
+    let file = File::create(&tmp)?;
+    std::io::Write::write_all(&mut &file, &bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, dir.join(IMAGE_FILE))?;
+    File::open(dir)?.sync_all()
+}
+
+/// Reads and removes the image; returns it if it is whole and stands for sled's state `applied`.
+fn take_image(dir: &Path, applied: u64) -> Option<Image> {
+    let path = dir.join(IMAGE_FILE);
+    let bytes = fs::read(&path).ok()?;
+    let _ = fs::remove_file(&path);
+    let (crc, body) = bytes.split_at_checked(4)?;
+    if u32::from_le_bytes(crc.try_into().ok()?) != crc32fast::hash(body) {
+        return None;
     }
-    if !state.dirty.is_empty() {
-        trees.write_snapshot(&state.take_snapshot()).map_err(corrupt)?;
-        db.flush().map_err(|e| sled_error(dir, e))?;
-    }
-    state.check_invariants().map_err(|detail| OpenError::Invariant { path: path.clone(), detail })?;
-    Ok((trees, state, report))
+    let image: Image = postcard::from_bytes(body).ok()?;
+    (image.seq == applied).then_some(image)
 }
 
 const MARKER_FILE: &str = "LEDGER";
