@@ -64,6 +64,8 @@ pub struct ProviderEni {
     pub subnet_gateway: Ipv4Addr,
     pub primary_ip: Ipv4Addr,
     pub secondary_ips: Vec<Ipv4Addr>,
+    /// The ENI's MAC address (lower case), by which the node finds its interface.
+    pub mac: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,4 +94,9 @@ pub trait Provider: Send + Sync {
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), ProviderError>;
     /// Detaches and deletes a (non-primary) ENI.
     async fn delete_eni(&self, eni_id: &str) -> Result<(), ProviderError>;
+    /// Deletes ENIs left behind (ours, detached, old enough), by this node or a dead one;
+    /// returns their ids. Providers without leaks need not implement it.
+    async fn sweep_leaked_enis(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
 }

@@ -109,6 +109,7 @@ impl StaticProvider {
             subnet_gateway: Ipv4Addr::from(u32::from(s.subnet_cidr.network()) + 1),
             primary_ip: e.primary_ip,
             secondary_ips: e.secondary_ips.clone(),
+            mac: None,
         }
     }
 }

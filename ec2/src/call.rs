@@ -1,0 +1,298 @@
+//! How every EC2 call is made: a client-side rate limit, a timeout per attempt, and bounded
+//! retries with exponential backoff and full jitter on throttling, 5xx answers and transport
+//! failures. The SDK's own retries are disabled, so this is the one place that decides.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use rand::Rng;
+use tokio::sync::Mutex;
+
+/// Retries, backoff, timeout and rate limit of EC2 calls. Every period is configurable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallPolicy {
+    /// Attempts per call, the first included (at least 1).
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubled for each further one, capped at `backoff_max`,
+    /// and jittered (a uniform pick between half of it and all of it).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long one attempt may take.
+    pub timeout: Duration,
+    /// Client-side rate limit: calls per second, sustained...
+    pub rate_per_second: f64,
+    /// ...with bursts of up to this many.
+    pub burst: u32,
+}
+
+impl Default for CallPolicy {
+    fn default() -> Self {
+        CallPolicy {
+            max_attempts: 8,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(20),
+            timeout: Duration::from_secs(10),
+            rate_per_second: 10.0,
+            burst: 20,
+        }
+    }
+}
+
+impl CallPolicy {
+    /// The delay before retry number `retry` (1 = the first retry), jittered.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exp =
+            self.backoff_base.saturating_mul(1u32.checked_shl(retry.saturating_sub(1).min(30)).unwrap_or(u32::MAX));
+        let cap = exp.min(self.backoff_max);
+        if cap.is_zero() {
+            return cap;
+        }
+        let half = cap / 2;
+        let nanos = rand::rng().random_range(half.as_nanos() as u64..=cap.as_nanos() as u64);
+        Duration::from_nanos(nanos)
+    }
+}
+
+/// What one failed attempt (or call) looked like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallError {
+    pub action: &'static str,
+    /// The EC2 error code (`RequestLimitExceeded`, `InvalidParameterValue`, ...), or one of ours:
+    /// `Timeout`, `Unreachable`, `BadResponse`, `Request`.
+    pub code: String,
+    pub message: String,
+    /// HTTP status when EC2 answered.
+    pub status: Option<u16>,
+    pub retryable: bool,
+    /// Attempts made before giving up.
+    pub attempts: u32,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.action, self.code)?;
+        if let Some(s) = self.status {
+            write!(f, " (HTTP {s})")?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        if self.attempts > 1 {
+            write!(f, " (after {} attempts)", self.attempts)?;
+        }
+        Ok(())
+    }
+}
+
+/// Error codes that mean "slow down".
+pub fn is_throttle(code: &str) -> bool {
+    matches!(
+        code,
+        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "RequestThrottled" | "TooManyRequestsException"
+    )
+}
+
+/// Sorts an SDK error into a `CallError`.
+pub fn classify<E>(action: &'static str, err: &SdkError<E, HttpResponse>) -> CallError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let message = || {
+        let text = DisplayErrorContext(err).to_string();
+        // HTML bodies (moto's 500 page) are noise in a log line.
+        text.chars().take(300).collect::<String>()
+    };
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let code = err.code().unwrap_or("Unknown").to_string();
+            let retryable = is_throttle(&code) || status >= 500;
+            let message = err.message().map(str::to_string).unwrap_or_else(message);
+            CallError { action, code, message, status: Some(status), retryable, attempts: 1 }
+        }
+        SdkError::TimeoutError(_) => {
+            CallError { action, code: "Timeout".into(), message: message(), status: None, retryable: true, attempts: 1 }
+        }
+        SdkError::DispatchFailure(_) => CallError {
+            action,
+            code: "Unreachable".into(),
+            message: message(),
+            status: None,
+            retryable: true,
+            attempts: 1,
+        },
+        SdkError::ResponseError(r) => {
+            let status = r.raw().status().as_u16();
+            CallError {
+                action,
+                code: "BadResponse".into(),
+                message: message(),
+                status: Some(status),
+                retryable: status >= 500,
+                attempts: 1,
+            }
+        }
+        _ => CallError {
+            action,
+            code: "Request".into(),
+            message: message(),
+            status: None,
+            retryable: false,
+            attempts: 1,
+        },
+    }
+}
+
+/// Sees every attempt: for metrics by EC2 action.
+pub trait CallObserver: Send + Sync {
+    /// One attempt of `action` took `took`; `error` is its error code when it failed.
+    fn attempt(&self, action: &str, took: Duration, error: Option<&str>);
+}
+
+/// A token bucket: `rate` tokens a second, holding at most `burst`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub fn new(rate_per_second: f64, burst: u32) -> RateLimiter {
+        let burst = f64::from(burst.max(1));
+        RateLimiter { rate: rate_per_second, burst, state: Mutex::new((burst, Instant::now())) }
+    }
+
+    /// Waits until a call may be made. A rate of 0 (or less, or not finite) means unlimited.
+    pub async fn acquire(&self) {
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return;
+        }
+        // Holding the lock while waiting keeps callers in order.
+        let mut s = self.state.lock().await;
+        let now = Instant::now();
+        let tokens = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            *s = (tokens - 1.0, now);
+            return;
+        }
+        let wait = Duration::from_secs_f64((1.0 - tokens) / self.rate);
+        tokio::time::sleep(wait).await;
+        *s = (0.0, Instant::now());
+    }
+}
+
+/// Makes calls under a policy.
+pub struct Caller {
+    pub policy: CallPolicy,
+    limiter: RateLimiter,
+    observer: Option<Arc<dyn CallObserver>>,
+}
+
+impl Caller {
+    pub fn new(policy: CallPolicy, observer: Option<Arc<dyn CallObserver>>) -> Caller {
+        let limiter = RateLimiter::new(policy.rate_per_second, policy.burst);
+        Caller { policy, limiter, observer }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the attempts run out.
+    pub async fn call<T, E, F, Fut>(&self, action: &'static str, mut attempt: F) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let attempts = self.policy.max_attempts.max(1);
+        let mut n = 0;
+        loop {
+            n += 1;
+            self.limiter.acquire().await;
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(self.policy.timeout, attempt()).await;
+            let took = started.elapsed();
+            let err = match outcome {
+                Ok(Ok(v)) => {
+                    self.observe(action, took, None);
+                    return Ok(v);
+                }
+                Ok(Err(e)) => classify(action, &e),
+                Err(_) => CallError {
+                    action,
+                    code: "Timeout".into(),
+                    message: format!("no answer within {:?}", self.policy.timeout),
+                    status: None,
+                    retryable: true,
+                    attempts: 1,
+                },
+            };
+            self.observe(action, took, Some(&err.code));
+            if !err.retryable || n >= attempts {
+                tracing::debug!(action, code = %err.code, attempts = n, "EC2 call failed");
+                return Err(CallError { attempts: n, ..err });
+            }
+            let delay = self.policy.backoff(n);
+            tracing::debug!(action, code = %err.code, attempt = n, ?delay, "EC2 call failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn observe(&self, action: &str, took: Duration, error: Option<&str>) {
+        if let Some(o) = &self.observer {
+            o.attempt(action, took, error);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered() {
+        let p = CallPolicy {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1000),
+            ..CallPolicy::default()
+        };
+        for _ in 0..100 {
+            let first = p.backoff(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
+            let third = p.backoff(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400), "{third:?}");
+            let late = p.backoff(40);
+            assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000), "{late:?}");
+        }
+        let zero = CallPolicy { backoff_base: Duration::ZERO, ..p };
+        assert_eq!(zero.backoff(3), Duration::ZERO);
+    }
+
+    #[test]
+    fn throttle_codes() {
+        assert!(is_throttle("RequestLimitExceeded"));
+        assert!(is_throttle("Throttling"));
+        assert!(!is_throttle("InvalidParameterValue"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limiter_spaces_calls_after_the_burst() {
+        let l = RateLimiter::new(10.0, 2);
+        let started = tokio::time::Instant::now();
+        for _ in 0..4 {
+            l.acquire().await;
+        }
+        // Two from the burst, then two more at 100 ms each.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(190) && took < Duration::from_millis(260), "{took:?}");
+        let unlimited = RateLimiter::new(0.0, 1);
+        let started = tokio::time::Instant::now();
+        for _ in 0..100 {
+            unlimited.acquire().await;
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+}

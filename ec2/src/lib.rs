@@ -1,0 +1,830 @@
+//! enipoold's EC2 provider: the node's ENIs and secondary IPs through aws-sdk-ec2.
+//!
+//! - Identity: with `instance_id` set, from DescribeInstances (+ DescribeSubnets, DescribeVpcs);
+//!   else from the instance metadata service (IMDSv2) at `imds_endpoint`.
+//! - Limits: the built-in table, else DescribeInstanceTypes. We enforce them ourselves.
+//! - ENIs: DescribeNetworkInterfaces filtered by `attachment.instance-id`.
+//! - Grow: AssignPrivateIpAddresses; CreateNetworkInterface -> AttachNetworkInterface ->
+//!   ModifyNetworkInterfaceAttribute(DeleteOnTermination), rolled back on failure part-way.
+//! - Shrink: UnassignPrivateIpAddresses; DetachNetworkInterface -> DeleteNetworkInterface (never
+//!   the primary). A detached ENI whose delete failed is retried by the leaked-ENI sweep.
+//! - Every call goes through [`call::Caller`]: rate limit, timeout, retries with backoff + jitter.
+//!
+//! All mutations and listings are serialised by one lock, so a listing never interleaves with a
+//! change we are making. What we changed recently is overlaid on listings for
+//! `consistency_window`, so an eventually consistent read neither re-adds an IP we removed nor
+//! drops one we just added.
+
+pub mod call;
+pub mod imds;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::primitives::{DateTime, DateTimeFormat};
+use aws_sdk_ec2::types::{
+    Filter, InstanceType, NetworkInterface, NetworkInterfaceAttachmentChanges, ResourceType, Tag, TagSpecification,
+};
+use enipool_provider::{InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits};
+use ipnet::Ipv4Net;
+use tokio::sync::{Mutex, OnceCell};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+pub use call::{CallError, CallObserver, CallPolicy};
+
+/// Tag keys on the ENIs we create.
+pub const TAG_INSTANCE_ID: &str = "enipool.io/instance-id";
+pub const TAG_CREATED_AT: &str = "enipool.io/created-at";
+pub const TAG_CLUSTER: &str = "enipool.io/cluster-name";
+
+/// How the provider finds its instance and talks to EC2.
+#[derive(Clone, Debug)]
+pub struct Ec2Config {
+    /// This instance; when set, identity comes from DescribeInstances and no metadata service is
+    /// needed.
+    pub instance_id: Option<String>,
+    /// Overrides the instance type EC2 reports (limits are looked up for it).
+    pub instance_type: Option<String>,
+    /// The instance metadata service, used when `instance_id` is not set.
+    pub imds_endpoint: String,
+    /// EC2 endpoint; when unset the SDK's own (AWS_ENDPOINT_URL_EC2, or the region's).
+    pub ec2_endpoint: Option<String>,
+    /// Tagged on ENIs we create; when set, the leaked-ENI sweep only deletes ENIs with this tag.
+    pub cluster_name: Option<String>,
+    pub calls: CallPolicy,
+    /// How long DeleteNetworkInterface is retried while the ENI is still detaching.
+    pub detach_wait: Duration,
+    /// Detached ENIs of ours older than this are deleted by the sweep.
+    pub leaked_eni_age: Duration,
+    /// How long our own changes are overlaid on listings (EC2 reads are eventually consistent).
+    pub consistency_window: Duration,
+}
+
+impl Default for Ec2Config {
+    fn default() -> Self {
+        Ec2Config {
+            instance_id: None,
+            instance_type: None,
+            imds_endpoint: "http://169.254.169.254".into(),
+            ec2_endpoint: None,
+            cluster_name: None,
+            calls: CallPolicy::default(),
+            detach_wait: Duration::from_secs(30),
+            leaked_eni_age: Duration::from_secs(300),
+            consistency_window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Who we are, once `init` succeeded.
+#[derive(Clone, Debug)]
+struct Identity {
+    instance_id: String,
+    instance_type: String,
+    limits: Limits,
+    primary_eni_id: String,
+    primary_ip: Ipv4Addr,
+    subnet_id: String,
+    security_groups: Vec<String>,
+    vpc_id: String,
+    vpc_cidrs: Vec<Ipv4Net>,
+}
+
+struct Ready {
+    client: Client,
+    id: Identity,
+}
+
+/// One of our ENIs as we last saw or made it.
+#[derive(Clone, Debug)]
+struct EniView {
+    id: String,
+    device_index: u32,
+    attachment_id: Option<String>,
+    subnet_id: String,
+    primary_ip: Ipv4Addr,
+    mac: Option<String>,
+    secondaries: BTreeSet<Ipv4Addr>,
+}
+
+#[derive(Default)]
+struct Cache {
+    loaded: bool,
+    enis: BTreeMap<String, EniView>,
+    subnets: HashMap<String, Ipv4Net>,
+    /// Our own recent changes, with when we made them.
+    added_ips: HashMap<Ipv4Addr, (String, Instant)>,
+    removed_ips: HashMap<Ipv4Addr, Instant>,
+    created_enis: HashMap<String, Instant>,
+    deleted_enis: HashMap<String, Instant>,
+    /// Detached by us, delete failed: the sweep retries these whatever their age.
+    pending_delete: BTreeSet<String>,
+}
+
+pub struct Ec2Provider {
+    config: Ec2Config,
+    caller: call::Caller,
+    ready: OnceCell<Ready>,
+    cache: Mutex<Cache>,
+}
+
+fn failed(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::Failed(e.to_string())
+}
+
+/// Maps a call's error to what the pool manager acts on.
+fn provider_error(e: CallError) -> ProviderError {
+    match e.code.as_str() {
+        "InsufficientFreeAddressesInSubnet" | "InsufficientCidrBlocks" => ProviderError::SubnetExhausted(e.to_string()),
+        _ => ProviderError::Failed(e.to_string()),
+    }
+}
+
+fn parse_ip(what: &str, v: Option<&str>) -> Result<Ipv4Addr, ProviderError> {
+    let v = v.ok_or_else(|| failed(format!("EC2 gave no {what}")))?;
+    v.parse().map_err(|_| failed(format!("EC2 gave {what} {v:?}, not an IPv4 address")))
+}
+
+fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1))
+}
+
+impl Ec2Provider {
+    pub fn new(config: Ec2Config, observer: Option<Arc<dyn CallObserver>>) -> Ec2Provider {
+        let caller = call::Caller::new(config.calls.clone(), observer);
+        Ec2Provider { config, caller, ready: OnceCell::new(), cache: Mutex::new(Cache::default()) }
+    }
+
+    fn ready(&self) -> Result<&Ready, ProviderError> {
+        self.ready.get().ok_or_else(|| failed("the EC2 provider is not initialised yet"))
+    }
+
+    async fn client(&self, region_hint: Option<String>) -> Client {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(url) = &self.config.ec2_endpoint {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let sdk = loader.load().await;
+        let mut b = aws_sdk_ec2::config::Builder::from(&sdk)
+            .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_ec2::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(self.config.calls.timeout)
+                    .build(),
+            );
+        if sdk.region().is_none()
+            && let Some(r) = region_hint
+        {
+            b = b.region(aws_sdk_ec2::config::Region::new(r));
+        }
+        Client::from_conf(b.build())
+    }
+
+    async fn identify(&self) -> Result<Ready, ProviderError> {
+        let c = &self.config;
+        match &c.instance_id {
+            Some(instance_id) => {
+                let client = self.client(None).await;
+                let id = self.describe_identity(&client, instance_id).await?;
+                Ok(Ready { client, id })
+            }
+            None => {
+                let m = imds::identity(&c.imds_endpoint, c.calls.timeout).await.map_err(failed)?;
+                let client = self.client(m.region.clone()).await;
+                let instance_type = c.instance_type.clone().unwrap_or(m.instance_type);
+                let limits = self.limits(&client, &instance_type).await?;
+                self.cache.lock().await.subnets.insert(m.subnet_id.clone(), m.subnet_cidr);
+                let id = Identity {
+                    instance_id: m.instance_id,
+                    instance_type,
+                    limits,
+                    primary_eni_id: m.primary_eni_id,
+                    primary_ip: m.primary_ip,
+                    subnet_id: m.subnet_id,
+                    security_groups: m.security_groups,
+                    vpc_id: m.vpc_id,
+                    vpc_cidrs: m.vpc_cidrs,
+                };
+                Ok(Ready { client, id })
+            }
+        }
+    }
+
+    async fn describe_identity(&self, client: &Client, instance_id: &str) -> Result<Identity, ProviderError> {
+        let out = self
+            .caller
+            .call("DescribeInstances", || client.describe_instances().instance_ids(instance_id).send())
+            .await
+            .map_err(provider_error)?;
+        let instance = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| i.instance_id() == Some(instance_id))
+            .ok_or_else(|| failed(format!("DescribeInstances does not know {instance_id}")))?;
+        let instance_type = match &self.config.instance_type {
+            Some(t) => t.clone(),
+            None => instance
+                .instance_type()
+                .map(|t| t.as_str().to_string())
+                .ok_or_else(|| failed(format!("{instance_id} has no instance type")))?,
+        };
+        let primary = instance
+            .network_interfaces()
+            .iter()
+            .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0))
+            .ok_or_else(|| failed(format!("{instance_id} has no ENI at device index 0")))?;
+        let primary_eni_id =
+            primary.network_interface_id().ok_or_else(|| failed("the primary ENI has no id"))?.to_string();
+        let primary_ip = parse_ip("primary private IP", primary.private_ip_address())?;
+        let subnet_id = primary
+            .subnet_id()
+            .or(instance.subnet_id())
+            .ok_or_else(|| failed(format!("{instance_id} has no subnet")))?
+            .to_string();
+        let vpc_id = primary
+            .vpc_id()
+            .or(instance.vpc_id())
+            .ok_or_else(|| failed(format!("{instance_id} has no VPC")))?
+            .to_string();
+        let security_groups = primary.groups().iter().filter_map(|g| g.group_id().map(String::from)).collect();
+        let vpcs = self
+            .caller
+            .call("DescribeVpcs", || client.describe_vpcs().vpc_ids(&vpc_id).send())
+            .await
+            .map_err(provider_error)?;
+        let mut vpc_cidrs = Vec::new();
+        for vpc in vpcs.vpcs() {
+            let associated = vpc.cidr_block_association_set().iter().filter_map(|a| a.cidr_block());
+            for cidr in vpc.cidr_block().into_iter().chain(associated) {
+                if let Ok(net) = cidr.parse::<Ipv4Net>()
+                    && !vpc_cidrs.contains(&net)
+                {
+                    vpc_cidrs.push(net);
+                }
+            }
+        }
+        if vpc_cidrs.is_empty() {
+            return Err(failed(format!("DescribeVpcs gave no IPv4 CIDR for {vpc_id}")));
+        }
+        self.subnet_cidr(client, &subnet_id).await?;
+        let limits = self.limits(client, &instance_type).await?;
+        Ok(Identity {
+            instance_id: instance_id.to_string(),
+            instance_type,
+            limits,
+            primary_eni_id,
+            primary_ip,
+            subnet_id,
+            security_groups,
+            vpc_id,
+            vpc_cidrs,
+        })
+    }
+
+    async fn limits(&self, client: &Client, instance_type: &str) -> Result<Limits, ProviderError> {
+        if let Some(l) = builtin_limits(instance_type) {
+            return Ok(l);
+        }
+        let out = self
+            .caller
+            .call("DescribeInstanceTypes", || {
+                client.describe_instance_types().instance_types(InstanceType::from(instance_type)).send()
+            })
+            .await
+            .map_err(provider_error)?;
+        let info = out
+            .instance_types()
+            .iter()
+            .find_map(|t| t.network_info())
+            .ok_or_else(|| failed(format!("DescribeInstanceTypes does not know {instance_type}")))?;
+        match (info.maximum_network_interfaces(), info.ipv4_addresses_per_interface()) {
+            (Some(e), Some(i)) if e > 0 && i > 0 => Ok(Limits { max_enis: e as u32, ipv4_per_eni: i as u32 }),
+            other => Err(failed(format!("DescribeInstanceTypes gave no usable limits for {instance_type}: {other:?}"))),
+        }
+    }
+
+    /// The CIDR of a subnet, from the cache or DescribeSubnets.
+    async fn subnet_cidr(&self, client: &Client, subnet_id: &str) -> Result<Ipv4Net, ProviderError> {
+        if let Some(c) = self.cache.lock().await.subnets.get(subnet_id) {
+            return Ok(*c);
+        }
+        let out = self
+            .caller
+            .call("DescribeSubnets", || client.describe_subnets().subnet_ids(subnet_id).send())
+            .await
+            .map_err(provider_error)?;
+        let cidr = out
+            .subnets()
+            .iter()
+            .find_map(|s| s.cidr_block())
+            .ok_or_else(|| failed(format!("DescribeSubnets gave no CIDR for {subnet_id}")))?;
+        let net: Ipv4Net = cidr.parse().map_err(|_| failed(format!("subnet {subnet_id} has CIDR {cidr:?}")))?;
+        self.cache.lock().await.subnets.insert(subnet_id.to_string(), net);
+        Ok(net)
+    }
+
+    /// Every ENI attached to the instance, as EC2 says now.
+    async fn describe_attached(&self, r: &Ready) -> Result<Vec<EniView>, ProviderError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .caller
+                .call("DescribeNetworkInterfaces", || {
+                    r.client
+                        .describe_network_interfaces()
+                        .filters(Filter::builder().name("attachment.instance-id").values(&r.id.instance_id).build())
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await
+                .map_err(provider_error)?;
+            for n in page.network_interfaces() {
+                out.push(view(n)?);
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lists, overlays our recent changes, and replaces the cache with the result.
+    async fn refresh(&self, r: &Ready, cache: &mut Cache) -> Result<(), ProviderError> {
+        let described = self.describe_attached(r).await?;
+        let window = self.config.consistency_window;
+        let now = Instant::now();
+        cache.added_ips.retain(|_, (_, at)| now.duration_since(*at) < window);
+        cache.removed_ips.retain(|_, at| now.duration_since(*at) < window);
+        cache.created_enis.retain(|_, at| now.duration_since(*at) < window);
+        cache.deleted_enis.retain(|_, at| now.duration_since(*at) < window);
+        let mut enis: BTreeMap<String, EniView> = BTreeMap::new();
+        for mut e in described {
+            if cache.deleted_enis.contains_key(&e.id) {
+                continue;
+            }
+            e.secondaries.retain(|ip| !cache.removed_ips.contains_key(ip));
+            enis.insert(e.id.clone(), e);
+        }
+        for id in cache.created_enis.keys() {
+            if !enis.contains_key(id)
+                && let Some(e) = cache.enis.get(id)
+            {
+                enis.insert(id.clone(), e.clone());
+            }
+        }
+        for (ip, (eni, _)) in &cache.added_ips {
+            if let Some(e) = enis.get_mut(eni) {
+                e.secondaries.insert(*ip);
+            }
+        }
+        cache.enis = enis;
+        cache.loaded = true;
+        Ok(())
+    }
+
+    async fn to_provider(&self, r: &Ready, e: &EniView) -> Result<ProviderEni, ProviderError> {
+        let subnet = self.subnet_cidr(&r.client, &e.subnet_id).await?;
+        Ok(ProviderEni {
+            id: e.id.clone(),
+            device_number: e.device_index,
+            primary: e.id == r.id.primary_eni_id,
+            subnet_cidr: subnet,
+            subnet_gateway: gateway(subnet),
+            primary_ip: e.primary_ip,
+            secondary_ips: e.secondaries.iter().copied().collect(),
+            mac: e.mac.clone(),
+        })
+    }
+
+    async fn ensure_loaded(&self, r: &Ready, cache: &mut Cache) -> Result<(), ProviderError> {
+        if !cache.loaded {
+            self.refresh(r, cache).await?;
+        }
+        Ok(())
+    }
+
+    /// Detaches (if attached) and deletes an ENI; a delete refused because the detach is still
+    /// in progress is retried for `detach_wait`.
+    async fn detach_and_delete(&self, r: &Ready, eni_id: &str, attachment_id: Option<&str>) -> Result<(), CallError> {
+        if let Some(att) = attachment_id {
+            let detached = self
+                .caller
+                .call("DetachNetworkInterface", || r.client.detach_network_interface().attachment_id(att).send())
+                .await;
+            if let Err(e) = detached
+                && !e.code.starts_with("InvalidAttachmentID.NotFound")
+            {
+                return Err(e);
+            }
+        }
+        self.delete(r, eni_id).await
+    }
+
+    async fn delete(&self, r: &Ready, eni_id: &str) -> Result<(), CallError> {
+        let started = Instant::now();
+        let mut retry = 0;
+        loop {
+            let outcome = self
+                .caller
+                .call("DeleteNetworkInterface", || {
+                    r.client.delete_network_interface().network_interface_id(eni_id).send()
+                })
+                .await;
+            match outcome {
+                Ok(_) => return Ok(()),
+                Err(e) if e.code == "InvalidNetworkInterfaceID.NotFound" => return Ok(()),
+                Err(e) if e.code == "InvalidNetworkInterface.InUse" && started.elapsed() < self.config.detach_wait => {
+                    retry += 1;
+                    tokio::time::sleep(self.caller.policy.backoff(retry)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn tags(&self, r: &Ready) -> Vec<Tag> {
+        let now = DateTime::from(SystemTime::now()).fmt(DateTimeFormat::DateTime).unwrap_or_default();
+        let mut tags = vec![
+            Tag::builder().key(TAG_INSTANCE_ID).value(&r.id.instance_id).build(),
+            Tag::builder().key(TAG_CREATED_AT).value(now).build(),
+        ];
+        if let Some(c) = &self.config.cluster_name {
+            tags.push(Tag::builder().key(TAG_CLUSTER).value(c).build());
+        }
+        tags
+    }
+}
+
+/// Our view of one described ENI.
+fn view(n: &NetworkInterface) -> Result<EniView, ProviderError> {
+    let id = n.network_interface_id().ok_or_else(|| failed("EC2 listed an ENI without an id"))?.to_string();
+    let primary_ip = parse_ip(&format!("primary IP of {id}"), n.private_ip_address())?;
+    let mut secondaries = BTreeSet::new();
+    for a in n.private_ip_addresses() {
+        let ip = parse_ip(&format!("private IP of {id}"), a.private_ip_address())?;
+        if a.primary() != Some(true) && ip != primary_ip {
+            secondaries.insert(ip);
+        }
+    }
+    let att = n.attachment();
+    Ok(EniView {
+        device_index: att.and_then(|a| a.device_index()).unwrap_or(0).max(0) as u32,
+        attachment_id: att.and_then(|a| a.attachment_id()).map(String::from),
+        subnet_id: n.subnet_id().ok_or_else(|| failed(format!("{id} has no subnet")))?.to_string(),
+        primary_ip,
+        mac: n.mac_address().map(|m| m.to_ascii_lowercase()),
+        secondaries,
+        id,
+    })
+}
+
+fn tag<'a>(n: &'a NetworkInterface, key: &str) -> Option<&'a str> {
+    n.tag_set().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+#[async_trait]
+impl Provider for Ec2Provider {
+    fn name(&self) -> &'static str {
+        "ec2"
+    }
+
+    async fn init(&self) -> Result<InstanceInfo, ProviderError> {
+        let r = self.ready.get_or_try_init(|| self.identify()).await?;
+        let id = &r.id;
+        info!(instance = %id.instance_id, r#type = %id.instance_type, limits = ?id.limits, "EC2 identity");
+        Ok(InstanceInfo {
+            instance_id: id.instance_id.clone(),
+            instance_type: id.instance_type.clone(),
+            limits: id.limits,
+            primary_eni_id: id.primary_eni_id.clone(),
+            primary_ip: id.primary_ip,
+            vpc_cidrs: id.vpc_cidrs.clone(),
+        })
+    }
+
+    async fn list_enis(&self) -> Result<Vec<ProviderEni>, ProviderError> {
+        let r = self.ready()?;
+        let mut cache = self.cache.lock().await;
+        self.refresh(r, &mut cache).await?;
+        let views: Vec<EniView> = cache.enis.values().cloned().collect();
+        drop(cache);
+        let mut out = Vec::with_capacity(views.len());
+        for v in &views {
+            out.push(self.to_provider(r, v).await?);
+        }
+        out.sort_by_key(|e| e.device_number);
+        Ok(out)
+    }
+
+    async fn create_eni(&self, device_number: u32) -> Result<ProviderEni, ProviderError> {
+        let r = self.ready()?;
+        let mut guard = self.cache.lock().await;
+        let cache = &mut *guard;
+        self.ensure_loaded(r, cache).await?;
+        let limits = r.id.limits;
+        if cache.enis.len() as u32 >= limits.max_enis {
+            return Err(ProviderError::Limit(format!("{} allows {} ENIs", r.id.instance_type, limits.max_enis)));
+        }
+        if device_number >= limits.max_enis {
+            return Err(ProviderError::Limit(format!(
+                "device index {device_number} is beyond {}'s {} ENIs",
+                r.id.instance_type, limits.max_enis
+            )));
+        }
+        if cache.enis.values().any(|e| e.device_index == device_number) {
+            return Err(failed(format!("device index {device_number} is in use")));
+        }
+        let description = format!("enipool-{}", r.id.instance_id);
+        let tags = self.tags(r);
+        let created = self
+            .caller
+            .call("CreateNetworkInterface", || {
+                r.client
+                    .create_network_interface()
+                    .subnet_id(&r.id.subnet_id)
+                    .set_groups(Some(r.id.security_groups.clone()))
+                    .description(&description)
+                    .tag_specifications(
+                        TagSpecification::builder()
+                            .resource_type(ResourceType::NetworkInterface)
+                            .set_tags(Some(tags.clone()))
+                            .build(),
+                    )
+                    .send()
+            })
+            .await
+            .map_err(provider_error)?;
+        let eni = created.network_interface().ok_or_else(|| failed("CreateNetworkInterface returned no ENI"))?;
+        let mut v = view(eni)?;
+        let eni_id = v.id.clone();
+        let attached = self
+            .caller
+            .call("AttachNetworkInterface", || {
+                r.client
+                    .attach_network_interface()
+                    .network_interface_id(&eni_id)
+                    .instance_id(&r.id.instance_id)
+                    .device_index(device_number as i32)
+                    .send()
+            })
+            .await;
+        let attachment_id = match attached {
+            Ok(a) => a.attachment_id().map(String::from),
+            Err(e) => {
+                // Roll back: an ENI that never attached is deleted now.
+                if let Err(del) = self.delete(r, &eni_id).await {
+                    warn!(eni = %eni_id, error = %del, "could not delete an ENI that failed to attach; the sweep will");
+                    cache.pending_delete.insert(eni_id.clone());
+                }
+                return Err(provider_error(e));
+            }
+        };
+        let Some(attachment_id) = attachment_id else {
+            let _ = self.detach_and_delete(r, &eni_id, None).await;
+            return Err(failed(format!("AttachNetworkInterface gave no attachment id for {eni_id}")));
+        };
+        let modified = self
+            .caller
+            .call("ModifyNetworkInterfaceAttribute", || {
+                r.client
+                    .modify_network_interface_attribute()
+                    .network_interface_id(&eni_id)
+                    .attachment(
+                        NetworkInterfaceAttachmentChanges::builder()
+                            .attachment_id(&attachment_id)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .send()
+            })
+            .await;
+        if let Err(e) = modified {
+            if let Err(del) = self.detach_and_delete(r, &eni_id, Some(&attachment_id)).await {
+                warn!(eni = %eni_id, error = %del, "could not roll back an ENI; the sweep will delete it");
+                cache.pending_delete.insert(eni_id.clone());
+            }
+            return Err(provider_error(e));
+        }
+        v.device_index = device_number;
+        v.attachment_id = Some(attachment_id);
+        v.secondaries.clear();
+        cache.created_enis.insert(eni_id.clone(), Instant::now());
+        cache.enis.insert(eni_id.clone(), v.clone());
+        drop(guard);
+        self.to_provider(r, &v).await
+    }
+
+    async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, ProviderError> {
+        let r = self.ready()?;
+        let mut guard = self.cache.lock().await;
+        let cache = &mut *guard;
+        self.ensure_loaded(r, cache).await?;
+        if !cache.enis.contains_key(eni_id) {
+            self.refresh(r, cache).await?;
+        }
+        let eni = cache.enis.get(eni_id).ok_or_else(|| failed(format!("{eni_id} is not attached to this instance")))?;
+        let room = r.id.limits.pod_ips_per_eni().saturating_sub(eni.secondaries.len() as u32);
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        if count > room {
+            return Err(ProviderError::Limit(format!("{eni_id} has room for {room} more addresses, {count} asked")));
+        }
+        let before: BTreeSet<Ipv4Addr> = eni.secondaries.iter().copied().chain([eni.primary_ip]).collect();
+        let out = self
+            .caller
+            .call("AssignPrivateIpAddresses", || {
+                r.client
+                    .assign_private_ip_addresses()
+                    .network_interface_id(eni_id)
+                    .secondary_private_ip_address_count(count as i32)
+                    .send()
+            })
+            .await
+            .map_err(provider_error)?;
+        // EC2 answers with the new addresses; moto with all of them: keep what is new.
+        let mut new: Vec<Ipv4Addr> = Vec::new();
+        for a in out.assigned_private_ip_addresses() {
+            let ip = parse_ip("assigned IP", a.private_ip_address())?;
+            if !before.contains(&ip) && !new.contains(&ip) {
+                new.push(ip);
+            }
+        }
+        // An address EC2 shows on another of our ENIs too (moto draws at random) is given back.
+        let elsewhere: Vec<Ipv4Addr> = new
+            .iter()
+            .copied()
+            .filter(|ip| {
+                cache.enis.values().any(|e| e.id != eni_id && (e.primary_ip == *ip || e.secondaries.contains(ip)))
+            })
+            .collect();
+        if !elsewhere.is_empty() {
+            warn!(eni = %eni_id, ?elsewhere, "EC2 assigned addresses another ENI holds; giving them back");
+            let back: Vec<String> = elsewhere.iter().map(|ip| ip.to_string()).collect();
+            let _ = self
+                .caller
+                .call("UnassignPrivateIpAddresses", || {
+                    r.client
+                        .unassign_private_ip_addresses()
+                        .network_interface_id(eni_id)
+                        .set_private_ip_addresses(Some(back.clone()))
+                        .send()
+                })
+                .await;
+            new.retain(|ip| !elsewhere.contains(ip));
+        }
+        let now = Instant::now();
+        if let Some(e) = cache.enis.get_mut(eni_id) {
+            e.secondaries.extend(new.iter().copied());
+        }
+        for ip in &new {
+            cache.removed_ips.remove(ip);
+            cache.added_ips.insert(*ip, (eni_id.to_string(), now));
+        }
+        Ok(new)
+    }
+
+    async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), ProviderError> {
+        let r = self.ready()?;
+        if ips.is_empty() {
+            return Ok(());
+        }
+        let mut cache = self.cache.lock().await;
+        let list: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
+        self.caller
+            .call("UnassignPrivateIpAddresses", || {
+                r.client
+                    .unassign_private_ip_addresses()
+                    .network_interface_id(eni_id)
+                    .set_private_ip_addresses(Some(list.clone()))
+                    .send()
+            })
+            .await
+            .map_err(provider_error)?;
+        let now = Instant::now();
+        if let Some(e) = cache.enis.get_mut(eni_id) {
+            for ip in ips {
+                e.secondaries.remove(ip);
+            }
+        }
+        for ip in ips {
+            cache.added_ips.remove(ip);
+            cache.removed_ips.insert(*ip, now);
+        }
+        Ok(())
+    }
+
+    async fn delete_eni(&self, eni_id: &str) -> Result<(), ProviderError> {
+        let r = self.ready()?;
+        if eni_id == r.id.primary_eni_id {
+            return Err(failed("the primary ENI is never deleted"));
+        }
+        let mut guard = self.cache.lock().await;
+        let cache = &mut *guard;
+        self.ensure_loaded(r, cache).await?;
+        if !cache.enis.contains_key(eni_id) {
+            self.refresh(r, cache).await?;
+        }
+        let Some(eni) = cache.enis.get(eni_id).cloned() else {
+            return Err(failed(format!("{eni_id} is not attached to this instance")));
+        };
+        if eni.device_index == 0 {
+            return Err(failed("the ENI at device index 0 is never deleted"));
+        }
+        if let Some(att) = &eni.attachment_id {
+            self.caller
+                .call("DetachNetworkInterface", || r.client.detach_network_interface().attachment_id(att).send())
+                .await
+                .map_err(provider_error)?;
+        }
+        // Detached: from here on the ENI is no longer ours to use, whatever happens to the delete.
+        let now = Instant::now();
+        cache.enis.remove(eni_id);
+        cache.created_enis.remove(eni_id);
+        cache.deleted_enis.insert(eni_id.to_string(), now);
+        cache.added_ips.retain(|_, (e, _)| e != eni_id);
+        if let Err(e) = self.delete(r, eni_id).await {
+            warn!(eni = %eni_id, error = %e, "detached but not deleted; the leaked-ENI sweep will delete it");
+            cache.pending_delete.insert(eni_id.to_string());
+        }
+        Ok(())
+    }
+
+    async fn sweep_leaked_enis(&self) -> Result<Vec<String>, ProviderError> {
+        let r = self.ready()?;
+        let mut deleted = Vec::new();
+        let pending: Vec<String> = self.cache.lock().await.pending_delete.iter().cloned().collect();
+        for id in pending {
+            match self.delete(r, &id).await {
+                Ok(()) => {
+                    self.cache.lock().await.pending_delete.remove(&id);
+                    deleted.push(id);
+                }
+                Err(e) => warn!(eni = %id, error = %e, "still cannot delete a detached ENI"),
+            }
+        }
+        let mut filters = vec![
+            Filter::builder().name("vpc-id").values(&r.id.vpc_id).build(),
+            Filter::builder().name("tag-key").values(TAG_INSTANCE_ID).build(),
+        ];
+        if let Some(c) = &self.config.cluster_name {
+            filters.push(Filter::builder().name(format!("tag:{TAG_CLUSTER}")).values(c).build());
+        }
+        let mut candidates = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .caller
+                .call("DescribeNetworkInterfaces", || {
+                    r.client
+                        .describe_network_interfaces()
+                        .set_filters(Some(filters.clone()))
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await
+                .map_err(provider_error)?;
+            let now = SystemTime::now();
+            for n in page.network_interfaces() {
+                let Some(id) = n.network_interface_id() else { continue };
+                let available = n.status().map(|s| s.as_str()) == Some("available")
+                    && n.attachment().is_none_or(|a| a.instance_id().is_none());
+                if !available || deleted.iter().any(|d| d == id) {
+                    continue;
+                }
+                let created = tag(n, TAG_CREATED_AT).and_then(|t| DateTime::from_str(t, DateTimeFormat::DateTime).ok());
+                let Some(created) = created.and_then(|c| SystemTime::try_from(c).ok()) else {
+                    warn!(eni = %id, "an ENI with our tag but no readable creation time; left alone");
+                    continue;
+                };
+                if now.duration_since(created).unwrap_or_default() >= self.config.leaked_eni_age {
+                    candidates.push(id.to_string());
+                }
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        for id in candidates {
+            match self.delete(r, &id).await {
+                Ok(()) => {
+                    info!(eni = %id, "deleted a leaked ENI");
+                    deleted.push(id);
+                }
+                Err(e) => warn!(eni = %id, error = %e, "could not delete a leaked ENI"),
+            }
+        }
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,284 @@
+//! The EC2 provider against a real moto server (behind the fault layer), one server per test.
+
+use std::time::{Duration, Instant};
+
+use enipool_ec2::testing::{FakeEc2, FakeImds, World, set_aws_env};
+use enipool_ec2::{CallPolicy, Ec2Config, Ec2Provider, TAG_CLUSTER, TAG_CREATED_AT, TAG_INSTANCE_ID};
+use enipool_provider::{Limits, Provider, ProviderError};
+
+fn policy() -> CallPolicy {
+    CallPolicy {
+        max_attempts: 5,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        timeout: Duration::from_secs(5),
+        rate_per_second: 0.0,
+        burst: 1,
+    }
+}
+
+fn config(world: &World, ec2: &FakeEc2) -> Ec2Config {
+    Ec2Config {
+        instance_id: Some(world.instance_id.clone()),
+        instance_type: None,
+        imds_endpoint: "http://127.0.0.1:9".into(),
+        ec2_endpoint: Some(ec2.endpoint()),
+        cluster_name: None,
+        calls: policy(),
+        detach_wait: Duration::from_secs(2),
+        leaked_eni_age: Duration::ZERO,
+        consistency_window: Duration::ZERO,
+    }
+}
+
+async fn setup(instance_type: &str) -> (FakeEc2, World) {
+    set_aws_env();
+    let ec2 = FakeEc2::start().await;
+    let world = World::make(&ec2.client(), instance_type).await;
+    (ec2, world)
+}
+
+#[tokio::test]
+async fn identity_from_describe_instances() {
+    let (ec2, world) = setup("m5.large").await;
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    let info = p.init().await.expect("init");
+    assert_eq!(info.instance_id, world.instance_id);
+    assert_eq!(info.instance_type, "m5.large");
+    assert_eq!(info.limits, Limits { max_enis: 3, ipv4_per_eni: 10 });
+    assert_eq!(info.primary_eni_id, world.primary_eni_id);
+    assert_eq!(info.primary_ip.to_string(), world.primary_ip);
+    assert_eq!(info.vpc_cidrs, vec!["10.0.0.0/16".parse().unwrap()]);
+    // The built-in table answered: no DescribeInstanceTypes.
+    assert_eq!(ec2.calls().await.of("DescribeInstanceTypes"), 0);
+    let enis = p.list_enis().await.expect("list");
+    assert_eq!(enis.len(), 1, "{enis:?}");
+    assert!(enis[0].primary);
+    assert_eq!(enis[0].device_number, 0);
+    assert_eq!(enis[0].mac.as_deref(), Some(world.mac.as_str()));
+    assert_eq!(enis[0].subnet_gateway.to_string(), "10.0.0.1");
+}
+
+#[tokio::test]
+async fn identity_from_the_metadata_service_with_a_token() {
+    let (ec2, world) = setup("m5.large").await;
+    let imds = FakeImds::start(&world).await;
+    let c = Ec2Config { instance_id: None, imds_endpoint: imds.endpoint(), ..config(&world, &ec2) };
+    let p = Ec2Provider::new(c, None);
+    let info = p.init().await.expect("init");
+    assert_eq!(info.instance_id, world.instance_id);
+    assert_eq!(info.primary_eni_id, world.primary_eni_id);
+    assert_eq!(info.limits.max_enis, 3);
+    let (tokens, gets, refused) = imds.stats().await;
+    assert!(tokens >= 1 && gets >= 8, "tokens {tokens}, gets {gets}");
+    assert_eq!(refused, 0, "every read carried the IMDSv2 token");
+    // No DescribeInstances needed.
+    assert_eq!(ec2.calls().await.of("DescribeInstances"), 0);
+    assert_eq!(p.list_enis().await.expect("list").len(), 1);
+}
+
+#[tokio::test]
+async fn unknown_types_get_limits_from_describe_instance_types() {
+    let (ec2, world) = setup("m6i.large").await;
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    let info = p.init().await.expect("init");
+    assert_eq!(info.limits, Limits { max_enis: 3, ipv4_per_eni: 10 });
+    assert_eq!(ec2.calls().await.of("DescribeInstanceTypes"), 1);
+}
+
+#[tokio::test]
+async fn grows_and_shrinks_within_the_type_limits() {
+    let (ec2, world) = setup("m5.large").await;
+    let client = ec2.client();
+    let p = Ec2Provider::new(Ec2Config { cluster_name: Some("prod".into()), ..config(&world, &ec2) }, None);
+    p.init().await.expect("init");
+
+    let eni = p.create_eni(1).await.expect("create");
+    assert_eq!(eni.device_number, 1);
+    assert!(!eni.primary && eni.secondary_ips.is_empty());
+    let moto = world.enis(&client).await;
+    let made = moto.iter().find(|n| n.network_interface_id() == Some(eni.id.as_str())).expect("in moto");
+    assert_eq!(made.description(), Some(format!("enipool-{}", world.instance_id).as_str()));
+    let att = made.attachment().expect("attached");
+    assert_eq!(att.instance_id(), Some(world.instance_id.as_str()));
+    assert_eq!(att.device_index(), Some(1));
+    // moto ignores DeleteOnTermination; what we asked for is in the request.
+    let modify = ec2.requests("ModifyNetworkInterfaceAttribute").await;
+    assert_eq!(modify.len(), 1, "{modify:?}");
+    assert_eq!(modify[0].get("NetworkInterfaceId"), Some(&eni.id));
+    assert_eq!(modify[0].get("Attachment.DeleteOnTermination").map(String::as_str), Some("true"));
+    assert_eq!(modify[0].get("Attachment.AttachmentId").map(String::as_str), att.attachment_id());
+    let tag = |k: &str| made.tag_set().iter().find(|t| t.key() == Some(k)).and_then(|t| t.value()).map(String::from);
+    assert_eq!(tag(TAG_INSTANCE_ID).as_deref(), Some(world.instance_id.as_str()));
+    assert_eq!(tag(TAG_CLUSTER).as_deref(), Some("prod"));
+    assert!(tag(TAG_CREATED_AT).is_some_and(|t| t.ends_with('Z')), "{:?}", tag(TAG_CREATED_AT));
+    assert_eq!(
+        made.groups().iter().filter_map(|g| g.group_id()).collect::<Vec<_>>(),
+        vec![world.security_group.as_str()]
+    );
+    assert_eq!(made.subnet_id(), Some(world.subnet_id.as_str()));
+
+    let ips = p.assign_ips(&eni.id, 9).await.expect("assign");
+    assert_eq!(ips.len(), 9);
+    let attached = world.attached(&client).await;
+    assert_eq!(attached[1].2.len(), 9, "{attached:?}");
+    // 10 IPv4 per ENI on an m5.large: the primary and 9 secondaries. We refuse the 10th.
+    assert!(matches!(p.assign_ips(&eni.id, 1).await, Err(ProviderError::Limit(_))));
+    p.create_eni(2).await.expect("third ENI");
+    assert!(matches!(p.create_eni(3).await, Err(ProviderError::Limit(_))), "a fourth ENI is beyond the limit");
+    assert_eq!(world.attached(&client).await.len(), 3);
+
+    p.unassign_ips(&eni.id, &ips[..2]).await.expect("unassign");
+    assert_eq!(world.attached(&client).await[1].2.len(), 7);
+    let listed = p.list_enis().await.expect("list");
+    assert_eq!(listed.iter().find(|e| e.id == eni.id).unwrap().secondary_ips.len(), 7);
+
+    assert!(p.delete_eni(&world.primary_eni_id).await.is_err(), "never the primary");
+    p.delete_eni(&eni.id).await.expect("delete");
+    assert!(world.enis(&client).await.iter().all(|n| n.network_interface_id() != Some(eni.id.as_str())));
+    let calls = ec2.calls().await;
+    assert_eq!(calls.of("DetachNetworkInterface"), 1);
+    assert_eq!(calls.of("DeleteNetworkInterface"), 1);
+    assert_eq!(p.list_enis().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn throttling_and_5xx_are_retried_but_bad_requests_are_not() {
+    let (ec2, world) = setup("m5.large").await;
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    p.init().await.expect("init");
+    let eni = p.create_eni(1).await.expect("create");
+
+    ec2.inject("AssignPrivateIpAddresses", "throttle", 2).await;
+    ec2.inject("AssignPrivateIpAddresses", "500", 1).await;
+    let before = ec2.calls().await.of("AssignPrivateIpAddresses");
+    assert_eq!(p.assign_ips(&eni.id, 3).await.expect("assign after retries").len(), 3);
+    assert_eq!(ec2.calls().await.of("AssignPrivateIpAddresses") - before, 4);
+
+    ec2.inject("AssignPrivateIpAddresses", "invalid", 1).await;
+    let err = p.assign_ips(&eni.id, 1).await.expect_err("invalid is final");
+    assert!(err.to_string().contains("InvalidParameterValue"), "{err}");
+    assert_eq!(ec2.calls().await.of("AssignPrivateIpAddresses") - before, 5);
+
+    // Bounded: throttled for good gives up after max_attempts.
+    ec2.inject("AssignPrivateIpAddresses", "throttle", -1).await;
+    let err = p.assign_ips(&eni.id, 1).await.expect_err("gives up");
+    assert!(err.to_string().contains("RequestLimitExceeded") && err.to_string().contains("5 attempts"), "{err}");
+    ec2.clear().await;
+    assert_eq!(world.attached(&ec2.client()).await[1].2.len(), 3, "nothing assigned by the failed calls");
+}
+
+#[tokio::test]
+async fn subnet_exhaustion_is_reported_as_such() {
+    let (ec2, world) = setup("m5.large").await;
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    p.init().await.expect("init");
+    let eni = p.create_eni(1).await.expect("create");
+    ec2.inject("AssignPrivateIpAddresses", "subnet", 1).await;
+    assert!(matches!(p.assign_ips(&eni.id, 2).await, Err(ProviderError::SubnetExhausted(_))));
+    ec2.inject("CreateNetworkInterface", "subnet", 1).await;
+    assert!(matches!(p.create_eni(2).await, Err(ProviderError::SubnetExhausted(_))));
+}
+
+#[tokio::test]
+async fn an_eni_that_fails_to_attach_is_deleted() {
+    let (ec2, world) = setup("m5.large").await;
+    let client = ec2.client();
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    p.init().await.expect("init");
+    ec2.inject("AttachNetworkInterface", "invalid", 1).await;
+    assert!(p.create_eni(1).await.is_err());
+    let calls = ec2.calls().await;
+    assert_eq!(calls.of("CreateNetworkInterface"), 1);
+    assert_eq!(calls.of("DeleteNetworkInterface"), 1);
+    assert_eq!(world.enis(&client).await.len(), 1, "only the primary ENI is left");
+
+    // Failing after the attach (DeleteOnTermination) rolls back too: detach, then delete.
+    ec2.inject("ModifyNetworkInterfaceAttribute", "invalid", 1).await;
+    assert!(p.create_eni(1).await.is_err());
+    assert_eq!(world.enis(&client).await.len(), 1, "only the primary ENI is left");
+    // And the device index is free again.
+    p.create_eni(1).await.expect("create after the rollbacks");
+}
+
+#[tokio::test]
+async fn a_hung_call_times_out_and_is_retried() {
+    let (ec2, world) = setup("m5.large").await;
+    let c = Ec2Config {
+        calls: CallPolicy { timeout: Duration::from_millis(300), max_attempts: 2, ..policy() },
+        ..config(&world, &ec2)
+    };
+    let p = Ec2Provider::new(c, None);
+    p.init().await.expect("init");
+    ec2.inject("DescribeNetworkInterfaces", "hang", 1).await;
+    let started = Instant::now();
+    assert_eq!(p.list_enis().await.expect("second attempt").len(), 1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    ec2.inject("DescribeNetworkInterfaces", "hang", 2).await;
+    let err = p.list_enis().await.expect_err("both attempts hang");
+    assert!(err.to_string().contains("Timeout"), "{err}");
+    ec2.release().await;
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_our_detached_enis_and_nothing_else() {
+    let (ec2, world) = setup("m5.large").await;
+    let client = ec2.client();
+    let p = Ec2Provider::new(Ec2Config { cluster_name: Some("prod".into()), ..config(&world, &ec2) }, None);
+    p.init().await.expect("init");
+    // Ours, left detached (a node killed between Detach and Delete).
+    let leaked = p.create_eni(1).await.expect("create");
+    let att = world
+        .enis(&client)
+        .await
+        .iter()
+        .find(|n| n.network_interface_id() == Some(leaked.id.as_str()))
+        .unwrap()
+        .attachment()
+        .unwrap()
+        .attachment_id()
+        .unwrap()
+        .to_string();
+    client.detach_network_interface().attachment_id(att).send().await.expect("detach");
+    // Ours and attached: kept.
+    let live = p.create_eni(2).await.expect("create");
+    // Someone else's, detached: kept.
+    let foreign = client.create_network_interface().subnet_id(&world.subnet_id).send().await.unwrap();
+    let foreign = foreign.network_interface().unwrap().network_interface_id().unwrap().to_string();
+    // Another cluster's: kept.
+    let other = Ec2Provider::new(Ec2Config { cluster_name: Some("staging".into()), ..config(&world, &ec2) }, None);
+    other.init().await.unwrap();
+    let _ = other.list_enis().await.unwrap();
+
+    let swept = p.sweep_leaked_enis().await.expect("sweep");
+    assert_eq!(swept, vec![leaked.id.clone()]);
+    let left: Vec<String> =
+        world.enis(&client).await.iter().filter_map(|n| n.network_interface_id().map(String::from)).collect();
+    assert!(!left.contains(&leaked.id));
+    assert!(left.contains(&live.id) && left.contains(&foreign), "{left:?}");
+
+    // Younger than the age: kept.
+    let young = Ec2Provider::new(
+        Ec2Config {
+            cluster_name: Some("prod".into()),
+            leaked_eni_age: Duration::from_secs(3600),
+            ..config(&world, &ec2)
+        },
+        None,
+    );
+    young.init().await.unwrap();
+    let eni = young.create_eni(1).await.unwrap();
+    let att = world
+        .enis(&client)
+        .await
+        .iter()
+        .find(|n| n.network_interface_id() == Some(eni.id.as_str()))
+        .unwrap()
+        .attachment()
+        .unwrap()
+        .attachment_id()
+        .unwrap()
+        .to_string();
+    client.detach_network_interface().attachment_id(att).send().await.unwrap();
+    assert!(young.sweep_leaked_enis().await.unwrap().is_empty());
+}
