@@ -322,7 +322,9 @@ async fn readyz_answers_503_while_the_provider_cannot_be_synced() {
             Err(format!("{} {v}", r.status))
         }
     };
-    // It keeps retrying (every pool tick) and keeps failing; alive all along.
+    // It serves at once ("starting") and syncs beside; once the first attempt has failed it keeps
+    // retrying (every pool tick) and keeps failing, alive all along.
+    common::eventually("readyz answering 503 with the sync error", not_ready).await;
     common::holds("readyz answering 503 with the sync error", Duration::from_millis(200), not_ready).await;
     d.tcp().get("/readyz").await.expect(503);
     assert_eq!(api.get("/healthz").await.expect(200).json(), json!({"status": "ok"}));
