@@ -184,6 +184,18 @@ pub struct Pool {
     pub exhausted_allocations: u64,
     pub last_provider_action: Option<ProviderEvent>,
     pub last_provider_error: Option<ProviderEvent>,
+    /// Set while growth is paused because the provider reported the subnet out of addresses.
+    #[serde(default)]
+    pub growth_paused: Option<GrowthPause>,
+}
+
+/// Growth is paused: the provider said the subnet has no free addresses left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GrowthPause {
+    /// The provider's error.
+    pub reason: String,
+    /// When growth resumes, Unix milliseconds.
+    pub until: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

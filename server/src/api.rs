@@ -169,7 +169,8 @@ fn lease_key(network: String, container_id: String, ifname: String) -> Result<Le
 fn to_api_lease(app: &App, lease: &enipool_storage::Lease) -> api::Lease {
     let eni = app.ledger.eni(&lease.eni_id);
     let c = &app.config;
-    let vpc_cidrs: Vec<String> = app.info.vpc_cidrs.iter().map(|n| n.to_string()).collect();
+    let info = app.info();
+    let vpc_cidrs: Vec<String> = info.vpc_cidrs.iter().map(|n| n.to_string()).collect();
     let excluded = vpc_cidrs.iter().cloned().chain(c.exclude_snat_cidrs.iter().map(|n| n.to_string())).collect();
     api::Lease {
         network: lease.key.network.clone(),
@@ -192,7 +193,7 @@ fn to_api_lease(app: &App, lease: &enipool_storage::Lease) -> api::Lease {
         mtu: c.pod_mtu,
         snat: api::SnatSettings {
             enabled: !c.external_snat,
-            node_ip: app.info.primary_ip.to_string(),
+            node_ip: info.primary_ip.to_string(),
             excluded_cidrs: excluded,
             randomize: c.randomize_snat.as_str().into(),
         },
@@ -254,6 +255,13 @@ async fn create_lease(
                         .as_ref()
                         .map(|e| format!("; last provider error ({}): {}", e.action, e.detail))
                         .unwrap_or_default();
+                    let paused = app
+                        .growth_pause()
+                        .map(|p| {
+                            let left = p.until.saturating_duration_since(Instant::now()).as_secs();
+                            format!("; growth paused for {left} s more: {}", p.reason)
+                        })
+                        .unwrap_or_default();
                     let stats = app.ledger.stats();
                     return Err(ApiError {
                         retry_after: Some(Duration::from_secs(1)),
@@ -262,7 +270,7 @@ async fn create_lease(
                             problem::POOL_EXHAUSTED,
                             "No IP available",
                             format!(
-                                "no free IP after waiting {:?}: {} leased, {} cooling, {} total{reason}",
+                                "no free IP after waiting {:?}: {} leased, {} cooling, {} total{paused}{reason}",
                                 app.config.allocation_wait,
                                 stats.addresses.leased,
                                 stats.addresses.cooling,
@@ -355,6 +363,7 @@ async fn list_leases(
 #[utoipa::path(get, path = "/v1/enis", tag = "pool", responses((status = 200, body = Vec<api::Eni>)))]
 async fn list_enis(State(app): State<AppState>) -> Json<Vec<api::Eni>> {
     let now = app.clock_now();
+    let primary_eni_id = app.info().primary_eni_id;
     let enis = app
         .ledger
         .enis()
@@ -379,7 +388,7 @@ async fn list_enis(State(app): State<AppState>) -> Json<Vec<api::Eni>> {
                 })
                 .collect();
             api::Eni {
-                primary: e.id == app.info.primary_eni_id,
+                primary: e.id == primary_eni_id,
                 id: e.id,
                 device_number: e.device_number,
                 attached: e.attached,
@@ -400,11 +409,12 @@ async fn get_pool(State(app): State<AppState>) -> Json<api::Pool> {
     let stats = app.ledger.stats();
     let plan = pool::plan_now(&app, &stats);
     let c = &app.config;
-    let limits = app.info.limits;
+    let info = app.info();
+    let limits = info.limits;
     let events = app.events.lock().unwrap_or_else(|e| e.into_inner());
     Json(api::Pool {
-        instance_id: app.info.instance_id.clone(),
-        instance_type: app.info.instance_type.clone(),
+        instance_id: info.instance_id.clone(),
+        instance_type: info.instance_type.clone(),
         provider: app.provider.name().into(),
         max_enis: limits.max_enis,
         ipv4_per_eni: limits.ipv4_per_eni,
@@ -426,6 +436,7 @@ async fn get_pool(State(app): State<AppState>) -> Json<api::Pool> {
         exhausted_allocations: app.exhausted_allocations.load(std::sync::atomic::Ordering::Relaxed),
         last_provider_action: events.last_action.clone(),
         last_provider_error: events.last_error.clone(),
+        growth_paused: app.growth_pause().map(|p| api::GrowthPause { reason: p.reason, until: p.until_ms }),
     })
 }
 
@@ -484,7 +495,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
     paths(create_lease, delete_lease, get_lease, list_leases, list_enis, get_pool, gc, healthz, readyz, metrics),
     components(schemas(
         api::LeaseRequest, api::Lease, api::SnatSettings, api::GcRequest, api::GcReply, api::Attachment,
-        api::Eni, api::Address, api::AddressState, api::Pool, api::WarmTargets, api::ProviderEvent,
+        api::Eni, api::Address, api::AddressState, api::Pool, api::WarmTargets, api::ProviderEvent, api::GrowthPause,
         api::Health, api::Readiness, api::Problem
     )),
     tags((name = "leases"), (name = "pool"), (name = "health"))

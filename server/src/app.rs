@@ -3,9 +3,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use enipool_api::ProviderEvent;
 use enipool_storage::{Clock, Ledger, SystemClock};
@@ -21,12 +21,24 @@ pub struct Events {
     pub last_error: Option<ProviderEvent>,
 }
 
+/// Growth is paused (the subnet ran out of addresses) until `until`.
+#[derive(Clone, Debug)]
+pub struct GrowthPause {
+    pub until: Instant,
+    /// The same instant, Unix milliseconds, for the API.
+    pub until_ms: u64,
+    pub reason: String,
+}
+
 pub struct App {
     pub config: Config,
     pub ledger: Ledger,
     pub provider: Arc<dyn Provider>,
-    pub info: InstanceInfo,
-    pub metrics: Metrics,
+    /// Who we are; until the provider's `init` succeeded, what the last run cached (or a
+    /// placeholder), see `provider_initialised`.
+    info: RwLock<InstanceInfo>,
+    provider_initialised: AtomicBool,
+    pub metrics: Arc<Metrics>,
     /// Wakes the pool manager (after allocations, and when one found no free IP).
     pub pool_wake: Notify,
     /// Bumped whenever the pool gains IPs; allocations waiting for growth watch it.
@@ -35,28 +47,72 @@ pub struct App {
     pub shutdown: Notify,
     pub events: Mutex<Events>,
     pub exhausted_allocations: AtomicU64,
+    growth_pause: Mutex<Option<GrowthPause>>,
     ready: AtomicBool,
     not_ready_reason: Mutex<Option<String>>,
     shutting_down: AtomicBool,
 }
 
 impl App {
-    pub fn new(config: Config, ledger: Ledger, provider: Arc<dyn Provider>, info: InstanceInfo) -> App {
+    /// `initialised`: whether `info` came from the provider's `init` (else the sync retries it).
+    pub fn new(
+        config: Config,
+        ledger: Ledger,
+        provider: Arc<dyn Provider>,
+        info: InstanceInfo,
+        initialised: bool,
+        metrics: Arc<Metrics>,
+    ) -> App {
         App {
             config,
             ledger,
             provider,
-            info,
-            metrics: Metrics::new(),
+            info: RwLock::new(info),
+            provider_initialised: AtomicBool::new(initialised),
+            metrics,
             pool_wake: Notify::new(),
             pool_generation: watch::channel(0).0,
             shutdown: Notify::new(),
             events: Mutex::new(Events::default()),
             exhausted_allocations: AtomicU64::new(0),
+            growth_pause: Mutex::new(None),
             ready: AtomicBool::new(false),
             not_ready_reason: Mutex::new(Some("starting".into())),
             shutting_down: AtomicBool::new(false),
         }
+    }
+
+    /// Who we are (a copy).
+    pub fn info(&self) -> InstanceInfo {
+        self.info.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn provider_initialised(&self) -> bool {
+        self.provider_initialised.load(Ordering::Acquire)
+    }
+
+    /// The provider's `init` succeeded with `info`.
+    pub fn set_info(&self, info: InstanceInfo) {
+        *self.info.write().unwrap_or_else(|e| e.into_inner()) = info;
+        self.provider_initialised.store(true, Ordering::Release);
+    }
+
+    /// Pauses growth for `for_`, with the reason the API shows.
+    pub fn pause_growth(&self, for_: Duration, reason: String) {
+        tracing::warn!(pause = ?for_, %reason, "growth paused");
+        self.metrics.growth_paused();
+        let pause =
+            GrowthPause { until: Instant::now() + for_, until_ms: self.clock_now() + for_.as_millis() as u64, reason };
+        *self.growth_pause.lock().unwrap_or_else(|e| e.into_inner()) = Some(pause);
+    }
+
+    /// The pause in force, if any.
+    pub fn growth_pause(&self) -> Option<GrowthPause> {
+        let mut p = self.growth_pause.lock().unwrap_or_else(|e| e.into_inner());
+        if p.as_ref().is_some_and(|p| p.until <= Instant::now()) {
+            *p = None;
+        }
+        p.clone()
     }
 
     pub fn clock_now(&self) -> u64 {

@@ -73,6 +73,9 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<String> {
     if let Some(e) = &pool.last_provider_error {
         out.push_str(&format!("last provider error: {} {} (at {} ms)\n", e.action, e.detail, e.at));
     }
+    if let Some(p) = &pool.growth_paused {
+        out.push_str(&format!("growth paused until {} ms: {}\n", p.until, p.reason));
+    }
     out.push('\n');
     let rows: Vec<Vec<String>> = enis
         .iter()

@@ -74,7 +74,7 @@ pub struct DaemonArgs {
     /// Where ENIs and IPs come from: "static" (simulated, no AWS) or "ec2". [default: static]
     #[arg(long, env = "ENIPOOL_PROVIDER")]
     pub provider: Option<String>,
-    /// Instance type the static provider simulates (limits from the built-in table). [default: m5.large]
+    /// Instance type the static provider simulates (limits from the built-in table); with ec2, overrides the type EC2 reports. [default: m5.large (static), EC2's (ec2)]
     #[arg(long, env = "ENIPOOL_INSTANCE_TYPE")]
     pub instance_type: Option<String>,
     /// VPC CIDR the static provider carves its subnet from. [default: 10.0.0.0/16]
@@ -83,6 +83,55 @@ pub struct DaemonArgs {
     /// Latency the static provider adds to every call, to watch pool behaviour (e.g. 200ms). [default: 0]
     #[arg(long, env = "ENIPOOL_STATIC_LATENCY")]
     pub static_latency: Option<String>,
+
+    /// ec2: this instance's id; identity then comes from DescribeInstances, not the metadata service. [default: from the metadata service]
+    #[arg(long, env = "ENIPOOL_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// ec2: the instance metadata service (IMDSv2), read when --instance-id is not given. [default: http://169.254.169.254]
+    #[arg(long, env = "ENIPOOL_IMDS_ENDPOINT")]
+    pub imds_endpoint: Option<String>,
+    /// ec2: the EC2 API endpoint. [default: AWS_ENDPOINT_URL_EC2, else the region's]
+    #[arg(long, env = "ENIPOOL_EC2_ENDPOINT")]
+    pub ec2_endpoint: Option<String>,
+    /// ec2: cluster name, tagged on the ENIs we create; the leaked-ENI sweep then only deletes ENIs with it. [default: none]
+    #[arg(long, env = "ENIPOOL_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// ec2: attempts per EC2 call, the first included; throttling, 5xx and timeouts are retried. [default: 8]
+    #[arg(long, env = "ENIPOOL_EC2_MAX_ATTEMPTS")]
+    pub ec2_max_attempts: Option<u32>,
+    /// ec2: backoff before the first retry, doubled for each further one, jittered. [default: 200ms]
+    #[arg(long, env = "ENIPOOL_EC2_BACKOFF_BASE")]
+    pub ec2_backoff_base: Option<String>,
+    /// ec2: cap on the backoff between retries. [default: 20s]
+    #[arg(long, env = "ENIPOOL_EC2_BACKOFF_MAX")]
+    pub ec2_backoff_max: Option<String>,
+    /// ec2: how long one EC2 request may take. [default: 10s]
+    #[arg(long, env = "ENIPOOL_EC2_TIMEOUT")]
+    pub ec2_timeout: Option<String>,
+    /// ec2: client-side rate limit, EC2 calls per second (0: none). [default: 10]
+    #[arg(long, env = "ENIPOOL_EC2_RATE_LIMIT")]
+    pub ec2_rate_limit: Option<f64>,
+    /// ec2: calls allowed in a burst above the rate limit. [default: 20]
+    #[arg(long, env = "ENIPOOL_EC2_BURST")]
+    pub ec2_burst: Option<u32>,
+    /// ec2: how long deleting a just-detached ENI is retried while it is still detaching. [default: 30s]
+    #[arg(long, env = "ENIPOOL_EC2_DETACH_WAIT")]
+    pub ec2_detach_wait: Option<String>,
+    /// ec2: how long our own changes are trusted over EC2's (eventually consistent) reads. [default: 30s]
+    #[arg(long, env = "ENIPOOL_EC2_CONSISTENCY_WINDOW")]
+    pub ec2_consistency_window: Option<String>,
+    /// How long growth pauses after the provider reports the subnet exhausted. [default: 120s]
+    #[arg(long, env = "ENIPOOL_SUBNET_EXHAUSTED_PAUSE")]
+    pub subnet_exhausted_pause: Option<String>,
+    /// Detached ENIs of ours older than this are deleted by the leaked-ENI sweep. [default: 5m]
+    #[arg(long, env = "ENIPOOL_LEAKED_ENI_AGE")]
+    pub leaked_eni_age: Option<String>,
+    /// How often the leaked-ENI sweep runs (VPC-wide); 0 disables it. [default: 10m]
+    #[arg(long, env = "ENIPOOL_LEAKED_ENI_INTERVAL")]
+    pub leaked_eni_interval: Option<String>,
+    /// How often the ledger is reconciled with the provider after start-up. [default: 60s]
+    #[arg(long, env = "ENIPOOL_RECONCILE_INTERVAL")]
+    pub reconcile_interval: Option<String>,
 
     /// Keep this many spare ENIs' worth of free IPs (reference name). [default: 1]
     #[arg(long, env = "WARM_ENI_TARGET")]
@@ -167,6 +216,11 @@ pub struct Config {
     pub instance_type: String,
     pub vpc_cidr: Ipv4Net,
     pub static_latency: Duration,
+    pub ec2: Ec2Settings,
+    pub subnet_exhausted_pause: Duration,
+    pub leaked_eni_age: Duration,
+    pub leaked_eni_interval: Duration,
+    pub reconcile_interval: Duration,
     pub warm_eni_target: u32,
     pub warm_ip_target: Option<u32>,
     pub minimum_ip_target: Option<u32>,
@@ -182,6 +236,25 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     pub shutdown_grace: Duration,
     pub log: String,
+}
+
+/// The EC2 provider's settings (see `enipool_ec2::Ec2Config`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ec2Settings {
+    pub instance_id: Option<String>,
+    /// Only when given: EC2's own answer otherwise.
+    pub instance_type: Option<String>,
+    pub imds_endpoint: String,
+    pub ec2_endpoint: Option<String>,
+    pub cluster_name: Option<String>,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub timeout: Duration,
+    pub rate_limit: f64,
+    pub burst: u32,
+    pub detach_wait: Duration,
+    pub consistency_window: Duration,
 }
 
 /// `30`, `1.5` (seconds), `250ms`, `30s`, `2m`, `1h`.
@@ -220,6 +293,22 @@ impl DaemonArgs {
             instance_type,
             vpc_cidr,
             static_latency,
+            instance_id,
+            imds_endpoint,
+            ec2_endpoint,
+            cluster_name,
+            ec2_max_attempts,
+            ec2_backoff_base,
+            ec2_backoff_max,
+            ec2_timeout,
+            ec2_rate_limit,
+            ec2_burst,
+            ec2_detach_wait,
+            ec2_consistency_window,
+            subnet_exhausted_pause,
+            leaked_eni_age,
+            leaked_eni_interval,
+            reconcile_interval,
             warm_eni_target,
             warm_ip_target,
             minimum_ip_target,
@@ -292,6 +381,33 @@ impl DaemonArgs {
         if a.max_eni == Some(0) {
             bail!("--max-eni: must be at least 1 (the primary ENI)");
         }
+        let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let ec2_max_attempts = a.ec2_max_attempts.unwrap_or(8);
+        if ec2_max_attempts == 0 {
+            bail!("--ec2-max-attempts: must be at least 1");
+        }
+        let ec2_rate_limit = a.ec2_rate_limit.unwrap_or(10.0);
+        if !ec2_rate_limit.is_finite() || ec2_rate_limit < 0.0 {
+            bail!("--ec2-rate-limit: {ec2_rate_limit} is not a rate (calls per second, 0 for none)");
+        }
+        let ec2 = Ec2Settings {
+            instance_id: non_empty(a.instance_id),
+            instance_type: non_empty(a.instance_type.clone()),
+            imds_endpoint: a.imds_endpoint.unwrap_or_else(|| "http://169.254.169.254".into()),
+            ec2_endpoint: non_empty(a.ec2_endpoint),
+            cluster_name: non_empty(a.cluster_name),
+            max_attempts: ec2_max_attempts,
+            backoff_base: duration("ec2-backoff-base", a.ec2_backoff_base, "200ms")?,
+            backoff_max: duration("ec2-backoff-max", a.ec2_backoff_max, "20s")?,
+            timeout: duration("ec2-timeout", a.ec2_timeout, "10s")?,
+            rate_limit: ec2_rate_limit,
+            burst: a.ec2_burst.unwrap_or(20),
+            detach_wait: duration("ec2-detach-wait", a.ec2_detach_wait, "30s")?,
+            consistency_window: duration("ec2-consistency-window", a.ec2_consistency_window, "30s")?,
+        };
+        if ec2.timeout.is_zero() {
+            bail!("--ec2-timeout: must be more than 0");
+        }
         Ok(Config {
             socket: a.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
             listen,
@@ -301,6 +417,11 @@ impl DaemonArgs {
             instance_type: a.instance_type.unwrap_or_else(|| "m5.large".into()),
             vpc_cidr,
             static_latency: duration("static-latency", a.static_latency, "0")?,
+            ec2,
+            subnet_exhausted_pause: duration("subnet-exhausted-pause", a.subnet_exhausted_pause, "120s")?,
+            leaked_eni_age: duration("leaked-eni-age", a.leaked_eni_age, "5m")?,
+            leaked_eni_interval: duration("leaked-eni-interval", a.leaked_eni_interval, "10m")?,
+            reconcile_interval: duration("reconcile-interval", a.reconcile_interval, "60s")?,
             warm_eni_target: a.warm_eni_target.unwrap_or(1),
             warm_ip_target: a.warm_ip_target,
             minimum_ip_target: a.minimum_ip_target,
@@ -350,6 +471,42 @@ mod tests {
         assert_eq!(c.pool_tick, Duration::from_millis(50));
         assert_eq!(c.instance_type, "c5.4xlarge");
         assert_eq!(c.warm_eni_target, 1);
+    }
+
+    #[test]
+    fn ec2_settings_defaults_and_precedence() {
+        let c = DaemonArgs::default().resolve().unwrap();
+        assert_eq!(c.subnet_exhausted_pause, Duration::from_secs(120));
+        assert_eq!(c.leaked_eni_age, Duration::from_secs(300));
+        assert_eq!(c.reconcile_interval, Duration::from_secs(60));
+        assert_eq!(c.ec2.imds_endpoint, "http://169.254.169.254");
+        assert_eq!((c.ec2.instance_id.clone(), c.ec2.instance_type.clone()), (None, None), "EC2 decides unless given");
+        assert_eq!(c.ec2.max_attempts, 8);
+        assert_eq!(c.ec2.ec2_endpoint, None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("enipool.toml");
+        std::fs::write(&file, "ec2-timeout = \"2s\"\ncluster-name = \"prod\"\nleaked-eni-age = \"1m\"\n").unwrap();
+        let args = DaemonArgs {
+            config: Some(file),
+            cluster_name: Some("staging".into()),
+            instance_id: Some("i-1".into()),
+            ..DaemonArgs::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.ec2.cluster_name.as_deref(), Some("staging"));
+        assert_eq!(c.ec2.timeout, Duration::from_secs(2));
+        assert_eq!(c.leaked_eni_age, Duration::from_secs(60));
+        assert_eq!(c.ec2.instance_id.as_deref(), Some("i-1"));
+
+        for bad in [
+            DaemonArgs { ec2_max_attempts: Some(0), ..DaemonArgs::default() },
+            DaemonArgs { ec2_rate_limit: Some(-1.0), ..DaemonArgs::default() },
+            DaemonArgs { ec2_timeout: Some("0".into()), ..DaemonArgs::default() },
+            DaemonArgs { subnet_exhausted_pause: Some("soon".into()), ..DaemonArgs::default() },
+        ] {
+            assert!(bad.resolve().is_err());
+        }
     }
 
     #[test]

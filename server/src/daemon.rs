@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use anyhow::Context;
+use enipool_ec2::{CallObserver, CallPolicy, Ec2Config, Ec2Provider};
 use enipool_storage::{Ledger, LedgerConfig, SystemClock};
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{info, warn};
@@ -11,6 +12,8 @@ use tracing::{info, warn};
 use crate::api;
 use crate::app::App;
 use crate::config::{Config, ProviderKind};
+use crate::identity;
+use crate::metrics::Metrics;
 use crate::pool;
 use crate::provider::Provider;
 use crate::provider::static_provider::StaticProvider;
@@ -32,17 +35,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let recovery = ledger.recovery();
     info!(path = %ledger.path().display(), replayed = recovery.replayed_records, torn_tail_bytes = recovery.torn_tail_bytes, "ledger open");
 
-    let provider: Arc<dyn Provider> = match config.provider {
-        ProviderKind::Static => Arc::new(StaticProvider::open(
-            &config.data_dir,
-            &config.instance_type,
-            config.vpc_cidr,
-            config.static_latency,
-        )?),
-        ProviderKind::Ec2 => anyhow::bail!("--provider ec2 is not built yet; use --provider static"),
+    let metrics = Arc::new(Metrics::new());
+    let app = match config.provider {
+        ProviderKind::Static => {
+            let provider: Arc<dyn Provider> = Arc::new(StaticProvider::open(
+                &config.data_dir,
+                &config.instance_type,
+                config.vpc_cidr,
+                config.static_latency,
+            )?);
+            let info = provider.init().await.context("initialising the provider")?;
+            App::new(config.clone(), ledger, provider, info, true, metrics)
+        }
+        ProviderKind::Ec2 => {
+            // EC2 may be unreachable now: start anyway with what the last run learnt (or a
+            // placeholder), serve what the ledger holds, and let the sync task initialise it.
+            let observer: Arc<dyn CallObserver> = metrics.clone();
+            let provider: Arc<dyn Provider> = Arc::new(Ec2Provider::new(ec2_config(&config), Some(observer)));
+            let info = identity::load(&config.data_dir).unwrap_or_else(|| identity::placeholder(&config));
+            App::new(config.clone(), ledger, provider, info, false, metrics)
+        }
     };
-    let info = provider.init().await.context("initialising the provider")?;
-    let app = Arc::new(App::new(config.clone(), ledger, provider, info));
+    let app = Arc::new(app);
 
     // Listeners first, so the operator sees where we are even while we sync.
     let socket = bind_socket(&config)?;
@@ -63,6 +77,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let syncing = Arc::clone(&app);
     tokio::spawn(async move {
         loop {
+            if !syncing.provider_initialised() {
+                match syncing.provider_call("init", syncing.provider.init()).await {
+                    Ok(info) => {
+                        if let Err(e) = identity::save(&syncing.config.data_dir, &info) {
+                            warn!(error = %e, "could not cache the instance identity");
+                        }
+                        syncing.set_info(info);
+                    }
+                    Err(e) => {
+                        syncing.set_not_ready(format!("provider init failed: {e}"));
+                        tokio::select! {
+                            _ = tokio::time::sleep(syncing.config.pool_tick) => {}
+                            _ = syncing.shutdown.notified() => return,
+                        }
+                        continue;
+                    }
+                }
+            }
             match pool::sync_with_provider(&syncing).await {
                 Ok(()) => {
                     syncing.set_ready();
@@ -128,6 +160,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.socket);
     info!("ledger flushed; bye");
     Ok(())
+}
+
+/// The EC2 provider's configuration from the daemon's.
+pub fn ec2_config(config: &Config) -> Ec2Config {
+    let e = &config.ec2;
+    Ec2Config {
+        instance_id: e.instance_id.clone(),
+        instance_type: e.instance_type.clone(),
+        imds_endpoint: e.imds_endpoint.clone(),
+        ec2_endpoint: e.ec2_endpoint.clone(),
+        cluster_name: e.cluster_name.clone(),
+        calls: CallPolicy {
+            max_attempts: e.max_attempts,
+            backoff_base: e.backoff_base,
+            backoff_max: e.backoff_max,
+            timeout: e.timeout,
+            rate_per_second: e.rate_limit,
+            burst: e.burst,
+        },
+        detach_wait: e.detach_wait,
+        leaked_eni_age: config.leaked_eni_age,
+        consistency_window: e.consistency_window,
+    }
 }
 
 fn bind_socket(config: &Config) -> anyhow::Result<UnixListener> {

@@ -19,6 +19,12 @@ pub struct ActionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub action: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -34,6 +40,11 @@ pub struct Metrics {
     provider_calls: Family<ActionLabel, Counter>,
     provider_errors: Family<ActionLabel, Counter>,
     provider_seconds: Family<ActionLabel, Histogram>,
+    ec2_calls: Family<ActionLabel, Counter>,
+    ec2_errors: Family<ErrorLabel, Counter>,
+    ec2_seconds: Family<ActionLabel, Histogram>,
+    growth_pauses: Counter,
+    leaked_enis_deleted: Counter,
 }
 
 impl Default for Metrics {
@@ -57,6 +68,13 @@ impl Metrics {
         let provider_seconds = Family::<ActionLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 15))
         });
+        let ec2_calls = Family::<ActionLabel, Counter>::default();
+        let ec2_errors = Family::<ErrorLabel, Counter>::default();
+        let ec2_seconds = Family::<ActionLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 15))
+        });
+        let growth_pauses = Counter::default();
+        let leaked_enis_deleted = Counter::default();
         registry.register("leases", "Live leases", leases.clone());
         registry.register("ips", "Secondary IPs by state (free, leased, cooling)", ips.clone());
         registry.register("ips_total", "Secondary IPs held by the node", ips_total.clone());
@@ -70,6 +88,15 @@ impl Metrics {
         registry.register("provider_calls", "Provider (EC2) calls by action", provider_calls.clone());
         registry.register("provider_errors", "Failed provider (EC2) calls by action", provider_errors.clone());
         registry.register("provider_call_seconds", "Provider (EC2) call latency by action", provider_seconds.clone());
+        registry.register("ec2_requests", "EC2 API requests by action, every retry included", ec2_calls.clone());
+        registry.register("ec2_errors", "Failed EC2 API requests by action and error code", ec2_errors.clone());
+        registry.register("ec2_request_seconds", "EC2 API request latency by action", ec2_seconds.clone());
+        registry.register(
+            "growth_pauses",
+            "Times growth paused because the subnet ran out of addresses",
+            growth_pauses.clone(),
+        );
+        registry.register("leaked_enis_deleted", "Leaked ENIs deleted by the sweep", leaked_enis_deleted.clone());
         Metrics {
             registry: Mutex::new(registry),
             leases,
@@ -81,7 +108,20 @@ impl Metrics {
             provider_calls,
             provider_errors,
             provider_seconds,
+            ec2_calls,
+            ec2_errors,
+            ec2_seconds,
+            growth_pauses,
+            leaked_enis_deleted,
         }
+    }
+
+    pub fn growth_paused(&self) {
+        self.growth_pauses.inc();
+    }
+
+    pub fn leaked_enis_deleted(&self, n: usize) {
+        self.leaked_enis_deleted.inc_by(n as u64);
     }
 
     pub fn allocation(&self, took: Duration) {
@@ -115,5 +155,16 @@ impl Metrics {
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+impl enipool_ec2::CallObserver for Metrics {
+    fn attempt(&self, action: &str, took: Duration, error: Option<&str>) {
+        let label = ActionLabel { action: action.into() };
+        self.ec2_calls.get_or_create(&label).inc();
+        self.ec2_seconds.get_or_create(&label).observe(took.as_secs_f64());
+        if let Some(code) = error {
+            self.ec2_errors.get_or_create(&ErrorLabel { action: action.into(), code: code.into() }).inc();
+        }
     }
 }

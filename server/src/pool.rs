@@ -50,7 +50,7 @@ pub fn plan(config: &Config, limits: Limits, total: u32, leased: u32, cooling: u
 
 pub fn plan_now(app: &App, stats: &Stats) -> Plan {
     let c = stats.addresses;
-    plan(&app.config, app.info.limits, c.total as u32, c.leased as u32, c.cooling as u32)
+    plan(&app.config, app.info().limits, c.total as u32, c.leased as u32, c.cooling as u32)
 }
 
 /// The ledger's record of a provider ENI. The primary ENI routes through the main table; a
@@ -67,17 +67,40 @@ pub fn eni_record(eni: &ProviderEni) -> EniRecord {
     }
 }
 
-/// Runs the pool manager until shutdown.
+/// Runs the pool manager until shutdown. Besides growing and shrinking, it reconciles the
+/// ledger with the provider every `reconcile_interval` and runs the leaked-ENI sweep every
+/// `leaked_eni_interval`, in the same task, so none of these interleave.
 pub async fn run(app: Arc<App>) {
     let mut last_shrink: Option<Instant> = None;
+    // The start-up sync is the first reconciliation.
+    let mut last_reconcile = Instant::now();
+    let mut last_sweep: Option<Instant> = None;
     loop {
         if app.is_shutting_down() {
             return;
         }
-        if app.is_ready()
-            && let Err(e) = step(&app, &mut last_shrink).await
-        {
-            warn!(error = %e, "pool step failed");
+        if app.is_ready() {
+            if last_reconcile.elapsed() >= app.config.reconcile_interval {
+                last_reconcile = Instant::now();
+                if let Err(e) = sync_with_provider(&app).await {
+                    warn!(error = %e, "reconciliation with the provider failed");
+                }
+            }
+            let sweep_every = app.config.leaked_eni_interval;
+            if !sweep_every.is_zero() && last_sweep.is_none_or(|at| at.elapsed() >= sweep_every) {
+                last_sweep = Some(Instant::now());
+                match app.provider_call("sweep_leaked_enis", app.provider.sweep_leaked_enis()).await {
+                    Ok(gone) if !gone.is_empty() => {
+                        app.metrics.leaked_enis_deleted(gone.len());
+                        app.note_action("sweep_leaked_enis", format!("deleted {}", gone.join(", ")));
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "leaked-ENI sweep failed"),
+                }
+            }
+            if let Err(e) = step(&app, &mut last_shrink).await {
+                warn!(error = %e, "pool step failed");
+            }
         }
         tokio::select! {
             _ = app.pool_wake.notified() => {}
@@ -92,7 +115,16 @@ pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> anyhow::Resul
     let stats = app.ledger.stats();
     let p = plan_now(app, &stats);
     if p.deficit > 0 {
-        grow(app, p.deficit).await
+        if app.growth_pause().is_some() {
+            return Ok(());
+        }
+        let grown = grow(app, p.deficit).await;
+        if let Err(e) = &grown
+            && let Some(ProviderError::SubnetExhausted(reason)) = e.downcast_ref::<ProviderError>()
+        {
+            app.pause_growth(app.config.subnet_exhausted_pause, reason.clone());
+        }
+        grown
     } else if p.excess > 0 && last_shrink.is_none_or(|at| at.elapsed() >= app.config.shrink_interval) {
         let shrunk = shrink(app, p.excess).await?;
         if shrunk {
@@ -105,7 +137,7 @@ pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> anyhow::Resul
 }
 
 async fn grow(app: &App, mut deficit: u32) -> anyhow::Result<()> {
-    let limits = app.info.limits;
+    let limits = app.info().limits;
     let per_eni = limits.pod_ips_per_eni();
     let max_enis = app.config.max_eni.map_or(limits.max_enis, |m| m.min(limits.max_enis));
     while deficit > 0 {
@@ -157,7 +189,8 @@ async fn shrink(app: &App, excess: u32) -> anyhow::Result<bool> {
     let mut enis = app.ledger.enis();
     // Highest device numbers first: they were added last.
     enis.sort_by_key(|e| std::cmp::Reverse(e.device_number));
-    for eni in enis.iter().filter(|e| e.id != app.info.primary_eni_id) {
+    let primary_eni_id = app.info().primary_eni_id;
+    for eni in enis.iter().filter(|e| e.id != primary_eni_id) {
         let Some(c) = stats.per_eni.get(&eni.id) else { continue };
         if c.leased + c.cooling > 0 || c.total as u32 > left {
             continue;

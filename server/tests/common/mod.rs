@@ -42,6 +42,24 @@ const DAEMON_ENV: &[&str] = &[
     "ENIPOOL_INSTANCE_TYPE",
     "ENIPOOL_VPC_CIDR",
     "ENIPOOL_STATIC_LATENCY",
+    "ENIPOOL_INSTANCE_ID",
+    "ENIPOOL_IMDS_ENDPOINT",
+    "ENIPOOL_EC2_ENDPOINT",
+    "ENIPOOL_CLUSTER_NAME",
+    "ENIPOOL_EC2_MAX_ATTEMPTS",
+    "ENIPOOL_EC2_BACKOFF_BASE",
+    "ENIPOOL_EC2_BACKOFF_MAX",
+    "ENIPOOL_EC2_TIMEOUT",
+    "ENIPOOL_EC2_RATE_LIMIT",
+    "ENIPOOL_EC2_BURST",
+    "ENIPOOL_EC2_DETACH_WAIT",
+    "ENIPOOL_EC2_CONSISTENCY_WINDOW",
+    "ENIPOOL_SUBNET_EXHAUSTED_PAUSE",
+    "ENIPOOL_LEAKED_ENI_AGE",
+    "ENIPOOL_LEAKED_ENI_INTERVAL",
+    "ENIPOOL_RECONCILE_INTERVAL",
+    "AWS_ENDPOINT_URL_EC2",
+    "AWS_ENDPOINT_URL",
     "WARM_ENI_TARGET",
     "WARM_IP_TARGET",
     "MINIMUM_IP_TARGET",
@@ -65,6 +83,8 @@ pub fn enipoold() -> Command {
     for var in DAEMON_ENV {
         cmd.env_remove(var);
     }
+    // For the EC2 provider's tests (moto): dummy credentials, a region, no real metadata service.
+    cmd.envs(enipool_ec2::testing::aws_env());
     cmd.stdin(Stdio::null());
     cmd
 }

@@ -1,0 +1,405 @@
+//! enipoold with `--provider ec2` against a real moto EC2 server (behind the fault layer that
+//! counts every call and fails chosen ones), one moto per test: cold start, churn economy,
+//! throttling, a crash between Detach and Delete, restarts, EC2 unreachable, subnet exhaustion.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Api, Daemon, NET, eventually, lease_request, metric, pool_settles, pool_summary};
+use enipool_api::problem;
+use enipool_ec2::testing::{Calls, FakeEc2, FakeImds, MUTATING, World, aws_sdk_ec2::Client};
+
+/// A few pool ticks in which nothing may change once settled.
+const HOLD: Duration = Duration::from_millis(200);
+/// An m5.large: 3 ENIs x (10 - 1) pod IPs.
+const PER_ENI: u64 = 9;
+
+struct Node {
+    ec2: FakeEc2,
+    world: World,
+    client: Client,
+}
+
+impl Node {
+    async fn start(instance_type: &str) -> Node {
+        let ec2 = FakeEc2::start().await;
+        let client = ec2.client();
+        let world = World::make(&client, instance_type).await;
+        Node { ec2, world, client }
+    }
+
+    /// The daemon's flags for this node: every EC2 period short.
+    fn flags(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut f: Vec<(String, String)> = [
+            ("--provider", "ec2"),
+            ("--instance-id", self.world.instance_id.as_str()),
+            ("--ec2-max-attempts", "6"),
+            ("--ec2-backoff-base", "10ms"),
+            ("--ec2-backoff-max", "80ms"),
+            ("--ec2-timeout", "5s"),
+            ("--ec2-rate-limit", "0"),
+            ("--ec2-detach-wait", "1s"),
+            ("--ec2-consistency-window", "0"),
+            ("--subnet-exhausted-pause", "120s"),
+            ("--leaked-eni-age", "0"),
+            ("--leaked-eni-interval", "100ms"),
+            ("--reconcile-interval", "200ms"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        f.push(("--ec2-endpoint".into(), self.ec2.endpoint()));
+        for (k, v) in extra {
+            match f.iter_mut().find(|(a, _)| a == k) {
+                Some(slot) => slot.1 = v.to_string(),
+                None => f.push((k.to_string(), v.to_string())),
+            }
+        }
+        f
+    }
+
+    async fn daemon(&self, extra: &[(&str, &str)]) -> Daemon {
+        let f = self.flags(extra);
+        Daemon::start(&as_refs(&f)).await
+    }
+
+    async fn calls(&self) -> Calls {
+        self.ec2.calls().await
+    }
+
+    /// The ledger's ENIs and IPs equal EC2's for this instance, and the VPC holds no other ENI
+    /// (nothing leaked).
+    async fn matches_ec2(&self, api: &Api) -> Result<(), String> {
+        let mut ledger: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for e in api.enis().await {
+            let mut ips: Vec<String> =
+                e["addresses"].as_array().unwrap().iter().map(|a| a["ip"].as_str().unwrap().to_string()).collect();
+            ips.sort();
+            ledger.insert(e["id"].as_str().unwrap().to_string(), ips);
+        }
+        let ec2: BTreeMap<String, Vec<String>> =
+            self.world.attached(&self.client).await.into_iter().map(|(id, _, ips)| (id, ips)).collect();
+        if ledger != ec2 {
+            return Err(format!("ledger {ledger:?} != EC2 {ec2:?}"));
+        }
+        let all = self.world.enis(&self.client).await.len();
+        if all != ec2.len() {
+            return Err(format!("{} ENIs in the VPC, {} attached: leaked", all, ec2.len()));
+        }
+        Ok(())
+    }
+
+    async fn assert_matches_ec2(&self, api: &Api) {
+        eventually("the ledger to match EC2 with nothing leaked", async || self.matches_ec2(api).await).await;
+    }
+}
+
+fn as_refs(f: &[(String, String)]) -> Vec<(&str, &str)> {
+    f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+async fn metrics_text(api: &Api) -> String {
+    api.get("/metrics").await.expect(200).text()
+}
+
+#[tokio::test]
+async fn cold_start_reaches_warm_eni_target_within_the_m5_large_limits() {
+    let node = Node::start("m5.large").await;
+    let d = node.daemon(&[]).await;
+    let api = d.unix();
+    let p = pool_settles(&api, &[("enis", 1), ("total", PER_ENI), ("free", PER_ENI)], HOLD).await;
+    assert_eq!(p["provider"], "ec2");
+    assert_eq!(p["instance_id"], node.world.instance_id.as_str());
+    assert_eq!((p["max_enis"].as_u64(), p["ipv4_per_eni"].as_u64()), (Some(3), Some(10)));
+    node.assert_matches_ec2(&api).await;
+    let enis = api.enis().await;
+    assert_eq!(enis[0]["id"], node.world.primary_eni_id.as_str());
+    assert_eq!(enis[0]["primary"], true);
+
+    // Every pod the instance can hold: 3 ENIs x 9, never more.
+    let mut leases = Vec::new();
+    for i in 0..27 {
+        leases.push(api.lease(&format!("pod{i}")).await);
+    }
+    pool_settles(&api, &[("enis", 3), ("total", 3 * PER_ENI), ("leased", 27), ("free", 0)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
+    let r = api.post("/v1/leases", &lease_request(NET, "one-too-many", "eth0")).await;
+    r.assert_problem(503, problem::POOL_EXHAUSTED, None);
+    let attached = node.world.attached(&node.client).await;
+    assert_eq!(attached.len(), 3, "{attached:?}");
+    assert!(attached.iter().all(|(_, _, ips)| ips.len() as u64 <= PER_ENI), "{attached:?}");
+    assert_eq!(attached.iter().map(|e| e.1).collect::<Vec<_>>(), vec![0, 1, 2]);
+    let calls = node.calls().await;
+    assert_eq!(calls.of("CreateNetworkInterface"), 2, "{calls:?}");
+    // The ledger's lease answers carry the node's identity from EC2.
+    assert_eq!(leases[0]["snat"]["node_ip"], node.world.primary_ip.as_str());
+    assert_eq!(leases[0]["vpc_cidrs"][0], "10.0.0.0/16");
+    let sec = leases.iter().find(|l| l["device_number"] == 1).expect("a lease on the second ENI");
+    assert_eq!(sec["route_table"], 2);
+    assert_eq!(sec["subnet_gateway"], "10.0.0.1");
+}
+
+#[tokio::test]
+async fn cold_start_reaches_warm_ip_target_with_identity_from_the_metadata_service() {
+    let node = Node::start("m5.large").await;
+    let imds = FakeImds::start(&node.world).await;
+    let mut f = node.flags(&[("--warm-ip-target", "5"), ("--minimum-ip-target", "10")]);
+    f.retain(|(k, _)| k != "--instance-id");
+    f.push(("--imds-endpoint".into(), imds.endpoint()));
+    let d = Daemon::start(&as_refs(&f)).await;
+    let api = d.unix();
+    // 10 IPs: 9 on the primary ENI and 1 on a second.
+    pool_settles(&api, &[("enis", 2), ("total", 10), ("free", 10)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
+    let p = api.pool().await;
+    assert_eq!(p["instance_id"], node.world.instance_id.as_str());
+    let (tokens, _, refused) = imds.stats().await;
+    assert!(tokens >= 1 && refused == 0);
+    assert_eq!(node.calls().await.of("DescribeInstances"), 0, "identity came from the metadata service");
+    for i in 0..8 {
+        api.lease(&format!("pod{i}")).await;
+    }
+    // 8 in use + 5 warm.
+    pool_settles(&api, &[("enis", 2), ("total", 13), ("leased", 8)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
+}
+
+#[tokio::test]
+async fn steady_churn_makes_at_most_one_mutating_call_per_25_allocations() {
+    let node = Node::start("m5.large").await;
+    let d = node.daemon(&[]).await;
+    let api = d.unix();
+    // A few long-lived pods, then steady churn of short-lived ones beside them.
+    for i in 0..4 {
+        api.lease(&format!("resident{i}")).await;
+    }
+    pool_settles(&api, &[("enis", 2), ("leased", 4)], HOLD).await;
+    let before = node.calls().await;
+    let mut live: Vec<String> = Vec::new();
+    for i in 0..500 {
+        let id = format!("churn{i}");
+        api.lease(&id).await;
+        live.push(id);
+        if live.len() > 3 {
+            let gone = live.remove(0);
+            api.release(&gone).await;
+        }
+    }
+    for id in live {
+        api.release(&id).await;
+    }
+    pool_settles(&api, &[("leased", 4)], HOLD).await;
+    let after = node.calls().await;
+    let mutating = after.mutating() - before.mutating();
+    assert!(mutating <= 500 / 25, "{mutating} mutating EC2 calls for 500 allocations: {after:?}");
+    assert_eq!(api.pool().await["exhausted_allocations"], 0);
+    node.assert_matches_ec2(&api).await;
+}
+
+#[tokio::test]
+async fn throttling_on_every_mutating_action_converges_without_leaks() {
+    let node = Node::start("m5.large").await;
+    for action in MUTATING {
+        node.ec2.inject(action, "throttle", 2).await;
+    }
+    let d = node.daemon(&[]).await;
+    let api = d.unix();
+    pool_settles(&api, &[("enis", 1), ("total", PER_ENI)], HOLD).await;
+    // Grow by an ENI (Create, Attach, Modify, Assign), then give it back (Detach, Delete).
+    api.lease("pod").await;
+    pool_settles(&api, &[("enis", 2), ("total", 2 * PER_ENI), ("leased", 1)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
+    api.release("pod").await;
+    pool_settles(&api, &[("enis", 1), ("total", PER_ENI), ("leased", 0)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
+    let calls = node.calls().await;
+    for action in MUTATING.iter().filter(|a| **a != "UnassignPrivateIpAddresses") {
+        assert_eq!(calls.failed.get(*action).copied(), Some(2), "{action} was throttled twice: {calls:?}");
+    }
+    let text = metrics_text(&api).await;
+    let throttled =
+        metric(&text, r#"enipool_ec2_errors_total{action="AttachNetworkInterface",code="RequestLimitExceeded"}"#);
+    assert_eq!(throttled, Some(2.0), "metrics by action and code");
+
+    // WARM_IP_TARGET releases single IPs: UnassignPrivateIpAddresses throttled too.
+    drop(d);
+    let node = Node::start("m5.large").await;
+    node.ec2.inject("UnassignPrivateIpAddresses", "throttle", 2).await;
+    let d = node.daemon(&[("--warm-ip-target", "2"), ("--minimum-ip-target", "3")]).await;
+    let api = d.unix();
+    pool_settles(&api, &[("total", 3)], HOLD).await;
+    for i in 0..5 {
+        api.lease(&format!("pod{i}")).await;
+    }
+    pool_settles(&api, &[("total", 7), ("leased", 5)], HOLD).await;
+    for i in 0..5 {
+        api.release(&format!("pod{i}")).await;
+    }
+    pool_settles(&api, &[("total", 3), ("leased", 0)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
+    assert_eq!(node.calls().await.failed.get("UnassignPrivateIpAddresses").copied(), Some(2));
+}
+
+#[tokio::test]
+async fn allocations_with_a_free_ip_never_wait_for_a_stuck_ec2_call() {
+    let node = Node::start("m5.large").await;
+    let d = node.daemon(&[("--allocation-wait", "2s")]).await;
+    let api = d.unix();
+    pool_settles(&api, &[("enis", 1), ("total", PER_ENI)], HOLD).await;
+    // The next growth (a second ENI) hangs inside CreateNetworkInterface.
+    node.ec2.inject("CreateNetworkInterface", "hang", 1).await;
+    api.lease("first").await;
+    eventually("CreateNetworkInterface to hang", async || {
+        let c = node.calls().await;
+        if c.hanging == 1 { Ok(()) } else { Err(format!("{c:?}")) }
+    })
+    .await;
+    for i in 0..(PER_ENI - 1) {
+        let started = Instant::now();
+        api.lease(&format!("pod{i}")).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(500), "an allocation with free IPs waited {took:?}");
+    }
+    node.ec2.release().await;
+    pool_settles(&api, &[("enis", 2), ("leased", PER_ENI)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
+}
+
+#[tokio::test]
+async fn a_daemon_killed_between_detach_and_delete_leaks_nothing_for_long() {
+    let node = Node::start("m5.large").await;
+    let tmp = tempfile::TempDir::new().unwrap();
+    let f = node.flags(&[("--leaked-eni-interval", "0")]);
+    let d = Daemon::start_in(tmp.path(), &as_refs(&f)).await;
+    let api = d.unix();
+    api.lease("pod").await;
+    pool_settles(&api, &[("enis", 2), ("leased", 1)], HOLD).await;
+    // Giving the second ENI back: Detach succeeds, Delete hangs; the daemon dies there.
+    node.ec2.inject("DeleteNetworkInterface", "hang", 1).await;
+    api.release("pod").await;
+    eventually("DeleteNetworkInterface to hang", async || {
+        let c = node.calls().await;
+        if c.hanging == 1 { Ok(()) } else { Err(format!("{c:?}")) }
+    })
+    .await;
+    drop(d); // SIGKILL
+    node.ec2.release().await;
+    let leaked: Vec<String> = node
+        .world
+        .enis(&node.client)
+        .await
+        .iter()
+        .filter(|n| n.status().map(|s| s.as_str()) == Some("available"))
+        .filter_map(|n| n.network_interface_id().map(String::from))
+        .collect();
+    assert_eq!(leaked.len(), 1, "the detached ENI is left behind");
+
+    // A new daemon's sweep (our tag, detached, older than --leaked-eni-age) deletes it.
+    let f = node.flags(&[("--leaked-eni-age", "0"), ("--leaked-eni-interval", "100ms")]);
+    let d = Daemon::start_in(tmp.path(), &as_refs(&f)).await;
+    let api = d.unix();
+    pool_settles(&api, &[("enis", 1), ("total", PER_ENI)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
+    let text = metrics_text(&api).await;
+    assert_eq!(metric(&text, "enipool_leaked_enis_deleted_total"), Some(1.0));
+}
+
+#[tokio::test]
+async fn restart_with_live_leases_changes_nothing_in_ec2() {
+    let node = Node::start("m5.large").await;
+    let tmp = tempfile::TempDir::new().unwrap();
+    let f = node.flags(&[]);
+    let d = Daemon::start_in(tmp.path(), &as_refs(&f)).await;
+    let api = d.unix();
+    let mut leases = Vec::new();
+    for i in 0..12 {
+        leases.push(api.lease(&format!("pod{i:02}")).await);
+    }
+    pool_settles(&api, &[("enis", 3), ("leased", 12)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
+    let ec2_before = node.world.attached(&node.client).await;
+    let mutating_before = node.calls().await.mutating();
+
+    // A clean restart, then a crash and another start.
+    let d = d.restart().await;
+    let api = d.unix();
+    assert_eq!(api.leases("").await, leases, "every lease, on its IP");
+    pool_settles(&api, &[("enis", 3), ("leased", 12)], HOLD).await;
+    drop(d); // SIGKILL
+    let d = Daemon::start_in(tmp.path(), &as_refs(&f)).await;
+    let api = d.unix();
+    assert_eq!(api.leases("").await, leases);
+    pool_settles(&api, &[("enis", 3), ("leased", 12)], HOLD).await;
+    assert_eq!(node.world.attached(&node.client).await, ec2_before, "EC2 as it was");
+    assert_eq!(node.calls().await.mutating(), mutating_before, "no mutating EC2 call after the restarts");
+    // Nothing is handed out twice.
+    let fresh = api.lease("fresh").await;
+    assert!(leases.iter().all(|l| l["ip"] != fresh["ip"]));
+    node.assert_matches_ec2(&api).await;
+}
+
+#[tokio::test]
+async fn ec2_unreachable_at_start_up_serves_the_ledger_and_says_why_not_ready() {
+    let node = Node::start("m5.large").await;
+    let tmp = tempfile::TempDir::new().unwrap();
+    let f = node.flags(&[]);
+    let d = Daemon::start_in(tmp.path(), &as_refs(&f)).await;
+    let api = d.unix();
+    let lease = api.lease("before").await;
+    pool_settles(&api, &[("enis", 2), ("leased", 1)], HOLD).await;
+    let mut d = d;
+    assert!(d.terminate(Duration::from_secs(5)).await.success());
+
+    // Nothing listens here.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = format!("http://{closed}");
+    let f = node.flags(&[("--ec2-endpoint", dead.as_str()), ("--ec2-max-attempts", "2")]);
+    let d = Daemon::start_in_unready(tmp.path(), &as_refs(&f)).await;
+    let api = d.unix();
+    let reason = eventually("/readyz to say why it is not ready", async || {
+        let r = api.get("/readyz").await;
+        let v = r.json();
+        match v["reason"].as_str() {
+            Some(reason) if r.status == 503 && reason.contains("provider init failed") => Ok(reason.to_string()),
+            _ => Err(format!("{} {v}", r.status)),
+        }
+    })
+    .await;
+    assert!(reason.contains("Unreachable") || reason.contains("DescribeInstances"), "{reason}");
+    // What the ledger holds is served: the lease, with the cached identity, and a new lease.
+    let path = format!("/v1/leases/{NET}/before/eth0");
+    assert_eq!(api.get(&path).await.expect(200).json(), lease);
+    let fresh = api.lease("during-outage").await;
+    assert_ne!(fresh["ip"], lease["ip"]);
+    assert_eq!(fresh["snat"]["node_ip"], node.world.primary_ip.as_str());
+    let p = api.pool().await;
+    assert_eq!(p["instance_id"], node.world.instance_id.as_str(), "{}", pool_summary(&p));
+    assert_eq!(api.get("/readyz").await.status, 503);
+}
+
+#[tokio::test]
+async fn subnet_exhaustion_pauses_growth_and_says_so() {
+    let node = Node::start("m5.large").await;
+    node.ec2.inject("AssignPrivateIpAddresses", "subnet", 1).await;
+    let d = node.daemon(&[("--subnet-exhausted-pause", "3s"), ("--allocation-wait", "300ms")]).await;
+    let api = d.unix();
+    let p = eventually("growth to pause", async || {
+        let p = api.pool().await;
+        if p["growth_paused"].is_object() { Ok(p) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    let reason = p["growth_paused"]["reason"].as_str().unwrap();
+    assert!(reason.contains("InsufficientFreeAddressesInSubnet"), "{reason}");
+    let r = api.post("/v1/leases", &lease_request(NET, "pod", "eth0")).await;
+    let problem = r.assert_problem(503, problem::POOL_EXHAUSTED, None);
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("growth paused") && detail.contains("InsufficientFreeAddressesInSubnet"), "{detail}");
+    assert_eq!(metric(&metrics_text(&api).await, "enipool_growth_pauses_total"), Some(1.0));
+    // Paused: no further assign until the pause ends; then the pool fills.
+    assert_eq!(node.calls().await.of("AssignPrivateIpAddresses"), 1);
+    pool_settles(&api, &[("enis", 1), ("total", PER_ENI)], HOLD).await;
+    assert!(api.pool().await["growth_paused"].is_null());
+    node.assert_matches_ec2(&api).await;
+}
