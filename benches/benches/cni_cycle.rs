@@ -220,8 +220,9 @@ fn build_binaries(release: bool) -> Binaries {
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "-p", "enipool-server", "--bin", "enipoold", "-p", "enipool-cni", "--bin"]);
-    build.arg("enipool-cni");
+    // The whole workspace's binaries, as scripts/test builds them: building a subset of the
+    // packages unifies dependency features differently and would rebuild aws-sdk-ec2.
+    build.args(["build", "--quiet", "--workspace", "--bins"]);
     if release {
         build.arg("--release");
     }
