@@ -282,3 +282,43 @@ async fn the_sweep_deletes_our_detached_enis_and_nothing_else() {
     client.detach_network_interface().attachment_id(att).send().await.unwrap();
     assert!(young.sweep_leaked_enis().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_stale_listing_neither_re_adds_what_we_removed_nor_drops_what_we_added() {
+    let (ec2, world) = setup("m5.large").await;
+    let client = ec2.client();
+    let windowed = Ec2Config { consistency_window: Duration::from_secs(600), ..config(&world, &ec2) };
+    let p = Ec2Provider::new(windowed, None);
+    p.init().await.expect("init");
+    let eni = p.create_eni(1).await.expect("create");
+    let ips = p.assign_ips(&eni.id, 3).await.expect("assign");
+    let added = p.assign_ips(&eni.id, 1).await.expect("assign")[0];
+    p.unassign_ips(&eni.id, &ips[..1]).await.expect("unassign");
+    // EC2 still shows the removed IP (as an eventually consistent read could)...
+    client
+        .assign_private_ip_addresses()
+        .network_interface_id(&eni.id)
+        .private_ip_addresses(ips[0].to_string())
+        .send()
+        .await
+        .unwrap();
+    // ...and does not show yet the IP we just added.
+    client
+        .unassign_private_ip_addresses()
+        .network_interface_id(&eni.id)
+        .private_ip_addresses(added.to_string())
+        .send()
+        .await
+        .unwrap();
+    let listed = p.list_enis().await.unwrap();
+    let ours = &listed.iter().find(|e| e.id == eni.id).unwrap().secondary_ips;
+    assert!(!ours.contains(&ips[0]), "re-added an IP we removed: {ours:?}");
+    assert!(ours.contains(&added), "dropped an IP we added: {ours:?}");
+
+    // Without the window, EC2's word stands.
+    let plain = Ec2Provider::new(config(&world, &ec2), None);
+    plain.init().await.unwrap();
+    let listed = plain.list_enis().await.unwrap();
+    let ours = &listed.iter().find(|e| e.id == eni.id).unwrap().secondary_ips;
+    assert!(ours.contains(&ips[0]) && !ours.contains(&added), "{ours:?}");
+}

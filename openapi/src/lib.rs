@@ -113,6 +113,9 @@ pub enum AddressState {
     Free,
     Leased,
     Cooling,
+    /// Still leased, but the provider (EC2) no longer has the address: never handed out again;
+    /// it goes when its lease is released.
+    Lost,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -184,6 +187,9 @@ pub struct Pool {
     pub exhausted_allocations: u64,
     pub last_provider_action: Option<ProviderEvent>,
     pub last_provider_error: Option<ProviderEvent>,
+    /// Leased addresses the provider (EC2) no longer has (not counted in `total`).
+    #[serde(default)]
+    pub lost: u32,
     /// Set while growth is paused because the provider reported the subnet out of addresses.
     #[serde(default)]
     pub growth_paused: Option<GrowthPause>,

@@ -378,9 +378,10 @@ async fn list_enis(State(app): State<AppState>) -> Json<Vec<api::Eni>> {
                         enipool_storage::EffectiveState::Free => api::AddressState::Free,
                         enipool_storage::EffectiveState::Leased => api::AddressState::Leased,
                         enipool_storage::EffectiveState::Cooling => api::AddressState::Cooling,
+                        enipool_storage::EffectiveState::Lost => api::AddressState::Lost,
                     };
                     let (lease, cooling_until) = match &a.state {
-                        AddressState::Leased { key } => (Some(key.to_string()), None),
+                        AddressState::Leased { key } | AddressState::Lost { key } => (Some(key.to_string()), None),
                         AddressState::Cooling { until } if *until > now => (None, Some(*until)),
                         _ => (None, None),
                     };
@@ -436,6 +437,7 @@ async fn get_pool(State(app): State<AppState>) -> Json<api::Pool> {
         exhausted_allocations: app.exhausted_allocations.load(std::sync::atomic::Ordering::Relaxed),
         last_provider_action: events.last_action.clone(),
         last_provider_error: events.last_error.clone(),
+        lost: stats.lost as u32,
         growth_paused: app.growth_pause().map(|p| api::GrowthPause { reason: p.reason, until: p.until_ms }),
     })
 }
@@ -484,7 +486,7 @@ async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<api::Readiness
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics(State(app): State<AppState>) -> Response {
     let stats = app.ledger.stats();
-    let leases = stats.addresses.leased;
+    let leases = stats.addresses.leased + stats.lost;
     let body = app.metrics.render(&stats, leases);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

@@ -73,6 +73,9 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<String> {
     if let Some(e) = &pool.last_provider_error {
         out.push_str(&format!("last provider error: {} {} (at {} ms)\n", e.action, e.detail, e.at));
     }
+    if pool.lost > 0 {
+        out.push_str(&format!("lost: {} leased IPs the provider no longer has (never handed out again)\n", pool.lost));
+    }
     if let Some(p) = &pool.growth_paused {
         out.push_str(&format!("growth paused until {} ms: {}\n", p.until, p.reason));
     }

@@ -45,6 +45,8 @@ pub struct Metrics {
     ec2_seconds: Family<ActionLabel, Histogram>,
     growth_pauses: Counter,
     leaked_enis_deleted: Counter,
+    leases_lost: Counter,
+    ips_lost: Gauge,
 }
 
 impl Default for Metrics {
@@ -75,6 +77,8 @@ impl Metrics {
         });
         let growth_pauses = Counter::default();
         let leaked_enis_deleted = Counter::default();
+        let leases_lost = Counter::default();
+        let ips_lost = Gauge::default();
         registry.register("leases", "Live leases", leases.clone());
         registry.register("ips", "Secondary IPs by state (free, leased, cooling)", ips.clone());
         registry.register("ips_total", "Secondary IPs held by the node", ips_total.clone());
@@ -97,6 +101,12 @@ impl Metrics {
             growth_pauses.clone(),
         );
         registry.register("leaked_enis_deleted", "Leaked ENIs deleted by the sweep", leaked_enis_deleted.clone());
+        registry.register(
+            "leases_lost",
+            "Leases whose IP (or ENI) the provider no longer had at reconciliation",
+            leases_lost.clone(),
+        );
+        registry.register("ips_lost", "Leased IPs the provider no longer has", ips_lost.clone());
         Metrics {
             registry: Mutex::new(registry),
             leases,
@@ -113,7 +123,13 @@ impl Metrics {
             ec2_seconds,
             growth_pauses,
             leaked_enis_deleted,
+            leases_lost,
+            ips_lost,
         }
+    }
+
+    pub fn leases_lost(&self, n: usize) {
+        self.leases_lost.inc_by(n as u64);
     }
 
     pub fn growth_paused(&self) {
@@ -150,6 +166,7 @@ impl Metrics {
             self.ips.get_or_create(&StateLabel { state: state.into() }).set(n as i64);
         }
         self.ips_total.set(stats.addresses.total as i64);
+        self.ips_lost.set(stats.lost as i64);
         self.enis.set(stats.enis as i64);
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());

@@ -162,8 +162,10 @@ async fn grow(app: &App, mut deficit: u32) -> anyhow::Result<()> {
             if ips.is_empty() {
                 break;
             }
-        } else if (enis.len() as u32) < max_enis {
-            let used: Vec<u32> = enis.iter().map(|e| e.device_number).collect();
+        } else if (enis.iter().filter(|e| e.attached).count() as u32) < max_enis {
+            // An ENI the provider lost (detached here, waiting for its lost leases to go) does
+            // not hold its device index.
+            let used: Vec<u32> = enis.iter().filter(|e| e.attached).map(|e| e.device_number).collect();
             let device = (1..).find(|d| !used.contains(d)).expect("a free device number");
             let eni = app.provider_call("create_eni", app.provider.create_eni(device)).await?;
             let record = eni_record(&eni);
@@ -190,6 +192,8 @@ async fn shrink(app: &App, excess: u32) -> anyhow::Result<bool> {
     // Highest device numbers first: they were added last.
     enis.sort_by_key(|e| std::cmp::Reverse(e.device_number));
     let primary_eni_id = app.info().primary_eni_id;
+    // Only attached ENIs: reconciliation drops the ones the provider lost.
+    enis.retain(|e| e.attached);
     for eni in enis.iter().filter(|e| e.id != primary_eni_id) {
         let Some(c) = stats.per_eni.get(&eni.id) else { continue };
         if c.leased + c.cooling > 0 || c.total as u32 > left {
@@ -251,44 +255,94 @@ async fn shrink(app: &App, excess: u32) -> anyhow::Result<bool> {
     Ok(shrunk)
 }
 
-/// Makes the ledger agree with the provider at start-up: ENIs and IPs the provider has are
-/// adopted (free); free IPs and empty ENIs the provider no longer has are dropped. Leased IPs
-/// the provider lost are kept and reported (the EC2 issue marks them lost).
+/// Makes the ledger agree with the provider (reconciliation), at start-up and then every
+/// `reconcile_interval`, always from the pool manager's task or before it acts, so it never
+/// interleaves with a grow or shrink:
+/// - an ENI or IP the provider has and the ledger lacks is adopted, cooling for one cooldown
+///   (nobody here leased it, but we cannot know who used it last);
+/// - an IP the provider no longer has: free or cooling, it is dropped; leased, it is marked lost
+///   (metric, log, `/v1/pool`), never handed out again, and dropped when its lease goes;
+/// - an ENI the provider no longer has: all its IPs as above, it is marked detached (nothing is
+///   allocated from it), and dropped once nothing references it.
+///
+/// Stale reads: the provider overlays its own recent changes on what it lists (see
+/// `enipool_ec2`), so an IP we just gave back is not re-adopted from a stale listing.
 pub async fn sync_with_provider(app: &App) -> Result<(), ProviderError> {
     let enis = app.provider_call("list_enis", app.provider.list_enis()).await?;
     let fail = |e: anyhow::Error| ProviderError::Failed(format!("{e:#}"));
+    let cooling_until = app.clock_now() + app.config.ip_cooldown.as_millis() as u64;
+    let mut gone: Vec<Ipv4Addr> = Vec::new();
+    // The provider showing an IP the ledger has on another ENI is a disagreement we do not
+    // guess about: the sync fails (and the daemon stays unready at start-up) until it clears.
     for eni in &enis {
-        let known = app.ledger.eni(&eni.id).is_some();
-        let ledger = app.ledger.clone();
-        if !known {
+        for ip in &eni.secondary_ips {
+            if let Some(a) = app.ledger.address(*ip)
+                && a.eni_id != eni.id
+            {
+                return Err(ProviderError::Failed(format!(
+                    "the provider shows {ip} on {}, the ledger has it on {}",
+                    eni.id, a.eni_id
+                )));
+            }
+        }
+    }
+    for eni in &enis {
+        let Some(known) = app.ledger.eni(&eni.id) else {
             let record = eni_record(eni);
             let ips = eni.secondary_ips.clone();
-            app.blocking(move || ledger.add_eni(record, &ips)).await.map_err(fail)?;
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            app.blocking(move || {
+                ledger.add_eni(record, &[])?;
+                ledger.adopt_addresses(&id, &ips, cooling_until)
+            })
+            .await
+            .map_err(fail)?;
             info!(eni = %eni.id, ips = eni.secondary_ips.len(), "adopted ENI from provider");
             continue;
+        };
+        if !known.attached {
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            app.blocking(move || ledger.set_eni_attached(&id, true)).await.map_err(fail)?;
+            info!(eni = %eni.id, "ENI is attached again");
         }
         let have: Vec<Ipv4Addr> = app.ledger.addresses(Some(&eni.id)).iter().map(|a| a.ip).collect();
         let missing: Vec<Ipv4Addr> = eni.secondary_ips.iter().copied().filter(|ip| !have.contains(ip)).collect();
         if !missing.is_empty() {
-            let id = eni.id.clone();
-            app.blocking(move || ledger.add_addresses(&id, &missing)).await.map_err(fail)?;
-        }
-        let gone: Vec<Ipv4Addr> = have.into_iter().filter(|ip| !eni.secondary_ips.contains(ip)).collect();
-        for ip in gone {
+            info!(eni = %eni.id, ips = ?missing, "adopting IPs the provider has and the ledger lacks (cooling first)");
             let ledger = app.ledger.clone();
             let id = eni.id.clone();
-            if app.blocking(move || ledger.remove_addresses(&id, &[ip])).await.is_err() {
-                warn!(%ip, eni = %eni.id, "provider no longer has this IP but it is leased or cooling; kept");
-            }
+            app.blocking(move || ledger.adopt_addresses(&id, &missing, cooling_until)).await.map_err(fail)?;
+        }
+        gone.extend(have.into_iter().filter(|ip| !eni.secondary_ips.contains(ip)));
+    }
+    let vanished: Vec<EniRecord> =
+        app.ledger.enis().into_iter().filter(|k| !enis.iter().any(|e| e.id == k.id)).collect();
+    for eni in &vanished {
+        if eni.attached {
+            warn!(eni = %eni.id, "the provider no longer has this ENI; nothing is allocated from it any more");
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            app.blocking(move || ledger.set_eni_attached(&id, false)).await.map_err(fail)?;
+        }
+        gone.extend(app.ledger.addresses(Some(&eni.id)).iter().map(|a| a.ip));
+    }
+    if !gone.is_empty() {
+        let ledger = app.ledger.clone();
+        let lost = app.blocking(move || ledger.mark_lost(&gone)).await.map_err(fail)?;
+        for l in &lost {
+            warn!(lease = %l.key, ip = %l.ip, eni = %l.eni_id, "lease lost: the provider no longer has its IP");
+        }
+        if !lost.is_empty() {
+            app.metrics.leases_lost(lost.len());
         }
     }
-    for known in app.ledger.enis() {
-        if !enis.iter().any(|e| e.id == known.id) {
-            let ledger = app.ledger.clone();
-            let id = known.id.clone();
-            if app.blocking(move || ledger.remove_eni(&id)).await.is_err() {
-                warn!(eni = %known.id, "provider no longer has this ENI but it holds leased or cooling IPs; kept");
-            }
+    for eni in vanished {
+        let ledger = app.ledger.clone();
+        let id = eni.id.clone();
+        if app.blocking(move || ledger.remove_eni(&id)).await.is_ok() {
+            info!(eni = %eni.id, "dropped an ENI the provider no longer has");
         }
     }
     Ok(())

@@ -403,3 +403,143 @@ async fn subnet_exhaustion_pauses_growth_and_says_so() {
     assert!(api.pool().await["growth_paused"].is_null());
     node.assert_matches_ec2(&api).await;
 }
+
+#[tokio::test]
+async fn reconciliation_marks_lost_leases_and_adopts_unknown_ips() {
+    let node = Node::start("m5.large").await;
+    let d = node.daemon(&[("--ip-cooldown-period", "1s")]).await;
+    let api = d.unix();
+    let lost = api.lease("lost").await;
+    pool_settles(&api, &[("enis", 2), ("leased", 1)], HOLD).await;
+    let primary = node.world.primary_eni_id.clone();
+    assert_eq!(lost["eni_id"], primary.as_str());
+    let free_ip = api.enis().await.iter().find(|e| e["primary"] == true).unwrap()["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["state"] == "free")
+        .map(|a| a["ip"].as_str().unwrap().to_string())
+        .expect("a free IP on the primary ENI");
+
+    // Someone else takes a leased and a free IP off the primary ENI.
+    let lost_ip = lost["ip"].as_str().unwrap().to_string();
+    node.client
+        .unassign_private_ip_addresses()
+        .network_interface_id(&primary)
+        .private_ip_addresses(&lost_ip)
+        .private_ip_addresses(&free_ip)
+        .send()
+        .await
+        .unwrap();
+    eventually("the lease to be marked lost", async || {
+        let p = api.pool().await;
+        if p["lost"] == 1 { Ok(()) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    let addresses: Vec<serde_json::Value> =
+        api.enis().await.iter().flat_map(|e| e["addresses"].as_array().unwrap().clone()).collect();
+    let state_of = |ip: &str| addresses.iter().find(|a| a["ip"] == ip).map(|a| a["state"].clone());
+    assert_eq!(state_of(&lost_ip), Some("lost".into()));
+    assert_eq!(state_of(&free_ip), None, "a free IP EC2 no longer has is dropped");
+    // The counter follows the ledger's change (bounded).
+    let text = eventually("the lost-lease counter", async || {
+        let text = metrics_text(&api).await;
+        if metric(&text, "enipool_leases_lost_total") == Some(1.0) { Ok(text) } else { Err(text) }
+    })
+    .await;
+    assert_eq!(metric(&text, "enipool_ips_lost"), Some(1.0));
+    assert_eq!(metric(&text, "enipool_leases"), Some(1.0), "a lost lease is still a live lease");
+    // The lease stands (the pod still has it); the IP is never handed out again.
+    api.get(&format!("/v1/leases/{NET}/lost/eth0")).await.expect(200);
+    let mut others = Vec::new();
+    for i in 0..12 {
+        let l = api.lease(&format!("pod{i:02}")).await;
+        assert_ne!(l["ip"], lost_ip.as_str(), "a lost IP was handed out");
+        others.push(l);
+    }
+    // Released: the lost address goes with its lease.
+    api.release("lost").await;
+    assert_eq!(api.pool().await["lost"], 0);
+    assert!(
+        api.enis().await.iter().all(|e| e["addresses"].as_array().unwrap().iter().all(|a| a["ip"] != lost_ip.as_str()))
+    );
+
+    // An IP EC2 has and the ledger lacks is adopted, cooling first. (It takes the place of a
+    // free one, to stay within the m5.large's 9 secondary IPs per ENI, which moto does not
+    // enforce.)
+    let stranger = "10.0.250.250";
+    node.client
+        .assign_private_ip_addresses()
+        .network_interface_id(&primary)
+        .private_ip_addresses(stranger)
+        .send()
+        .await
+        .unwrap();
+    let replaced = api.enis().await.iter().find(|e| e["primary"] == true).unwrap()["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["state"] == "free")
+        .map(|a| a["ip"].as_str().unwrap().to_string())
+        .expect("a free IP on the primary ENI");
+    node.client
+        .unassign_private_ip_addresses()
+        .network_interface_id(&primary)
+        .private_ip_addresses(&replaced)
+        .send()
+        .await
+        .unwrap();
+    let seen = eventually("the stranger IP to be adopted", async || {
+        let enis = api.enis().await;
+        let a = enis.iter().flat_map(|e| e["addresses"].as_array().unwrap().clone()).find(|a| a["ip"] == stranger);
+        a.ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    assert_eq!(seen["state"], "cooling", "{seen}");
+
+    // An ENI EC2 no longer has (detached and deleted behind our back): its leases are lost,
+    // nothing more is allocated from it, and the pool replaces it.
+    let victim = others.iter().find(|l| l["device_number"] == 1).expect("a lease on the second ENI").clone();
+    let victim_eni = victim["eni_id"].as_str().unwrap().to_string();
+    let att = node
+        .world
+        .enis(&node.client)
+        .await
+        .iter()
+        .find(|n| n.network_interface_id() == Some(victim_eni.as_str()))
+        .and_then(|n| n.attachment().and_then(|a| a.attachment_id()).map(String::from))
+        .unwrap();
+    node.client.detach_network_interface().attachment_id(att).send().await.unwrap();
+    node.client.delete_network_interface().network_interface_id(&victim_eni).send().await.unwrap();
+    let on_victim = others.iter().filter(|l| l["eni_id"] == victim_eni.as_str()).count();
+    eventually("the vanished ENI's leases to be lost", async || {
+        let p = api.pool().await;
+        if p["lost"] == on_victim as u64 { Ok(()) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    let eni = api.enis().await.into_iter().find(|e| e["id"] == victim_eni.as_str()).expect("kept while leases name it");
+    assert_eq!(eni["attached"], false);
+    for i in 0..3 {
+        let l = api.lease(&format!("after{i}")).await;
+        assert_ne!(l["eni_id"], victim_eni.as_str());
+    }
+    // Every lease released: the ledger ends up exactly as EC2, nothing leaked.
+    for l in &others {
+        api.release(l["container_id"].as_str().unwrap()).await;
+    }
+    for i in 0..3 {
+        api.release(&format!("after{i}")).await;
+    }
+    eventually("the lost ENI to be dropped", async || {
+        let p = api.pool().await;
+        let enis = api.enis().await;
+        if p["lost"] == 0 && enis.iter().all(|e| e["id"] != victim_eni.as_str()) {
+            Ok(())
+        } else {
+            Err(pool_summary(&p))
+        }
+    })
+    .await;
+    pool_settles(&api, &[("leased", 0)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
+}

@@ -33,7 +33,7 @@ use crate::wal::{SyncObserver, Wal};
 
 /// The schema this build writes. Bump it with every change to the records in `model.rs`, and
 /// teach `migrate` to bring the previous version forward.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 const MAGIC: &[u8] = b"enipool-ledger";
 
 const META_MAGIC: &[u8] = b"magic";
@@ -159,7 +159,7 @@ impl State {
                 self.cooling.remove(&(until, rec.ip));
                 self.free.remove(&(rec.last_released, rec.ip));
             }
-            AddressState::Leased { .. } => {}
+            AddressState::Leased { .. } | AddressState::Lost { .. } => {}
         }
     }
 
@@ -171,7 +171,7 @@ impl State {
             AddressState::Cooling { until } => {
                 self.cooling.insert((until, rec.ip));
             }
-            AddressState::Leased { .. } => {}
+            AddressState::Leased { .. } | AddressState::Lost { .. } => {}
         }
     }
 
@@ -268,7 +268,7 @@ impl State {
                 return Err(format!("lease {key} holds {} which is no known address", lease.ip));
             };
             match &addr.state {
-                AddressState::Leased { key: k } if k == key => {}
+                AddressState::Leased { key: k } | AddressState::Lost { key: k } if k == key => {}
                 other => {
                     return Err(format!("lease {key} holds {} but the address says {other:?}", lease.ip));
                 }
@@ -284,7 +284,7 @@ impl State {
             if !self.enis.contains_key(&addr.eni_id) {
                 return Err(format!("address {ip} belongs to unknown ENI {}", addr.eni_id));
             }
-            if let AddressState::Leased { key } = &addr.state {
+            if let AddressState::Leased { key } | AddressState::Lost { key } = &addr.state {
                 match self.leases.get(key) {
                     Some(l) if l.ip == *ip => {}
                     Some(l) => {
@@ -675,9 +675,71 @@ impl Ledger {
                     EffectiveState::Cooling => {
                         return Err(LedgerError::AddressInUse { ip, state: "cooling" });
                     }
+                    EffectiveState::Lost => {
+                        return Err(LedgerError::AddressInUse { ip, state: "lost but still leased" });
+                    }
                 }
             }
             Ok(((), changes))
+        })
+    }
+
+    /// Adds secondary addresses to a known ENI that are not handed out before `cooling_until`
+    /// (adopted from the provider: nobody here leased them, but someone may have just used them).
+    pub fn adopt_addresses(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv4Addr],
+        cooling_until: UnixMillis,
+    ) -> Result<(), LedgerError> {
+        self.run(|_, st| {
+            if !st.enis.contains_key(eni_id) {
+                return Err(LedgerError::UnknownEni(eni_id.into()));
+            }
+            let mut seen = HashSet::new();
+            for &ip in addresses {
+                st.check_new_address(ip)?;
+                if !seen.insert(ip) {
+                    return Err(LedgerError::AddressExists(ip));
+                }
+            }
+            let changes = addresses
+                .iter()
+                .map(|&ip| {
+                    Change::PutAddr(AddressRecord {
+                        ip,
+                        eni_id: eni_id.into(),
+                        state: AddressState::Cooling { until: cooling_until },
+                        last_released: None,
+                    })
+                })
+                .collect();
+            Ok(((), changes))
+        })
+    }
+
+    /// The provider no longer has these addresses: free and cooling ones are removed, leased
+    /// ones become `Lost` (their lease stays until released, and the address is never handed
+    /// out again). Unknown and already lost addresses are skipped. Returns the leases now lost.
+    pub fn mark_lost(&self, addresses: &[Ipv4Addr]) -> Result<Vec<Lease>, LedgerError> {
+        self.run(|_, st| {
+            let mut changes = Vec::new();
+            let mut lost = Vec::new();
+            for ip in addresses.iter().copied().collect::<std::collections::BTreeSet<_>>() {
+                let Some(addr) = st.addrs.get(&ip) else { continue };
+                match &addr.state {
+                    AddressState::Free | AddressState::Cooling { .. } => changes.push(Change::DelAddr(ip)),
+                    AddressState::Leased { key } => {
+                        if let Some(lease) = st.leases.get(key) {
+                            lost.push(lease.clone());
+                        }
+                        let state = AddressState::Lost { key: key.clone() };
+                        changes.push(Change::PutAddr(AddressRecord { state, ..addr.clone() }));
+                    }
+                    AddressState::Lost { .. } => {}
+                }
+            }
+            Ok((lost, changes))
         })
     }
 
@@ -694,10 +756,15 @@ impl Ledger {
                 counts.count(addr.effective_state(now));
                 changes.push(Change::DelAddr(addr.ip));
             }
-            if counts.leased + counts.cooling > 0 {
+            let lost = st
+                .addrs
+                .values()
+                .filter(|a| a.eni_id == eni_id && matches!(a.state, AddressState::Lost { .. }))
+                .count();
+            if counts.leased + counts.cooling + lost > 0 {
                 return Err(LedgerError::EniInUse {
                     eni: eni_id.into(),
-                    leased: counts.leased,
+                    leased: counts.leased + lost,
                     cooling: counts.cooling,
                 });
             }
@@ -823,6 +890,9 @@ impl Ledger {
         }
         for addr in st.addrs.values() {
             let state = addr.effective_state(now);
+            if state == EffectiveState::Lost {
+                stats.lost += 1;
+            }
             stats.addresses.count(state);
             stats.per_eni.entry(addr.eni_id.clone()).or_default().count(state);
         }
@@ -857,6 +927,10 @@ fn free_address(ip: Ipv4Addr, eni_id: &str) -> Change {
 
 fn release_changes(st: &State, lease: &Lease, now: UnixMillis, cooldown: Duration) -> Vec<Change> {
     let addr = &st.addrs[&lease.ip];
+    if matches!(addr.state, AddressState::Lost { .. }) {
+        // The provider no longer has it: it goes with its lease.
+        return vec![Change::DelAddr(lease.ip), Change::DelLease(lease.key.clone())];
+    }
     let state = if cooldown.is_zero() {
         AddressState::Free
     } else {
@@ -1125,9 +1199,18 @@ fn load_tree<T: for<'de> Deserialize<'de>>(
 }
 
 /// Brings an older schema forward, in place. There is only version 1 so far.
-fn migrate(_db: &sled::Db, version: u32) -> Result<(), String> {
+fn migrate(db: &sled::Db, version: u32) -> Result<(), String> {
     match version {
         SCHEMA_VERSION => Ok(()),
+        // 2 added `AddressState::Lost` at the end of the enum: every version-1 record reads
+        // the same, so only the number changes (older builds then refuse a ledger that may hold
+        // lost addresses).
+        1 => {
+            let meta = db.open_tree(TREE_META).map_err(|e| e.to_string())?;
+            meta.insert(META_SCHEMA, &2u32.to_be_bytes()).map_err(|e| e.to_string())?;
+            db.flush().map_err(|e| e.to_string())?;
+            Ok(())
+        }
         older => Err(format!("schema version {older} is unknown (this build knows 1..={SCHEMA_VERSION})")),
     }
 }

@@ -69,6 +69,11 @@ pub enum AddressState {
     Cooling {
         until: UnixMillis,
     },
+    /// The provider (EC2) no longer has this address, but the lease of `key` still names it.
+    /// Never handed out again: releasing the lease removes the address. (Added in schema 2.)
+    Lost {
+        key: LeaseKey,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +92,8 @@ pub enum EffectiveState {
     Free,
     Leased,
     Cooling,
+    /// Leased, but the provider no longer has the address.
+    Lost,
 }
 
 impl AddressRecord {
@@ -96,6 +103,7 @@ impl AddressRecord {
             AddressState::Leased { .. } => EffectiveState::Leased,
             AddressState::Cooling { until } if until > now => EffectiveState::Cooling,
             AddressState::Cooling { .. } => EffectiveState::Free,
+            AddressState::Lost { .. } => EffectiveState::Lost,
         }
     }
 }
@@ -153,12 +161,17 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Counts an address; a lost one is not held (the provider no longer has it): see `Stats::lost`.
     pub(crate) fn count(&mut self, state: EffectiveState) {
+        if state == EffectiveState::Lost {
+            return;
+        }
         self.total += 1;
         match state {
             EffectiveState::Free => self.free += 1,
             EffectiveState::Leased => self.leased += 1,
             EffectiveState::Cooling => self.cooling += 1,
+            EffectiveState::Lost => {}
         }
     }
 }
@@ -166,6 +179,9 @@ impl Counts {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
     pub enis: usize,
+    /// Held addresses (lost ones excluded).
     pub addresses: Counts,
     pub per_eni: BTreeMap<String, Counts>,
+    /// Leased addresses the provider no longer has (`AddressState::Lost`).
+    pub lost: usize,
 }

@@ -874,3 +874,88 @@ fn a_stale_or_damaged_image_is_ignored() {
     assert!(!ledger.recovery().from_image, "a damaged image is not used");
     assert_eq!(ledger.lease(&lease.key), Some(lease));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Addresses the provider lost, and addresses adopted from it
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn lost_addresses_are_never_handed_out_and_go_with_their_lease() {
+    for crash in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(START));
+        let ledger = ledger_with_eni(dir.path(), config(Duration::from_secs(1)), &clock, 4);
+        let kept = ledger.allocate(key("kept"), meta("ns", "kept")).unwrap().lease;
+        let cooled = ledger.allocate(key("cooled"), meta("ns", "cooled")).unwrap().lease;
+        ledger.release(&key("cooled")).unwrap();
+        let all = ips_from(first_ip(), 4);
+
+        // Free and cooling addresses go; the leased one stays, lost, with its lease.
+        assert_eq!(ledger.mark_lost(&all).unwrap(), vec![kept.clone()]);
+        assert!(ledger.address(cooled.ip).is_none());
+        assert_eq!(ledger.address(kept.ip).unwrap().state, AddressState::Lost { key: key("kept") });
+        let stats = ledger.stats();
+        assert_eq!((stats.addresses.total, stats.lost), (0, 1));
+        assert_eq!(ledger.lease(&key("kept")), Some(kept.clone()));
+        assert!(matches!(ledger.allocate(key("new"), meta("ns", "new")), Err(LedgerError::NoFreeAddress)));
+        assert!(matches!(ledger.remove_eni("eni-1"), Err(LedgerError::EniInUse { .. })));
+        assert!(ledger.remove_addresses("eni-1", &[kept.ip]).is_err());
+        // Again: nothing more to do.
+        assert_eq!(ledger.mark_lost(&all).unwrap(), vec![]);
+
+        // It survives a restart, clean or not.
+        if crash {
+            ledger.simulate_crash();
+        } else {
+            ledger.close().unwrap();
+        }
+        let ledger = open(dir.path(), config(Duration::from_secs(1)), &clock).unwrap();
+        ledger.check_invariants().unwrap();
+        assert_eq!(ledger.address(kept.ip).unwrap().state, AddressState::Lost { key: key("kept") });
+        // Even a provider that hands the address back later does not make it leasable while
+        // the lease stands: adding it again is refused.
+        assert!(ledger.add_addresses("eni-1", &[kept.ip]).is_err());
+
+        // Released: the address goes with the lease, and the ENI can go.
+        assert_eq!(ledger.release(&key("kept")).unwrap(), Some(kept.clone()));
+        assert!(ledger.address(kept.ip).is_none());
+        assert_eq!(ledger.stats().lost, 0);
+        ledger.check_invariants().unwrap();
+        ledger.remove_eni("eni-1").unwrap();
+    }
+}
+
+#[test]
+fn adopted_addresses_cool_down_before_they_are_leased() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = ledger_with_eni(dir.path(), config(Duration::from_secs(1)), &clock, 0);
+    let adopted = Ipv4Addr::new(10, 0, 0, 9);
+    ledger.adopt_addresses("eni-1", &[adopted], START + 5_000).unwrap();
+    assert_eq!(ledger.stats().addresses.cooling, 1);
+    assert!(matches!(ledger.allocate(key("early"), meta("ns", "early")), Err(LedgerError::NoFreeAddress)));
+    assert!(ledger.adopt_addresses("eni-1", &[adopted], START).is_err(), "known already");
+    assert!(ledger.adopt_addresses("eni-nope", &[Ipv4Addr::new(10, 0, 0, 10)], START).is_err());
+    clock.advance(5_000);
+    assert_eq!(ledger.allocate(key("later"), meta("ns", "later")).unwrap().lease.ip, adopted);
+}
+
+#[test]
+fn a_version_1_ledger_opens_migrated_to_version_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = closed_ledger(dir.path());
+    let version = |db: &sled::Db| {
+        let v = db.open_tree("meta").unwrap().get("schema_version").unwrap().unwrap();
+        u32::from_be_bytes(v.as_ref().try_into().unwrap())
+    };
+    {
+        let db = plain_sled(dir.path());
+        db.open_tree("meta").unwrap().insert("schema_version", &1u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = open(dir.path(), config(Duration::from_secs(1)), &clock).unwrap();
+    assert_eq!(observe(&ledger), before);
+    ledger.close().unwrap();
+    assert_eq!(version(&plain_sled(dir.path())), 2);
+}

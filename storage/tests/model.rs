@@ -167,7 +167,7 @@ struct Model {
 fn eff(a: &AddressRecord, now: UnixMillis) -> Eff {
     match a.state {
         AddressState::Free => Eff::Free,
-        AddressState::Leased { .. } => Eff::Leased,
+        AddressState::Leased { .. } | AddressState::Lost { .. } => Eff::Leased,
         AddressState::Cooling { until } => {
             if until > now {
                 Eff::Cooling
