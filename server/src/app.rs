@@ -1,6 +1,7 @@
 //! What every part of the daemon shares: configuration, the ledger, the provider, metrics, and
 //! the signals between the API and the pool manager.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +49,12 @@ pub struct App {
     pub events: Mutex<Events>,
     pub exhausted_allocations: AtomicU64,
     growth_pause: Mutex<Option<GrowthPause>>,
+    /// Where the ENIs' node side is done, when it is (`--eni-host-setup`).
+    pub host: Option<crate::host::HostNet>,
+    /// ENI id -> MAC, as the provider reported them.
+    pub macs: Mutex<HashMap<String, String>>,
+    /// ENIs whose node side is done (and the primary's node-wide settings, under its id).
+    pub host_done: Mutex<HashSet<String>>,
     ready: AtomicBool,
     not_ready_reason: Mutex<Option<String>>,
     shutting_down: AtomicBool,
@@ -63,6 +70,7 @@ impl App {
         initialised: bool,
         metrics: Arc<Metrics>,
     ) -> App {
+        let host = config.eni_host_setup.then(|| crate::host::HostNet { netns: config.host_netns.clone() });
         App {
             config,
             ledger,
@@ -76,6 +84,9 @@ impl App {
             events: Mutex::new(Events::default()),
             exhausted_allocations: AtomicU64::new(0),
             growth_pause: Mutex::new(None),
+            host,
+            macs: Mutex::new(HashMap::new()),
+            host_done: Mutex::new(HashSet::new()),
             ready: AtomicBool::new(false),
             not_ready_reason: Mutex::new(Some("starting".into())),
             shutting_down: AtomicBool::new(false),
@@ -95,6 +106,16 @@ impl App {
     pub fn set_info(&self, info: InstanceInfo) {
         *self.info.write().unwrap_or_else(|e| e.into_inner()) = info;
         self.provider_initialised.store(true, Ordering::Release);
+    }
+
+    /// Remembers the MACs of ENIs the provider reported.
+    pub fn note_macs<'a>(&self, enis: impl IntoIterator<Item = &'a crate::provider::ProviderEni>) {
+        let mut macs = self.macs.lock().unwrap_or_else(|e| e.into_inner());
+        for e in enis {
+            if let Some(m) = &e.mac {
+                macs.insert(e.id.clone(), m.clone());
+            }
+        }
     }
 
     /// Pauses growth for `for_`, with the reason the API shows.

@@ -133,6 +133,16 @@ pub struct DaemonArgs {
     #[arg(long, env = "ENIPOOL_RECONCILE_INTERVAL")]
     pub reconcile_interval: Option<String>,
 
+    /// Set up the node side of each secondary ENI (interface by MAC, MTU, up, route table, rule; rp_filter=2, ip_forward=1). [default: true with ec2, false with static]
+    #[arg(long, env = "ENIPOOL_ENI_HOST_SETUP")]
+    pub eni_host_setup: Option<bool>,
+    /// Network namespace (a path like /run/netns/node) to do the ENIs' node side in, instead of the daemon's own. [default: the daemon's]
+    #[arg(long, env = "ENIPOOL_HOST_NETNS")]
+    pub host_netns: Option<PathBuf>,
+    /// MTU of secondary ENIs' interfaces (reference name). [default: 9001]
+    #[arg(long, env = "AWS_VPC_ENI_MTU")]
+    pub eni_mtu: Option<u32>,
+
     /// Keep this many spare ENIs' worth of free IPs (reference name). [default: 1]
     #[arg(long, env = "WARM_ENI_TARGET")]
     pub warm_eni_target: Option<u32>,
@@ -221,6 +231,9 @@ pub struct Config {
     pub leaked_eni_age: Duration,
     pub leaked_eni_interval: Duration,
     pub reconcile_interval: Duration,
+    pub eni_host_setup: bool,
+    pub host_netns: Option<PathBuf>,
+    pub eni_mtu: u32,
     pub warm_eni_target: u32,
     pub warm_ip_target: Option<u32>,
     pub minimum_ip_target: Option<u32>,
@@ -309,6 +322,9 @@ impl DaemonArgs {
             leaked_eni_age,
             leaked_eni_interval,
             reconcile_interval,
+            eni_host_setup,
+            host_netns,
+            eni_mtu,
             warm_eni_target,
             warm_ip_target,
             minimum_ip_target,
@@ -405,6 +421,10 @@ impl DaemonArgs {
             detach_wait: duration("ec2-detach-wait", a.ec2_detach_wait, "30s")?,
             consistency_window: duration("ec2-consistency-window", a.ec2_consistency_window, "30s")?,
         };
+        let eni_mtu = a.eni_mtu.unwrap_or(9001);
+        if !(576..=9001).contains(&eni_mtu) {
+            bail!("--eni-mtu: {eni_mtu} is outside 576..=9001");
+        }
         if ec2.timeout.is_zero() {
             bail!("--ec2-timeout: must be more than 0");
         }
@@ -422,6 +442,9 @@ impl DaemonArgs {
             leaked_eni_age: duration("leaked-eni-age", a.leaked_eni_age, "5m")?,
             leaked_eni_interval: duration("leaked-eni-interval", a.leaked_eni_interval, "10m")?,
             reconcile_interval: duration("reconcile-interval", a.reconcile_interval, "60s")?,
+            eni_host_setup: a.eni_host_setup.unwrap_or(provider == ProviderKind::Ec2),
+            host_netns: a.host_netns,
+            eni_mtu,
             warm_eni_target: a.warm_eni_target.unwrap_or(1),
             warm_ip_target: a.warm_ip_target,
             minimum_ip_target: a.minimum_ip_target,

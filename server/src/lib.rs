@@ -9,6 +9,7 @@ pub mod cli;
 pub use enipool_api::client;
 pub mod config;
 pub mod daemon;
+pub mod host;
 pub mod identity;
 pub mod metrics;
 pub mod pool;

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::app::App;
 use crate::config::Config;
+use crate::host::{EniHost, HostError};
 use crate::provider::{Limits, ProviderEni, ProviderError};
 
 /// What the pool should hold, given the targets and the current counts.
@@ -98,6 +99,7 @@ pub async fn run(app: Arc<App>) {
                     Err(e) => warn!(error = %e, "leaked-ENI sweep failed"),
                 }
             }
+            host_side(&app).await;
             if let Err(e) = step(&app, &mut last_shrink).await {
                 warn!(error = %e, "pool step failed");
             }
@@ -106,6 +108,52 @@ pub async fn run(app: Arc<App>) {
             _ = app.pool_wake.notified() => {}
             _ = tokio::time::sleep(app.config.pool_tick) => {}
             _ = app.shutdown.notified() => return,
+        }
+    }
+}
+
+/// The node side of every attached secondary ENI not done yet, and the node-wide settings once
+/// (see `host.rs`). An interface that has not appeared yet is tried again next tick.
+async fn host_side(app: &App) {
+    let Some(host) = &app.host else { return };
+    let info = app.info();
+    let done = |id: &str| app.host_done.lock().unwrap_or_else(|e| e.into_inner()).contains(id);
+    let mac_of = |id: &str| app.macs.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+    if !done(&info.primary_eni_id)
+        && let Some(mac) = mac_of(&info.primary_eni_id)
+    {
+        match host.setup_node(&mac).await {
+            Ok(ifname) => {
+                info!(%ifname, "node set up: ip_forward=1, rp_filter=2 on the primary interface");
+                app.host_done.lock().unwrap_or_else(|e| e.into_inner()).insert(info.primary_eni_id.clone());
+            }
+            Err(HostError::NotFound(_)) => {}
+            Err(e) => warn!(error = %e, "setting up the node failed"),
+        }
+    }
+    for eni in app.ledger.enis() {
+        if !eni.attached || eni.id == info.primary_eni_id || done(&eni.id) {
+            continue;
+        }
+        let Some(mac) = mac_of(&eni.id) else { continue };
+        let spec = EniHost {
+            eni_id: eni.id.clone(),
+            mac,
+            primary_ip: eni.primary_ip,
+            subnet: eni.subnet_cidr,
+            gateway: eni.subnet_gateway,
+            table: eni.route_table,
+            mtu: app.config.eni_mtu,
+        };
+        match host.setup_eni(spec).await {
+            Ok(ifname) => {
+                info!(eni = %eni.id, %ifname, table = eni.route_table, "ENI's node side set up");
+                app.host_done.lock().unwrap_or_else(|e| e.into_inner()).insert(eni.id.clone());
+            }
+            Err(HostError::NotFound(mac)) => {
+                tracing::debug!(eni = %eni.id, %mac, "ENI's interface has not appeared yet");
+            }
+            Err(e) => warn!(eni = %eni.id, error = %e, "setting up the ENI's node side failed"),
         }
     }
 }
@@ -168,6 +216,7 @@ async fn grow(app: &App, mut deficit: u32) -> anyhow::Result<()> {
             let used: Vec<u32> = enis.iter().filter(|e| e.attached).map(|e| e.device_number).collect();
             let device = (1..).find(|d| !used.contains(d)).expect("a free device number");
             let eni = app.provider_call("create_eni", app.provider.create_eni(device)).await?;
+            app.note_macs([&eni]);
             let record = eni_record(&eni);
             let ledger = app.ledger.clone();
             let ips = eni.secondary_ips.clone();
@@ -269,6 +318,7 @@ async fn shrink(app: &App, excess: u32) -> anyhow::Result<bool> {
 /// `enipool_ec2`), so an IP we just gave back is not re-adopted from a stale listing.
 pub async fn sync_with_provider(app: &App) -> Result<(), ProviderError> {
     let enis = app.provider_call("list_enis", app.provider.list_enis()).await?;
+    app.note_macs(&enis);
     let fail = |e: anyhow::Error| ProviderError::Failed(format!("{e:#}"));
     let cooling_until = app.clock_now() + app.config.ip_cooldown.as_millis() as u64;
     let mut gone: Vec<Ipv4Addr> = Vec::new();

@@ -46,6 +46,8 @@ impl Node {
             ("--leaked-eni-age", "0"),
             ("--leaked-eni-interval", "100ms"),
             ("--reconcile-interval", "200ms"),
+            // The node side of ENIs has its own test (moto_host.rs), in a namespace it made.
+            ("--eni-host-setup", "false"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -1,0 +1,238 @@
+//! The node side of secondary ENIs, done when an ENI appears: find its interface by MAC, set the
+//! MTU and bring it up, give it the ENI's primary IP (/32), a route table of its own (device
+//! number + 1) with `default via <subnet gateway>`, and `rule from <ENI primary IP> lookup
+//! <table>`; node-wide, rp_filter=2 on the primary interface (replies to pods on secondary ENIs
+//! leave by another interface) and ip_forward=1.
+//!
+//! Everything runs on a dedicated thread that has entered the host network namespace (the
+//! daemon's own, or `--host-netns` in tests), with its own netlink socket: the namespace of a
+//! shared runtime thread is never switched. Every step is idempotent (replace semantics).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{RouteProtocol, RouteScope};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
+
+/// Priority of the `from <ENI primary IP>` rules (the pods' own `from` rules use 1536).
+pub const ENI_RULE_PRIORITY: u32 = 1535;
+/// Routing protocol tag of what we add (as the CNI plugin does).
+const PROTO: RouteProtocol = RouteProtocol::Other(211);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// No interface has the ENI's MAC yet (EC2 attaches asynchronously): try again later.
+    #[error("no interface with MAC {0} yet")]
+    NotFound(String),
+    #[error("{what}: {detail}")]
+    Failed { what: String, detail: String },
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> HostError {
+    HostError::Failed { what: what.to_string(), detail: e.to_string() }
+}
+
+/// One secondary ENI's host side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniHost {
+    pub eni_id: String,
+    pub mac: String,
+    pub primary_ip: Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub table: u32,
+    pub mtu: u32,
+}
+
+/// Where the host side is done.
+#[derive(Clone, Debug, Default)]
+pub struct HostNet {
+    /// A network namespace to do it in (tests); `None`: the daemon's own.
+    pub netns: Option<PathBuf>,
+}
+
+impl HostNet {
+    /// Runs `f` on a fresh thread inside the host namespace, with a netlink handle there.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, HostError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Handle) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, HostError>>,
+    {
+        let netns = self.netns.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("enipool-host".into())
+            .spawn(move || {
+                let result = (|| {
+                    if let Some(ns) = &netns {
+                        enter_netns(ns)?;
+                    }
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| failed("starting the host thread's runtime", e))?;
+                    rt.block_on(async move {
+                        let (conn, handle, _) =
+                            rtnetlink::new_connection().map_err(|e| failed("opening a netlink socket", e))?;
+                        tokio::spawn(conn);
+                        f(handle).await
+                    })
+                })();
+                let _ = tx.send(result);
+            })
+            .map_err(|e| failed("starting the host thread", e))?;
+        rx.await.map_err(|_| failed("the host thread", "ended without an answer"))?
+    }
+
+    /// ip_forward=1, and rp_filter=2 on the interface with `primary_mac`.
+    pub async fn setup_node(&self, primary_mac: &str) -> Result<String, HostError> {
+        let mac = primary_mac.to_string();
+        self.run(move |h| async move {
+            let (_, name) = link_by_mac(&h, &mac).await?.ok_or(HostError::NotFound(mac.clone()))?;
+            write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+            write_sysctl(&format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"), "2")?;
+            Ok(name)
+        })
+        .await
+    }
+
+    /// Sets up one secondary ENI; returns its interface name.
+    pub async fn setup_eni(&self, eni: EniHost) -> Result<String, HostError> {
+        self.run(move |h| async move {
+            let (index, name) = link_by_mac(&h, &eni.mac).await?.ok_or(HostError::NotFound(eni.mac.clone()))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(index).mtu(eni.mtu).up().build())
+                .execute()
+                .await
+                .map_err(|e| failed(&format!("setting {name} up with MTU {}", eni.mtu), e))?;
+            match h.address().add(index, IpAddr::V4(eni.primary_ip), 32).execute().await {
+                Err(e) if errno(&e) != Some(libc::EEXIST) => {
+                    return Err(failed(&format!("adding {}/32 to {name}", eni.primary_ip), e));
+                }
+                _ => {}
+            }
+            let gw = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(eni.gateway, 32)
+                .output_interface(index)
+                .scope(RouteScope::Link)
+                .table_id(eni.table)
+                .protocol(PROTO)
+                .build();
+            h.route()
+                .add(gw)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| failed(&format!("routing the gateway {} in table {}", eni.gateway, eni.table), e))?;
+            let default = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(eni.gateway)
+                .output_interface(index)
+                .table_id(eni.table)
+                .protocol(PROTO)
+                .build();
+            h.route()
+                .add(default)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| failed(&format!("the default route of table {}", eni.table), e))?;
+            ensure_rule(&h, eni.primary_ip, eni.table).await?;
+            Ok(name)
+        })
+        .await
+    }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn enter_netns(path: &Path) -> Result<(), HostError> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).map_err(|e| failed(&format!("opening {}", path.display()), e))?;
+    // SAFETY: setns(2) on an fd we own, on this dedicated thread only.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(failed(&format!("entering {}", path.display()), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn write_sysctl(path: &str, value: &str) -> Result<(), HostError> {
+    std::fs::write(path, value).map_err(|e| failed(&format!("writing {value} to {path}"), e))
+}
+
+fn mac_of(m: &LinkMessage) -> Option<String> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(b) if b.len() == 6 => {
+            Some(b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":"))
+        }
+        _ => None,
+    })
+}
+
+/// The (index, name) of the interface with this MAC.
+async fn link_by_mac(h: &Handle, mac: &str) -> Result<Option<(u32, String)>, HostError> {
+    let links: Vec<LinkMessage> =
+        h.link().get().execute().try_collect().await.map_err(|e| failed("listing interfaces", e))?;
+    let want = mac.to_ascii_lowercase();
+    Ok(links
+        .iter()
+        .find(|m| mac_of(m).as_deref() == Some(want.as_str()) && !m.header.flags.contains(LinkFlags::Loopback))
+        .map(|m| {
+            let name = m
+                .attributes
+                .iter()
+                .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
+                .unwrap_or_default();
+            (m.header.index, name)
+        }))
+}
+
+/// `from <ip>/32 lookup <table>` at our priority, exactly once.
+async fn ensure_rule(h: &Handle, ip: Ipv4Addr, table: u32) -> Result<(), HostError> {
+    let rules: Vec<_> =
+        h.rule().get(IpVersion::V4).execute().try_collect().await.map_err(|e| failed("listing rules", e))?;
+    for m in rules {
+        let prio = m.attributes.iter().find_map(|a| if let RuleAttribute::Priority(p) = a { Some(*p) } else { None });
+        let from = m.attributes.iter().any(|a| matches!(a, RuleAttribute::Source(s) if *s == IpAddr::V4(ip)));
+        let tbl = m
+            .attributes
+            .iter()
+            .find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None })
+            .unwrap_or(u32::from(m.header.table));
+        if prio == Some(ENI_RULE_PRIORITY) && from {
+            if tbl == table {
+                return Ok(());
+            }
+            // A stale rule for this IP (an earlier ENI with another device number).
+            match h.rule().del(m).execute().await {
+                Err(e) if errno(&e) != Some(libc::ENOENT) => return Err(failed("deleting a stale rule", e)),
+                _ => {}
+            }
+        }
+    }
+    let mut req = h
+        .rule()
+        .add()
+        .v4()
+        .source_prefix(ip, 32)
+        .table_id(table)
+        .priority(ENI_RULE_PRIORITY)
+        .action(RuleAction::ToTable);
+    req.message_mut().attributes.push(RuleAttribute::Protocol(PROTO));
+    match req.execute().await {
+        Err(e) if errno(&e) != Some(libc::EEXIST) => {
+            Err(failed(&format!("adding the rule from {ip} lookup {table}"), e))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,131 @@
+//! The node side of secondary ENIs, against moto, in a network namespace the test makes: veths
+//! carrying the MACs moto gave the ENIs stand in for the ENIs' interfaces. enipoold runs in the
+//! test's namespace (to reach moto on loopback) and does the node side in the test's node
+//! namespace (`--host-netns`). Needs root and `ip`; nothing touches the root namespace.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Daemon, eventually, pool_settles};
+use enipool_ec2::testing::{FakeEc2, World};
+
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("enipool-h{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        ip(&["netns", "add", &name]);
+        Netns(name)
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+
+    /// `ip -n <ns> args...`, its stdout.
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.0.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Like `ip`, whatever the exit status (a table that does not exist yet, say).
+    fn try_ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip").args(["-n", self.0.as_str()]).args(args).output().expect("running ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn read(&self, path: &str) -> String {
+        let out = Command::new("ip").args(["netns", "exec", &self.0, "cat", path]).output().expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn each_secondary_enis_node_side_is_set_up_when_its_interface_appears() {
+    let ec2 = FakeEc2::start().await;
+    let client = ec2.client();
+    let world = World::make(&client, "m5.large").await;
+    let ns = Netns::new();
+    // The primary ENI's interface.
+    ns.ip(&["link", "add", "eth0", "address", &world.mac, "type", "veth", "peer", "name", "eth0-peer"]);
+
+    let tmp = tempfile::TempDir::new().unwrap();
+    let endpoint = ec2.endpoint();
+    let netns = ns.path();
+    let flags: Vec<(&str, &str)> = vec![
+        ("--provider", "ec2"),
+        ("--instance-id", world.instance_id.as_str()),
+        ("--ec2-endpoint", endpoint.as_str()),
+        ("--ec2-backoff-base", "10ms"),
+        ("--ec2-rate-limit", "0"),
+        ("--ec2-consistency-window", "0"),
+        ("--leaked-eni-interval", "0"),
+        ("--eni-host-setup", "true"),
+        ("--host-netns", netns.as_str()),
+        ("--eni-mtu", "9001"),
+    ];
+    let d = Daemon::start_in(tmp.path(), &flags).await;
+    let api = d.unix();
+    eventually("ip_forward=1 and rp_filter=2 on the primary interface", async || {
+        let (fwd, rp) = (ns.read("/proc/sys/net/ipv4/ip_forward"), ns.read("/proc/sys/net/ipv4/conf/eth0/rp_filter"));
+        if fwd == "1" && rp == "2" { Ok(()) } else { Err(format!("ip_forward={fwd} rp_filter={rp}")) }
+    })
+    .await;
+
+    // A second ENI; its interface appears only later (EC2 attaches asynchronously).
+    api.lease("pod").await;
+    pool_settles(&api, &[("enis", 2), ("leased", 1)], Duration::from_millis(100)).await;
+    let eni = api.enis().await.into_iter().find(|e| e["device_number"] == 1).expect("the second ENI");
+    let eni_id = eni["id"].as_str().unwrap().to_string();
+    let eni_ip = eni["primary_ip"].as_str().unwrap().to_string();
+    assert_eq!(eni["route_table"], 2);
+    let mac = world
+        .enis(&client)
+        .await
+        .iter()
+        .find(|n| n.network_interface_id() == Some(eni_id.as_str()))
+        .and_then(|n| n.mac_address().map(str::to_ascii_lowercase))
+        .expect("moto's MAC of the ENI");
+    ns.ip(&["link", "add", "eth1", "address", &mac, "type", "veth", "peer", "name", "eth1-peer"]);
+
+    let rule = format!("from {eni_ip} lookup 2");
+    eventually("the ENI's interface, table and rule", async || {
+        let link = ns.try_ip(&["link", "show", "eth1"]);
+        let routes = ns.try_ip(&["route", "show", "table", "2"]);
+        let rules = ns.try_ip(&["rule", "show"]);
+        let addrs = ns.try_ip(&["-4", "addr", "show", "dev", "eth1"]);
+        let ok = link.contains("mtu 9001")
+            && link.contains(",UP")
+            && routes.contains("default via 10.0.0.1 dev eth1")
+            && routes.contains("10.0.0.1 dev eth1")
+            && rules.contains(&rule)
+            && addrs.contains(&format!("{eni_ip}/32"));
+        if ok { Ok(()) } else { Err(format!("link {link}\nroutes {routes}\nrules {rules}\naddrs {addrs}")) }
+    })
+    .await;
+
+    // A restart sets it up again without duplicating anything.
+    let d = d.restart().await;
+    let api = d.unix();
+    pool_settles(&api, &[("enis", 2), ("leased", 1)], Duration::from_millis(100)).await;
+    let rules = ns.ip(&["rule", "show"]);
+    assert_eq!(rules.matches(&rule).count(), 1, "{rules}");
+    assert_eq!(ns.ip(&["route", "show", "table", "2"]).lines().count(), 2);
+}
