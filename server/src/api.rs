@@ -37,8 +37,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, problem_type: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, problem_type: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
         ApiError { status, problem_type, title, detail: detail.into(), field: None, retry_after: None }
+    }
+
+    /// Names the offending field (`field` in the problem document).
+    pub fn with_field(self, field: Option<String>) -> Self {
+        ApiError { field, ..self }
     }
 
     fn field(status: StatusCode, e: FieldError) -> Self {
@@ -494,7 +499,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "enipool", description = "enipoold's API: leases of VPC IPs for pods, and the state of the node's ENI pool. Mutating calls are served only on the unix socket; on the loopback TCP listener they answer 403 (type urn:enipool:problem:read-only-listener). Any route may also answer 404 (unknown route) or 405 (method not allowed). Every error is an RFC 9457 application/problem+json document (schema Problem) whose type is stable."),
-    paths(create_lease, delete_lease, get_lease, list_leases, list_enis, get_pool, gc, healthz, readyz, metrics),
+    paths(create_lease, delete_lease, get_lease, list_leases, list_enis, get_pool, gc, healthz, readyz, metrics, crate::status_page::status_page),
     components(schemas(
         api::LeaseRequest, api::Lease, api::SnatSettings, api::GcRequest, api::GcReply, api::Attachment,
         api::Eni, api::Address, api::AddressState, api::Pool, api::WarmTargets, api::ProviderEvent, api::GrowthPause,
@@ -535,6 +540,7 @@ pub fn router(app: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/status", get(crate::status_page::status_page))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

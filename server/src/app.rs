@@ -20,6 +20,21 @@ use crate::provider::{InstanceInfo, Provider, ProviderError};
 pub struct Events {
     pub last_action: Option<ProviderEvent>,
     pub last_error: Option<ProviderEvent>,
+    /// The last `RECENT_EVENTS` actions and errors, oldest first (the status page shows them).
+    pub recent: std::collections::VecDeque<(bool, ProviderEvent)>,
+}
+
+pub const RECENT_EVENTS: usize = 20;
+
+impl Events {
+    /// Remembers an action (`failed` false) or a failed call.
+    fn remember(&mut self, failed: bool, event: ProviderEvent) {
+        if self.recent.len() == RECENT_EVENTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((failed, event.clone()));
+        if failed { self.last_error = Some(event) } else { self.last_action = Some(event) }
+    }
 }
 
 /// Growth is paused (the subnet ran out of addresses) until `until`.
@@ -55,6 +70,8 @@ pub struct App {
     pub macs: Mutex<HashMap<String, String>>,
     /// ENIs whose node side is done (and the primary's node-wide settings, under its id).
     pub host_done: Mutex<HashSet<String>>,
+    /// `--cni-conf-dir`: where the conflist was installed, or why it was not (yet).
+    pub cni_conflist: Mutex<Option<Result<std::path::PathBuf, String>>>,
     ready: AtomicBool,
     not_ready_reason: Mutex<Option<String>>,
     shutting_down: AtomicBool,
@@ -87,6 +104,7 @@ impl App {
             host,
             macs: Mutex::new(HashMap::new()),
             host_done: Mutex::new(HashSet::new()),
+            cni_conflist: Mutex::new(None),
             ready: AtomicBool::new(false),
             not_ready_reason: Mutex::new(Some("starting".into())),
             shutting_down: AtomicBool::new(false),
@@ -175,7 +193,7 @@ impl App {
     pub fn note_action(&self, action: &str, detail: String) {
         tracing::info!(action, %detail, "provider action");
         let event = ProviderEvent { action: action.into(), at: self.clock_now(), detail };
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).last_action = Some(event);
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).remember(false, event);
     }
 
     /// Runs one provider call with metrics, and records its error as the last provider error.
@@ -190,7 +208,7 @@ impl App {
         if let Err(e) = &result {
             tracing::warn!(action, error = %e, "provider call failed");
             let event = ProviderEvent { action: action.into(), at: self.clock_now(), detail: e.to_string() };
-            self.events.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(event);
+            self.events.lock().unwrap_or_else(|e| e.into_inner()).remember(true, event);
         }
         result
     }

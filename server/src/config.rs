@@ -190,6 +190,13 @@ pub struct DaemonArgs {
     /// Log filter (tracing EnvFilter syntax). [default: info]
     #[arg(long, env = "ENIPOOL_LOG")]
     pub log: Option<String>,
+
+    /// Directory the runtime reads CNI configs from (e.g. /etc/cni/net.d); once ready, the daemon installs --cni-conflist there, so the node turns Ready only when pods can get IPs. [default: none: nothing is written]
+    #[arg(long, env = "ENIPOOL_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The conflist installed into --cni-conf-dir, under its own file name. [default: /etc/enipool/10-enipool.conflist]
+    #[arg(long, env = "ENIPOOL_CNI_CONFLIST")]
+    pub cni_conflist: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,6 +256,9 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     pub shutdown_grace: Duration,
     pub log: String,
+    /// Off when None (see `cni_conf`).
+    pub cni_conf_dir: Option<PathBuf>,
+    pub cni_conflist: PathBuf,
 }
 
 /// The EC2 provider's settings (see `enipool_ec2::Ec2Config`).
@@ -339,7 +349,9 @@ impl DaemonArgs {
             allocation_wait,
             checkpoint_interval,
             shutdown_grace,
-            log
+            log,
+            cni_conf_dir,
+            cni_conflist
         )
     }
 
@@ -460,6 +472,8 @@ impl DaemonArgs {
             checkpoint_interval: duration("checkpoint-interval", a.checkpoint_interval, "1s")?,
             shutdown_grace: duration("shutdown-grace", a.shutdown_grace, "5s")?,
             log: a.log.unwrap_or_else(|| "info".into()),
+            cni_conf_dir: a.cni_conf_dir.filter(|d| !d.as_os_str().is_empty()),
+            cni_conflist: a.cni_conflist.unwrap_or_else(|| crate::cni_conf::DEFAULT_CONFLIST.into()),
         })
     }
 }

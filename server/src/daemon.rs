@@ -98,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             match pool::sync_with_provider(&syncing).await {
                 Ok(()) => {
                     syncing.set_ready();
+                    crate::cni_conf::install_when_ready(&syncing);
                     syncing.pool_wake.notify_one();
                     return;
                 }

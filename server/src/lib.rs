@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod cni_conf;
 /// The unix-socket client lives with the API contract; re-exported for the CLI and tests.
 pub use enipool_api::client;
 pub mod config;
@@ -14,3 +15,4 @@ pub mod identity;
 pub mod metrics;
 pub mod pool;
 pub mod provider;
+pub mod status_page;
