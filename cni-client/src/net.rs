@@ -20,15 +20,10 @@ use crate::protocol::{CniError, code};
 
 /// The pods' default gateway, answered by the host veth through a static neighbour entry.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-/// `rule to <pod IP> lookup main`: traffic to a pod stays on the node.
-pub const RULE_TO_PRIORITY: u32 = 512;
-/// `rule from <pod IP> lookup <ENI table>`: traffic from a pod on a secondary ENI leaves by it.
-pub const RULE_FROM_PRIORITY: u32 = 1536;
-/// Routing protocol number on our host routes and rules (`ip route ... proto 211`), so they can
-/// be told apart from anyone else's.
-pub const PROTO: u8 = 211;
+pub use enipool_api::node::{
+    ALIAS_PREFIX, PROTO, RULE_FROM_PRIORITY, RULE_TO_PRIORITY, attachment_tag, host_veth_alias, network_tag,
+};
 pub const MAIN_TABLE: u32 = 254;
-const ALIAS_PREFIX: &str = "enipool ";
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
@@ -51,20 +46,6 @@ pub fn host_veth_name(prefix: &str, pod: Option<(&str, &str)>, container_id: &st
     }
     let digest = hex(&h.finalize());
     format!("{prefix}{}", &digest[..11])
-}
-
-/// The alias on a host veth of ours: `enipool <sha1(network)[..16]> <sha1(network/container/ifname)>`.
-/// GC recognises our veths (and their attachment) by it without asking the daemon.
-pub fn host_veth_alias(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("{ALIAS_PREFIX}{} {}", network_tag(network), attachment_tag(network, container_id, ifname))
-}
-
-fn network_tag(network: &str) -> String {
-    hex(&Sha1::digest(network.as_bytes()))[..16].to_string()
-}
-
-fn attachment_tag(network: &str, container_id: &str, ifname: &str) -> String {
-    hex(&Sha1::digest(format!("{network}/{container_id}/{ifname}").as_bytes()))
 }
 
 /// A random unicast, locally administered MAC.

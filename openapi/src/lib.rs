@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod node;
 
 /// The address pods use as their default gateway (answered by the host veth through the static
 /// neighbour entry the plugin installs).

@@ -139,6 +139,15 @@ pub struct DaemonArgs {
     /// Network namespace (a path like /run/netns/node) to do the ENIs' node side in, instead of the daemon's own. [default: the daemon's]
     #[arg(long, env = "ENIPOOL_HOST_NETNS")]
     pub host_netns: Option<PathBuf>,
+    /// How often leases are reconciled with the node after the start-up pass: a lease whose pod network namespace is gone is released (into cooldown); 0: only at start-up. [default: 60s]
+    #[arg(long, env = "ENIPOOL_NODE_RECONCILE_INTERVAL")]
+    pub node_reconcile_interval: Option<String>,
+    /// Node reconciliation leaves leases younger than this alone (an ADD may be in flight). [default: 30s]
+    #[arg(long, env = "ENIPOOL_NODE_RECONCILE_GRACE")]
+    pub node_reconcile_grace: Option<String>,
+    /// Node reconciliation also removes host veths and policy rules of ours that no lease accounts for (in --host-netns, else the daemon's namespace). [default: true]
+    #[arg(long, env = "ENIPOOL_NODE_CLEANUP")]
+    pub node_cleanup: Option<bool>,
     /// MTU of secondary ENIs' interfaces (reference name). [default: 9001]
     #[arg(long, env = "AWS_VPC_ENI_MTU")]
     pub eni_mtu: Option<u32>,
@@ -240,6 +249,9 @@ pub struct Config {
     pub reconcile_interval: Duration,
     pub eni_host_setup: bool,
     pub host_netns: Option<PathBuf>,
+    pub node_reconcile_interval: Duration,
+    pub node_reconcile_grace: Duration,
+    pub node_cleanup: bool,
     pub eni_mtu: u32,
     pub warm_eni_target: u32,
     pub warm_ip_target: Option<u32>,
@@ -334,6 +346,9 @@ impl DaemonArgs {
             reconcile_interval,
             eni_host_setup,
             host_netns,
+            node_reconcile_interval,
+            node_reconcile_grace,
+            node_cleanup,
             eni_mtu,
             warm_eni_target,
             warm_ip_target,
@@ -456,6 +471,9 @@ impl DaemonArgs {
             reconcile_interval: duration("reconcile-interval", a.reconcile_interval, "60s")?,
             eni_host_setup: a.eni_host_setup.unwrap_or(provider == ProviderKind::Ec2),
             host_netns: a.host_netns,
+            node_reconcile_interval: duration("node-reconcile-interval", a.node_reconcile_interval, "60s")?,
+            node_reconcile_grace: duration("node-reconcile-grace", a.node_reconcile_grace, "30s")?,
+            node_cleanup: a.node_cleanup.unwrap_or(true),
             eni_mtu,
             warm_eni_target: a.warm_eni_target.unwrap_or(1),
             warm_ip_target: a.warm_ip_target,

@@ -14,6 +14,7 @@ use crate::app::App;
 use crate::config::{Config, ProviderKind};
 use crate::identity;
 use crate::metrics::Metrics;
+use crate::node;
 use crate::pool;
 use crate::provider::Provider;
 use crate::provider::static_provider::StaticProvider;
@@ -76,6 +77,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     app.set_not_ready("starting: syncing the ledger with the provider".into());
     let syncing = Arc::clone(&app);
     tokio::spawn(async move {
+        // Before anything is handed out: release what dead pods held, remove what they left.
+        let report = node::reconcile(&syncing).await;
+        info!(
+            released = report.released.len(),
+            young = report.young,
+            veths_removed = report.veths_removed.len(),
+            rules_removed = report.rules_removed,
+            errors = report.errors.len(),
+            "node reconciled"
+        );
+        tokio::spawn(node::run(Arc::clone(&syncing)));
         loop {
             if !syncing.provider_initialised() {
                 match syncing.provider_call("init", syncing.provider.init()).await {

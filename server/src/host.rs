@@ -32,7 +32,7 @@ pub enum HostError {
     Failed { what: String, detail: String },
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> HostError {
+pub(crate) fn failed(what: &str, e: impl std::fmt::Display) -> HostError {
     HostError::Failed { what: what.to_string(), detail: e.to_string() }
 }
 
@@ -57,7 +57,7 @@ pub struct HostNet {
 
 impl HostNet {
     /// Runs `f` on a fresh thread inside the host namespace, with a netlink handle there.
-    async fn run<T, F, Fut>(&self, f: F) -> Result<T, HostError>
+    pub(crate) async fn run<T, F, Fut>(&self, f: F) -> Result<T, HostError>
     where
         T: Send + 'static,
         F: FnOnce(Handle) -> Fut + Send + 'static,
@@ -148,7 +148,7 @@ impl HostNet {
     }
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
         _ => None,

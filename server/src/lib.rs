@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod host;
 pub mod identity;
 pub mod metrics;
+pub mod node;
 pub mod pool;
 pub mod provider;
 pub mod status_page;

@@ -25,6 +25,11 @@ pub struct ErrorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -47,6 +52,9 @@ pub struct Metrics {
     leaked_enis_deleted: Counter,
     leases_lost: Counter,
     ips_lost: Gauge,
+    node_leases_released: Counter,
+    node_removed: Family<KindLabel, Counter>,
+    node_reconcile_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +87,9 @@ impl Metrics {
         let leaked_enis_deleted = Counter::default();
         let leases_lost = Counter::default();
         let ips_lost = Gauge::default();
+        let node_leases_released = Counter::default();
+        let node_removed = Family::<KindLabel, Counter>::default();
+        let node_reconcile_errors = Counter::default();
         registry.register("leases", "Live leases", leases.clone());
         registry.register("ips", "Secondary IPs by state (free, leased, cooling)", ips.clone());
         registry.register("ips_total", "Secondary IPs held by the node", ips_total.clone());
@@ -107,6 +118,21 @@ impl Metrics {
             leases_lost.clone(),
         );
         registry.register("ips_lost", "Leased IPs the provider no longer has", ips_lost.clone());
+        registry.register(
+            "node_leases_released",
+            "Leases released by node reconciliation because their pod network namespace was gone",
+            node_leases_released.clone(),
+        );
+        registry.register(
+            "node_removed",
+            "Host veths and policy rules of ours that no lease accounted for, removed by node reconciliation",
+            node_removed.clone(),
+        );
+        registry.register(
+            "node_reconcile_errors",
+            "Node reconciliation passes that failed part-way",
+            node_reconcile_errors.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             leases,
@@ -125,6 +151,18 @@ impl Metrics {
             leaked_enis_deleted,
             leases_lost,
             ips_lost,
+            node_leases_released,
+            node_removed,
+            node_reconcile_errors,
+        }
+    }
+
+    pub fn node_reconciled(&self, released: usize, veths: usize, rules: usize, failed: bool) {
+        self.node_leases_released.inc_by(released as u64);
+        self.node_removed.get_or_create(&KindLabel { kind: "veth".into() }).inc_by(veths as u64);
+        self.node_removed.get_or_create(&KindLabel { kind: "rule".into() }).inc_by(rules as u64);
+        if failed {
+            self.node_reconcile_errors.inc();
         }
     }
 

@@ -4,6 +4,7 @@
 //! openapi/openapi.json; and bounded polling of observable state.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod spec;
 
 use std::io::{BufRead, BufReader};
@@ -149,6 +150,8 @@ impl Daemon {
             ("--ip-cooldown-period", "0"),
             ("--checkpoint-interval", "50ms"),
             ("--shutdown-grace", "2s"),
+            // Tests that want it give --host-netns, a namespace they made.
+            ("--node-cleanup", "false"),
             ("--log", "info"),
         ]
         .iter()
