@@ -1,0 +1,356 @@
+//! deploy/ agrees with the code it deploys: the manifests pass the Kubernetes schema (the
+//! `kubernetes-validate` tool, strict) and give the daemon every path, port and setting it needs;
+//! the IAM policy allows exactly the EC2 calls the provider's source makes plus the implied
+//! actions docs/operator.md documents; the conflist and the Dockerfile agree with the daemon's
+//! defaults. (The plugin's own parser reads the conflist in cni-client/tests/conflist.rs.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use clap::{CommandFactory, Parser};
+use enipool_server::config::{Cli, Config};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The Kubernetes version the manifests are validated against (the oldest we support).
+const KUBERNETES_VERSION: &str = "1.31.0";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("server/ has a parent").to_path_buf()
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+/// Every document of a multi-document YAML file, as JSON values.
+fn yaml_documents(rel: &str) -> Vec<Value> {
+    let text = read(rel);
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{rel} is not valid YAML: {e}")))
+        .collect()
+}
+
+fn daemonset() -> Value {
+    let docs = yaml_documents("deploy/daemonset.yaml");
+    docs.into_iter().find(|d| d["kind"] == "DaemonSet").expect("deploy/daemonset.yaml holds a DaemonSet")
+}
+
+fn container<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
+    pod[list]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no {list} entry named {name}"))
+}
+
+/// The node path a container path lands on, through the container's hostPath mounts.
+fn host_path(pod: &Value, container: &Value, path: &Path) -> Option<PathBuf> {
+    let volumes = pod["volumes"].as_array()?;
+    container["volumeMounts"].as_array()?.iter().find_map(|m| {
+        let rest = path.strip_prefix(m["mountPath"].as_str()?).ok()?;
+        let volume = volumes.iter().find(|v| v["name"] == m["name"])?;
+        Some(Path::new(volume["hostPath"]["path"].as_str()?).join(rest))
+    })
+}
+
+/// Every (long flag, environment variable) of the daemon, from its clap definitions.
+fn daemon_settings() -> Vec<(String, String)> {
+    Cli::command()
+        .get_arguments()
+        .filter_map(|a| Some((a.get_long()?.to_string(), a.get_env()?.to_str()?.to_string())))
+        .collect()
+}
+
+/// The daemon's configuration as the DaemonSet's environment gives it.
+fn config_from_env(env: &BTreeMap<String, String>) -> Config {
+    let settings = daemon_settings();
+    let mut argv = vec!["enipoold".to_string()];
+    for (name, value) in env {
+        let (flag, _) = settings
+            .iter()
+            .find(|(_, e)| e == name)
+            .unwrap_or_else(|| panic!("the DaemonSet sets {name}, which enipoold does not read"));
+        argv.push(format!("--{flag}"));
+        argv.push(value.clone());
+    }
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("the DaemonSet's environment: {e}"));
+    cli.daemon.resolve().unwrap_or_else(|e| panic!("the DaemonSet's environment does not resolve: {e:#}"))
+}
+
+fn kubernetes_validate() -> PathBuf {
+    let tool = std::env::var_os("ENIPOOL_KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/kubernetes-validate"));
+    if !tool.exists() {
+        panic!(
+            "kubernetes-validate is not installed at {}: the manifest test needs it. Run scripts/test (it installs \
+             it in .venv), or: .venv/bin/pip install kubernetes-validate==1.37.0 (or point \
+             ENIPOOL_KUBERNETES_VALIDATE at it)",
+            tool.display()
+        );
+    }
+    tool
+}
+
+fn validate_manifest(file: &Path) -> std::process::Output {
+    Command::new(kubernetes_validate())
+        .args(["--strict", "--no-warn", "-k", KUBERNETES_VERSION])
+        .arg(file)
+        .output()
+        .expect("running kubernetes-validate")
+}
+
+#[test]
+fn manifests_pass_the_kubernetes_schema_strictly() {
+    let manifest = repo().join("deploy/daemonset.yaml");
+    let out = validate_manifest(&manifest);
+    assert!(
+        out.status.success(),
+        "kubernetes-validate refused deploy/daemonset.yaml:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The validator is really strict: a misspelt field in a copy is refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("broken.yaml");
+    let text = read("deploy/daemonset.yaml").replace("hostNetwork: true", "hostNetwrk: true");
+    std::fs::write(&broken, text).unwrap();
+    assert!(!validate_manifest(&broken).status.success(), "a misspelt field must be refused");
+}
+
+#[test]
+fn daemonset_gives_the_daemon_its_paths_ports_and_settings() {
+    let ds = daemonset();
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true, "the daemon runs in the node's network namespace");
+    assert_eq!(pod["automountServiceAccountToken"], false, "the daemon never reads the Kubernetes API");
+    let daemon = container(pod, "containers", "enipoold");
+
+    // Every setting the daemon reads is in the manifest (set, or commented out with why), and
+    // every one set is one the daemon reads and resolves.
+    let text = read("deploy/daemonset.yaml");
+    for (flag, env) in daemon_settings() {
+        assert!(text.contains(&format!("name: {env}")), "deploy/daemonset.yaml does not mention {env} (--{flag})");
+    }
+    let env: BTreeMap<String, String> = daemon["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e["value"].as_str().expect("literal values").to_string()))
+        .collect();
+    let config = config_from_env(&env);
+    assert_eq!(config.provider, enipool_server::config::ProviderKind::Ec2);
+
+    // State on the node, where the plugin and the next daemon find it.
+    let on_node = |p: &Path| host_path(pod, daemon, p).unwrap_or_else(|| panic!("{} is on no hostPath", p.display()));
+    assert!(on_node(&config.data_dir).starts_with("/var/lib/enipool"), "the ledger on the node under /var/lib/enipool");
+    let socket_on_node = on_node(&config.socket);
+    assert!(socket_on_node.starts_with("/run/enipool"), "the socket on the node under /run/enipool");
+    let conf_dir = config.cni_conf_dir.as_deref().expect("ENIPOOL_CNI_CONF_DIR is set");
+    assert_eq!(on_node(conf_dir), Path::new("/etc/cni/net.d"), "the conflist is written into the node's net.d");
+
+    // The conflist the image ships is the one the daemon installs, and names the same socket.
+    let conflist: Value = serde_json::from_str(&read("deploy/10-enipool.conflist")).unwrap();
+    assert_eq!(conflist["plugins"][0]["socket"].as_str().map(PathBuf::from), Some(socket_on_node));
+    let dockerfile = read("deploy/Dockerfile");
+    let shipped = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("COPY deploy/10-enipool.conflist "))
+        .expect("the Dockerfile copies deploy/10-enipool.conflist into the image");
+    assert_eq!(Path::new(shipped.trim()), config.cni_conflist);
+    assert_eq!(config.cni_conflist, Path::new(enipool_server::cni_conf::DEFAULT_CONFLIST));
+
+    // Probes on the read-only listener, which is on the node's loopback.
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &daemon[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(get["port"], config.listen.port(), "{probe} port is --listen's");
+        assert_eq!(get["host"], config.listen.ip().to_string(), "{probe} host is --listen's address");
+    }
+
+    // Prometheus scrapes --metrics-listen.
+    let metrics = config.metrics_listen.expect("metrics on");
+    let annotations = &ds["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], metrics.port().to_string());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let port = daemon["ports"].as_array().unwrap().iter().find(|p| p["name"] == "metrics").expect("a metrics port");
+    assert_eq!(port["containerPort"], metrics.port());
+
+    // The init container installs the plugin (and every other plugin the conflist chains)
+    // into the node's /opt/cni/bin, from the same image.
+    let init = container(pod, "initContainers", "install-cni");
+    assert_eq!(init["image"], daemon["image"], "one image for both");
+    let script = init["command"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect::<Vec<_>>().join(" ");
+    let bin = init["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|m| {
+            let host = host_path(pod, init, Path::new(m["mountPath"].as_str()?))?;
+            (host == Path::new("/opt/cni/bin")).then(|| m["mountPath"].as_str().unwrap().to_string())
+        })
+        .expect("the init container mounts the node's /opt/cni/bin");
+    for plugin in conflist["plugins"].as_array().unwrap() {
+        let t = plugin["type"].as_str().unwrap();
+        assert!(script.contains(&format!("{bin}/{t}")), "the init container installs {t} into {bin}: {script}");
+    }
+}
+
+#[test]
+fn no_rbac_because_the_daemon_never_reads_the_kubernetes_api() {
+    // No Kubernetes client is linked into the workspace...
+    let lock = read("Cargo.lock");
+    for client in ["kube", "kube-client", "k8s-openapi"] {
+        assert!(
+            !lock.contains(&format!("name = \"{client}\"\n")),
+            "{client} is in Cargo.lock: the daemon may read the API"
+        );
+    }
+    // ...so the manifests grant nothing.
+    for doc in yaml_documents("deploy/daemonset.yaml") {
+        let kind = doc["kind"].as_str().unwrap();
+        assert!(["ServiceAccount", "DaemonSet"].contains(&kind), "unexpected {kind} in deploy/daemonset.yaml");
+    }
+}
+
+/// `create_network_interface` -> `CreateNetworkInterface`.
+fn pascal(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The EC2 operations the provider's code calls: every aws-sdk-ec2 fluent call (`client.op()`
+/// or `client\n.op()` ending in `.send()`) in ec2/src, less the modules compiled only for tests.
+/// Also returns the action names given to the `Caller` (`.call("Op", ...)`), for a cross-check.
+fn provider_calls() -> (BTreeSet<String>, BTreeSet<String>) {
+    let src = repo().join("ec2/src");
+    let lib = read("ec2/src/lib.rs");
+    let lines: Vec<&str> = lib.lines().collect();
+    let test_only: BTreeSet<String> = lines
+        .windows(2)
+        .filter(|w| w[0].trim() == "#[cfg(feature = \"testing\")]")
+        .filter_map(|w| {
+            w[1].trim().strip_prefix("pub mod ").and_then(|m| m.strip_suffix(';')).map(|m| format!("{m}.rs"))
+        })
+        .collect();
+    assert!(test_only.contains("testing.rs"), "ec2/src/lib.rs gates its testing module behind the feature");
+    let (mut fluent, mut named) = (BTreeSet::new(), BTreeSet::new());
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.ends_with(".rs") || test_only.contains(&name) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut at = 0;
+        while let Some(i) = text[at..].find("client") {
+            let start = at + i;
+            at = start + "client".len();
+            let rest = text[at..].trim_start();
+            let Some(rest) = rest.strip_prefix('.') else { continue };
+            let rest = rest.trim_start();
+            let op: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            if op.is_empty() || !rest[op.len()..].starts_with('(') {
+                continue;
+            }
+            // An SDK operation's builder ends in .send() before the statement ends.
+            let chain = &rest[op.len()..];
+            let send = chain.find(".send()");
+            let end = chain.find(';');
+            if send.is_some_and(|s| end.is_none_or(|e| s < e)) {
+                fluent.insert(pascal(&op));
+            }
+        }
+        let mut at = 0;
+        while let Some(i) = text[at..].find(".call(\"") {
+            let start = at + i + ".call(\"".len();
+            let end = start + text[start..].find('"').unwrap();
+            named.insert(text[start..end].to_string());
+            at = end;
+        }
+    }
+    (fluent, named)
+}
+
+/// The implied actions docs/operator.md documents: rows `| ec2:Action | why |` of its
+/// "Implied IAM actions" section.
+fn documented_implied_actions() -> BTreeSet<String> {
+    let doc = read("docs/operator.md");
+    let section = doc.split("### Implied IAM actions").nth(1).expect("docs/operator.md has '### Implied IAM actions'");
+    let section = section.split("\n#").next().unwrap();
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `ec2:"))
+        .map(|l| l.split('`').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn iam_policy_allows_exactly_what_the_provider_calls_and_the_documented_implied_actions() {
+    let (fluent, named) = provider_calls();
+    assert!(fluent.contains("CreateNetworkInterface") && fluent.len() >= 10, "the scan finds the calls: {fluent:?}");
+    assert_eq!(fluent, named, "every EC2 call goes through the Caller under its own action name");
+
+    let policy: Value = serde_json::from_str(&read("deploy/iam-policy.json")).unwrap();
+    let mut allowed = BTreeSet::new();
+    for statement in policy["Statement"].as_array().unwrap() {
+        assert_eq!(statement["Effect"], "Allow");
+        let implied_statement = statement["Sid"].as_str().unwrap().starts_with("Implied");
+        for action in statement["Action"].as_array().unwrap() {
+            let action = action.as_str().unwrap().strip_prefix("ec2:").expect("EC2 actions only").to_string();
+            assert!(!action.contains('*'), "no wildcards: {action}");
+            assert_eq!(
+                implied_statement,
+                !fluent.contains(&action),
+                "{action}: implied ones sit in Implied* statements"
+            );
+            allowed.insert(action);
+        }
+    }
+    let implied = documented_implied_actions();
+    assert!(
+        implied.is_disjoint(&fluent),
+        "an action the code calls is not implied: {:?}",
+        implied.intersection(&fluent)
+    );
+    let expected: BTreeSet<String> = fluent.union(&implied).cloned().collect();
+    assert_eq!(
+        allowed,
+        expected,
+        "deploy/iam-policy.json vs the provider's calls + documented implied actions: missing {:?}, extra {:?}",
+        expected.difference(&allowed).collect::<Vec<_>>(),
+        allowed.difference(&expected).collect::<Vec<_>>()
+    );
+    // Tagging on create needs ec2:CreateTags; it is implied exactly when the code does it.
+    let tags_on_create = read("ec2/src/lib.rs").contains(".tag_specifications(");
+    assert_eq!(implied.contains("CreateTags"), tags_on_create);
+}
+
+#[test]
+fn dockerfile_builds_both_binaries_in_a_separate_stage() {
+    let d = read("deploy/Dockerfile");
+    let stages: Vec<&str> = d.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(stages.len() >= 2 && stages[0].contains(" AS build"), "a build stage and a runtime stage: {stages:?}");
+    let build = d.lines().find(|l| l.contains("cargo build")).expect("a cargo build");
+    for part in ["--release", "--locked", "-p enipool-server", "-p enipool-cni"] {
+        assert!(build.contains(part), "the build runs with {part}: {build}");
+    }
+    assert!(d.contains("COPY --from=build /out/enipoold /out/enipool-cni /usr/local/bin/"));
+    assert!(d.contains("ENTRYPOINT [\"/usr/local/bin/enipoold\"]"));
+    // The toolchain is at least the workspace's rust-version.
+    let image = stages[0].split_whitespace().nth(1).unwrap();
+    let version = image.strip_prefix("rust:").and_then(|v| v.split('-').next()).expect("a rust:<version> image");
+    let minimum = read("Cargo.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \"").map(|v| v.trim_end_matches('"').to_string()))
+        .unwrap();
+    let parse = |v: &str| v.split('.').map(|p| p.parse::<u32>().unwrap()).collect::<Vec<_>>();
+    assert!(parse(version) >= parse(&minimum), "rust:{version} is older than rust-version {minimum}");
+}
