@@ -44,8 +44,7 @@ pub async fn status_page(
     };
     let Query(q) = query.map_err(|e| {
         let text = e.body_text();
-        let field = text.split('`').nth(1).map(str::to_string);
-        bad_query(text, field)
+        bad_query(text.clone(), query_field(&text))
     })?;
     let refresh = q.refresh.unwrap_or(DEFAULT_REFRESH_SECONDS);
     if refresh > 3600 {
@@ -56,6 +55,15 @@ pub async fn status_page(
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+/// The parameter serde's message names: "unknown field `x`, ..." or "...query string: x: why".
+fn query_field(message: &str) -> Option<String> {
+    if let Some(name) = message.split('`').nth(1) {
+        return Some(name.to_string());
+    }
+    let rest = message.split("query string: ").nth(1)?;
+    rest.split_once(": ").map(|(name, _)| name.to_string())
 }
 
 /// HTML-escapes text for element content and double-quoted attributes.
@@ -306,6 +314,14 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(utc(1_795_000_000_123), "2026-11-18 11:06:40 UTC");
+    }
+
+    #[test]
+    fn names_the_bad_query_parameter() {
+        let bad_value = "Failed to deserialize query string: refresh: invalid digit found in string";
+        assert_eq!(query_field(bad_value).as_deref(), Some("refresh"));
+        let unknown = "Failed to deserialize query string: unknown field `colour`, expected `refresh`";
+        assert_eq!(query_field(unknown).as_deref(), Some("colour"));
     }
 
     #[test]
