@@ -401,6 +401,9 @@ impl Sampler {
 struct Phase {
     name: String,
     started: Instant,
+    /// When the pool last changed: the phase's own figures stop here.
+    settled_at: Instant,
+    /// When the quiet [`HOLD`] after it ended; the next phase starts here.
     ended: Instant,
     /// EC2 calls made during the phase, by action.
     calls: BTreeMap<String, u64>,
@@ -427,21 +430,28 @@ impl Phase {
         self.calls.iter().filter(|(a, _)| a.starts_with("Describe")).map(|(_, n)| n).sum()
     }
 
-    /// Max and time-weighted mean idle IPs over the phase, each sample holding until the next.
+    /// Idle IPs from the phase's start until the pool settled.
     fn idle(&self, samples: &[Sample]) -> IdleFigures {
-        let inside: Vec<&Sample> = samples.iter().filter(|s| s.at >= self.started && s.at <= self.ended).collect();
-        let Some(first) = inside.first() else { return IdleFigures::default() };
-        let mut weighted = 0.0;
-        for pair in inside.windows(2) {
-            weighted += pair[0].idle as f64 * (pair[1].at - pair[0].at).as_secs_f64();
-        }
-        let last = inside.last().expect("non-empty");
-        weighted += last.idle as f64 * (self.ended - last.at).as_secs_f64();
-        let span = (self.ended - first.at).as_secs_f64();
-        IdleFigures {
-            max: inside.iter().map(|s| s.idle).max().unwrap_or(0),
-            time_weighted_mean: if span > 0.0 { weighted / span } else { last.idle as f64 },
-        }
+        idle_between(samples, self.started, self.settled_at)
+    }
+}
+
+/// Max and time-weighted mean idle IPs between `from` and `to`: the pool as the last sample
+/// before `from` saw it holds from `from` (a burst can outrun the first sample of its phase), and
+/// each sample holds until the next.
+fn idle_between(samples: &[Sample], from: Instant, to: Instant) -> IdleFigures {
+    let first = samples.iter().rposition(|s| s.at <= from).unwrap_or(0);
+    let steps: Vec<(Instant, u32)> =
+        samples[first..].iter().take_while(|s| s.at <= to).map(|s| (s.at.max(from), s.idle)).collect();
+    let (Some(&(start, _)), Some(&(last_at, last_idle))) = (steps.first(), steps.last()) else {
+        return IdleFigures::default();
+    };
+    let mut weighted: f64 = steps.windows(2).map(|w| w[0].1 as f64 * (w[1].0 - w[0].0).as_secs_f64()).sum();
+    weighted += last_idle as f64 * (to - last_at).as_secs_f64();
+    let span = (to - start).as_secs_f64();
+    IdleFigures {
+        max: steps.iter().map(|s| s.1).max().unwrap_or(0),
+        time_weighted_mean: if span > 0.0 { weighted / span } else { last_idle as f64 },
     }
 }
 
@@ -450,8 +460,8 @@ fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTree
 }
 
 /// Waits until the pool holds `leased` leases, lacks nothing, has nothing cooling, and neither
-/// its counts nor EC2's call counts have changed for [`HOLD`]; returns it.
-async fn settle(client: &mut Client, ec2: &FakeEc2, leased: u32, phase: &str) -> Pool {
+/// its counts nor EC2's call counts have changed for [`HOLD`]; returns it and when it last changed.
+async fn settle(client: &mut Client, ec2: &FakeEc2, leased: u32, phase: &str) -> (Pool, Instant) {
     let started = Instant::now();
     let mut last: Option<(Value, BTreeMap<String, u64>)> = None;
     let mut stable_since = Instant::now();
@@ -466,7 +476,7 @@ async fn settle(client: &mut Client, ec2: &FakeEc2, leased: u32, phase: &str) ->
         }
         let quiet = p.leased == leased && p.deficit == 0 && p.cooling == 0;
         if quiet && stable_since.elapsed() >= HOLD {
-            return p;
+            return (p, stable_since);
         }
         assert!(
             started.elapsed() < SETTLE_DEADLINE,
@@ -500,12 +510,13 @@ struct PhaseClock<'a> {
 
 impl PhaseClock<'_> {
     async fn end(&mut self, name: String, leased: u32, slowest_allocation: Option<Duration>) -> Phase {
-        let settled = settle(&mut self.client, self.ec2, leased, &name).await;
+        let (settled, settled_at) = settle(&mut self.client, self.ec2, leased, &name).await;
         let calls_after = self.ec2.calls().await;
         let ended = Instant::now();
         let phase = Phase {
             name,
             started: self.started,
+            settled_at,
             ended,
             calls: delta(&calls_after, &self.calls_before),
             settled,
@@ -624,7 +635,7 @@ fn report(targets: Targets, phases: &[Phase], samples: &[Sample]) {
     println!("{}", targets.label());
     println!();
     println!(
-        "| phase | time | mutating EC2 calls | by action | Describe calls | by action | idle IPs max | idle IPs mean \
+        "| phase | time to settle | mutating EC2 calls | by action | Describe calls | by action | idle IPs max | idle IPs mean \
          (time-weighted) | idle IPs settled | reference idle settled (computed) | slowest allocation |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
@@ -637,7 +648,7 @@ fn report(targets: Targets, phases: &[Phase], samples: &[Sample]) {
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} |",
             p.name,
-            fmt_duration(p.ended - p.started),
+            fmt_duration(p.settled_at - p.started),
             p.mutating(),
             by_action(&p.calls, true),
             p.describes(),
@@ -652,6 +663,7 @@ fn report(targets: Targets, phases: &[Phase], samples: &[Sample]) {
     let whole = Phase {
         name: "whole run".into(),
         started: phases[0].started,
+        settled_at: phases.last().expect("phases").ended,
         ended: phases.last().expect("phases").ended,
         calls: all,
         settled: phases.last().expect("phases").settled.clone(),
@@ -702,7 +714,8 @@ fn main() {
     println!("enipoold {} (release: {full}) {}", bin.display(), flags.join(" "));
     println!(
         "idle IPs = free + cooling (held, not leased), sampled every {SAMPLE_EVERY:?}; a phase ends once the pool \
-         settled (nothing changed for {HOLD:?}). The reference's idle is computed from vpc-cni.md's warm-target \
+         settled (nothing changed for {HOLD:?}); a phase's time and idle figures run until the pool last changed, the \
+         whole run's include the quiet holds. The reference's idle is computed from vpc-cni.md's warm-target \
          formula at the settled point, NOT measured."
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
