@@ -233,6 +233,7 @@ async fn create_lease(
         netns: req.netns,
         host_veth: req.host_veth,
     };
+    let mut waiting = None;
     loop {
         let mut grown = app.pool_generation.subscribe();
         let ledger = app.ledger.clone();
@@ -248,8 +249,11 @@ async fn create_lease(
                 return Ok((status, Json(to_api_lease(&app, &allocation.lease))).into_response());
             }
             Err(LedgerError::NoFreeAddress) => {
+                if app.is_shutting_down() {
+                    return Err(ApiError::shutting_down());
+                }
                 let now = Instant::now();
-                if now >= deadline || app.is_shutting_down() {
+                if now >= deadline {
                     app.exhausted_allocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     app.metrics.exhausted();
                     let reason = app
@@ -287,7 +291,11 @@ async fn create_lease(
                 // Wait for the pool manager to add IPs, or for the deadline (cooldowns expire
                 // by time, so a short re-check interval catches those too).
                 let recheck = app.config.pool_tick.min(Duration::from_millis(100));
-                let _ = tokio::time::timeout((deadline - now).min(recheck), grown.changed()).await;
+                waiting.get_or_insert_with(|| app.metrics.waiting_allocation());
+                tokio::select! {
+                    _ = tokio::time::timeout((deadline - now).min(recheck), grown.changed()) => {}
+                    _ = app.shutdown.notified() => {}
+                }
             }
             Err(e) => return Err(ApiError::internal(e.to_string())),
         }

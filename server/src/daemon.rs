@@ -130,6 +130,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             wait_for_signal().await;
             info!("shutting down: finishing in-flight requests");
             app.begin_shutdown();
+            // New connections fail at once (the plugin maps that to "try again later") instead
+            // of waiting in the listen backlog until we exit; accepted ones are answered.
+            if let Err(e) = std::fs::remove_file(&app.config.socket) {
+                warn!(error = %e, "removing the socket at shutdown");
+            }
         }
     };
     let stop = Arc::new(tokio::sync::Notify::new());

@@ -42,6 +42,7 @@ pub struct Metrics {
     enis: Gauge,
     allocation_seconds: Histogram,
     allocations_exhausted: Counter,
+    allocations_waiting: Gauge,
     provider_calls: Family<ActionLabel, Counter>,
     provider_errors: Family<ActionLabel, Counter>,
     provider_seconds: Family<ActionLabel, Histogram>,
@@ -73,6 +74,7 @@ impl Metrics {
         // 50 us .. ~3 s
         let allocation_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 17));
         let allocations_exhausted = Counter::default();
+        let allocations_waiting = Gauge::default();
         let provider_calls = Family::<ActionLabel, Counter>::default();
         let provider_errors = Family::<ActionLabel, Counter>::default();
         let provider_seconds = Family::<ActionLabel, Histogram>::new_with_constructor(|| {
@@ -99,6 +101,11 @@ impl Metrics {
             "allocations_exhausted",
             "Lease requests refused because no IP was free",
             allocations_exhausted.clone(),
+        );
+        registry.register(
+            "allocations_waiting",
+            "Lease requests waiting for the pool to gain a free IP",
+            allocations_waiting.clone(),
         );
         registry.register("provider_calls", "Provider (EC2) calls by action", provider_calls.clone());
         registry.register("provider_errors", "Failed provider (EC2) calls by action", provider_errors.clone());
@@ -141,6 +148,7 @@ impl Metrics {
             enis,
             allocation_seconds,
             allocations_exhausted,
+            allocations_waiting,
             provider_calls,
             provider_errors,
             provider_seconds,
@@ -182,6 +190,12 @@ impl Metrics {
         self.allocation_seconds.observe(took.as_secs_f64());
     }
 
+    /// Counts a lease request as waiting for a free IP until the guard drops.
+    pub fn waiting_allocation(&self) -> WaitingAllocation {
+        self.allocations_waiting.inc();
+        WaitingAllocation(self.allocations_waiting.clone())
+    }
+
     pub fn exhausted(&self) {
         self.allocations_exhausted.inc();
     }
@@ -210,6 +224,15 @@ impl Metrics {
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// See `Metrics::waiting_allocation`.
+pub struct WaitingAllocation(Gauge);
+
+impl Drop for WaitingAllocation {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -3,10 +3,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{Daemon, NET, lease_request, pool_settles};
+use common::{Daemon, NET, eventually, lease_request, metric, pool_settles};
 use enipool_api::problem;
+use hyper::Method;
 use serde_json::json;
 
 #[tokio::test]
@@ -61,4 +62,42 @@ async fn sigkill_loses_no_acknowledged_lease() {
     assert_eq!(api.leases("").await, kept.to_vec(), "every acknowledged lease, and the acknowledged release");
     let fresh = api.lease("fresh").await;
     assert!(kept.iter().all(|l| l["ip"] != fresh["ip"]), "{} was still leased", fresh["ip"]);
+}
+
+/// SIGTERM while a lease request waits for an IP: that request is answered (503 shutting-down,
+/// which the plugin maps to "try again later"), a new connection fails at once (the socket is
+/// gone) instead of hanging, and the daemon exits 0 within 5 s.
+#[tokio::test]
+async fn sigterm_answers_the_request_in_flight_and_refuses_new_ones_at_once() {
+    let flags = [("--max-eni", "1"), ("--allocation-wait", "30s"), ("--metrics-listen", "127.0.0.1:0")];
+    let mut d = Daemon::start(&flags).await;
+    let api = d.unix();
+    // An m5.large's primary ENI: 9 pod IPs, and --max-eni 1 means no more.
+    for i in 0..9 {
+        api.lease(&format!("pod{i}")).await;
+    }
+    let waiting = {
+        let api = api.clone();
+        tokio::spawn(async move { api.post("/v1/leases", &lease_request(NET, "waiting", "eth0")).await })
+    };
+    let metrics = d.metrics_listener();
+    eventually("the tenth request to wait for an IP", async || {
+        let text = metrics.get("/metrics").await.text();
+        match metric(&text, "enipool_allocations_waiting") {
+            Some(1.0) => Ok(()),
+            other => Err(format!("allocations waiting: {other:?}")),
+        }
+    })
+    .await;
+
+    let signalled = Instant::now();
+    d.signal_term();
+    let answer = waiting.await.unwrap();
+    answer.assert_problem(503, problem::SHUTTING_DOWN, None);
+    eventually("the socket to go", async || if d.socket.exists() { Err("still there".into()) } else { Ok(()) }).await;
+    let new = api.try_send(Method::GET, "/v1/pool", &[], None).await;
+    assert!(new.is_err(), "a new connection during shutdown was answered: {:?}", new.map(|r| r.status));
+    let status = d.wait_exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "exit status {status}");
+    assert!(signalled.elapsed() < Duration::from_secs(5));
 }

@@ -76,6 +76,9 @@ const DAEMON_ENV: &[&str] = &[
     "ENIPOOL_CHECKPOINT_INTERVAL",
     "ENIPOOL_SHUTDOWN_GRACE",
     "ENIPOOL_LOG",
+    // Never let a developer's environment make a test daemon write into /etc/cni/net.d.
+    "ENIPOOL_CNI_CONF_DIR",
+    "ENIPOOL_CNI_CONFLIST",
 ];
 
 /// The `enipoold` binary under test.
@@ -267,9 +270,19 @@ impl Daemon {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns its status.
     pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
+        self.signal_term();
+        self.wait_exit(within).await
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_term(&self) {
         // SAFETY: kill(2) on our own child's pid; the guard has not reaped it yet.
         let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.0.try_wait().expect("waiting for enipoold") {
