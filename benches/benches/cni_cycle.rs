@@ -20,14 +20,14 @@
 //! a smoke run of [`SMOKE_RUNS`] runs each in the test profile, skipped when not root.
 
 use std::fs;
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use enipool_api::Pool;
 use enipool_api::client::Client;
+use enipool_benches::harness::{Binaries, Exec, Netns, PATH, build_binaries, find_program};
 use enipool_benches::{fmt_duration, full_mode, load_average, percentile, scratch_dir};
 use serde_json::{Value, json};
 
@@ -43,7 +43,6 @@ const SMOKE_EXECS: usize = 5;
 const CNI_PATH: &str = "/usr/lib/cni";
 const PTP: &str = "/usr/lib/cni/ptp";
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
-const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 const NETWORK: &str = "enipool-bench";
 const NODE_IP_CIDR: &str = "10.0.0.10/20";
 const UPLINK: &str = "up0";
@@ -53,78 +52,8 @@ const COMMAND: &str = "cargo bench -p enipool-benches --bench cni_cycle";
 const VETH_GONE_DEADLINE: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
-// Processes and namespaces.
+// The link probe.
 // ---------------------------------------------------------------------------------------------
-
-/// Runs a setup command; panics with its output when it fails.
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `ip <args>`
-fn ip(args: &[&str]) -> String {
-    run(Command::new("ip").args(args))
-}
-
-/// A network namespace made here (`ip netns add`), deleted when dropped unless already deleted.
-struct Netns {
-    name: String,
-    deleted: bool,
-}
-
-impl Netns {
-    fn add(name: String) -> Netns {
-        ip(&["netns", "add", &name]);
-        Netns { name, deleted: false }
-    }
-
-    fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// `ip -n <ns> <args>`
-    fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        ip(&full)
-    }
-
-    /// `ip netns del` now (as the runtime does right after DEL).
-    fn delete(mut self) {
-        self.deleted = true;
-        ip(&["netns", "del", &self.name]);
-    }
-
-    /// Runs `f` on a short-lived thread that has entered this namespace.
-    fn on_thread<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let file = fs::File::open(self.path()).unwrap_or_else(|e| panic!("opening {}: {e}", self.path()));
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: only this dedicated thread switches namespace, and it ends right after.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns into {}: {}", self.name, std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("the namespace thread panicked")
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if !self.deleted {
-            let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
-        }
-    }
-}
 
 /// Asks the kernel whether a link exists in the node namespace (SIOCGIFINDEX on a socket made
 /// inside it): a few microseconds, no exec, so polling it does not slow the teardown it watches.
@@ -161,79 +90,9 @@ impl LinkProbe {
     }
 }
 
-/// Where a program lives, for exec without a PATH lookup.
-fn find_program(name: &str) -> Option<PathBuf> {
-    PATH.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
-}
-
-/// One exec, timed from spawn to exit (stdin written, stdout and stderr read).
-struct Exec {
-    took: Duration,
-    status: ExitStatus,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-impl Exec {
-    fn run(cmd: &mut Command, stdin: &[u8]) -> Exec {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let t = Instant::now();
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        let mut input = child.stdin.take().expect("stdin");
-        // A config is far smaller than a pipe buffer: this never waits for the child.
-        input.write_all(stdin).unwrap_or_else(|e| panic!("writing stdin of {cmd:?}: {e}"));
-        drop(input);
-        let out = child.wait_with_output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        Exec { took: t.elapsed(), status: out.status, stdout: out.stdout, stderr: out.stderr }
-    }
-
-    fn ok(self, what: &str) -> Exec {
-        assert!(
-            self.status.success(),
-            "{what} failed ({}): {}{}",
-            self.status,
-            String::from_utf8_lossy(&self.stdout),
-            String::from_utf8_lossy(&self.stderr)
-        );
-        self
-    }
-
-    fn json(&self, what: &str) -> Value {
-        serde_json::from_slice(&self.stdout)
-            .unwrap_or_else(|e| panic!("{what} printed non-JSON ({e}): {}", String::from_utf8_lossy(&self.stdout)))
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
-// The binaries and the daemon.
+// The daemon.
 // ---------------------------------------------------------------------------------------------
-
-struct Binaries {
-    plugin: PathBuf,
-    daemon: PathBuf,
-}
-
-/// `target/<profile>/{enipool-cni,enipoold}`, built by cargo for the profile this harness runs in.
-fn build_binaries(release: bool) -> Binaries {
-    let exe = std::env::current_exe().expect("own path");
-    // target/<profile>/deps/cni_cycle-<hash>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    // The whole workspace's binaries, as scripts/test builds them: building a subset of the
-    // packages unifies dependency features differently and would rebuild aws-sdk-ec2.
-    build.args(["build", "--quiet", "--workspace", "--bins"]);
-    if release {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo build");
-    assert!(status.success(), "cargo build of enipoold and enipool-cni failed");
-    let bins = Binaries { plugin: profile_dir.join("enipool-cni"), daemon: profile_dir.join("enipoold") };
-    for b in [&bins.plugin, &bins.daemon] {
-        assert!(b.is_file(), "{} is missing after cargo build", b.display());
-    }
-    bins
-}
 
 struct Daemon {
     child: Child,

@@ -5,6 +5,8 @@
 //! Both `benches/ledger.rs` (criterion) and `benches/ledger_report.rs` (the plain summary that
 //! prints the figures beside their targets) use these, so the two measure the same thing.
 
+pub mod harness;
+
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
