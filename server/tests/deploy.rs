@@ -150,6 +150,21 @@ fn daemonset_gives_the_daemon_its_paths_ports_and_settings() {
     let conf_dir = config.cni_conf_dir.as_deref().expect("ENIPOOL_CNI_CONF_DIR is set");
     assert_eq!(on_node(conf_dir), Path::new("/etc/cni/net.d"), "the conflist is written into the node's net.d");
 
+    // Node reconciliation judges a lease by its pod's namespace file: the runtimes' namespace
+    // directory is mounted, and with the host's later mounts propagated (else a live pod's
+    // namespace looks like a plain file, and its lease would be released).
+    let netns = daemon["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            host_path(pod, daemon, Path::new(m["mountPath"].as_str().unwrap())).as_deref()
+                == Some(Path::new("/run/netns"))
+        })
+        .expect("the node's /run/netns is mounted");
+    assert_eq!(netns["mountPath"], "/run/netns", "at the path the runtime records (/var/run is /run)");
+    assert_eq!(netns["mountPropagation"], "HostToContainer");
+
     // The conflist the image ships is the one the daemon installs, and names the same socket.
     let conflist: Value = serde_json::from_str(&read("deploy/10-enipool.conflist")).unwrap();
     assert_eq!(conflist["plugins"][0]["socket"].as_str().map(PathBuf::from), Some(socket_on_node));
