@@ -1,13 +1,15 @@
 //! Reconciliation with the node, at start-up (before the daemon turns ready) and then every
 //! `--node-reconcile-interval`:
 //!
-//! - A lease that recorded a pod network namespace which no longer exists is released (into
+//! - A lease that recorded a pod network namespace whose file no longer exists is released (into
 //!   cooldown). That is how DELs the plugin ran while the daemon was down (it tears the pod down
 //!   but cannot release) and pods that vanished without a DEL are reclaimed. A lease made through
 //!   the API alone (no namespace recorded) is never released here; a lease younger than
 //!   `--node-reconcile-grace` is left alone (its ADD may still be in flight); a namespace path
-//!   this daemon cannot judge (its directory is not visible here, or a `/proc/<pid>` path of a
-//!   process we may not see) counts as alive: releasing a live pod's IP would hand it out twice.
+//!   this daemon cannot judge counts as alive, since releasing a live pod's IP would hand it out
+//!   twice: its directory is not visible here, it is a `/proc/<pid>` path of a process we may not
+//!   see, or it is a plain file rather than a mounted namespace (what a daemon sees when
+//!   `/run/netns` is mounted into its container without mount propagation).
 //! - With `--node-cleanup`, host veths of ours (recognised by their alias, see
 //!   `enipool_api::node`) whose attachment has no lease are deleted, and our pod policy rules
 //!   (priorities 512 and 1536, protocol 211) whose IP has no lease are removed. The kernel is read
@@ -47,7 +49,7 @@ pub enum NetnsState {
 }
 
 /// Judges a recorded namespace path: a mounted nsfs file is alive; a missing file in a directory
-/// we can see, or a plain file left where a namespace was mounted, is gone.
+/// we can see is gone; anything else is undecidable.
 pub fn netns_state(path: &Path) -> NetnsState {
     if path.starts_with("/proc") {
         return NetnsState::Undecidable(format!("{}: a process's namespace, which we may not see", path.display()));
@@ -61,7 +63,14 @@ pub fn netns_state(path: &Path) -> NetnsState {
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
     if rc == 0 {
         #[allow(clippy::unnecessary_cast)] // f_type's type differs between libcs
-        return if st.f_type as i64 == NSFS_MAGIC { NetnsState::Alive } else { NetnsState::Gone };
+        return if st.f_type as i64 == NSFS_MAGIC {
+            NetnsState::Alive
+        } else {
+            NetnsState::Undecidable(format!(
+                "{}: a file, not a mounted namespace (is /run/netns mounted with HostToContainer propagation?)",
+                path.display()
+            ))
+        };
     }
     let err = std::io::Error::last_os_error();
     if err.kind() == std::io::ErrorKind::NotFound {
@@ -255,11 +264,12 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_file_where_a_namespace_was_mounted_is_gone() {
+    fn a_plain_file_where_a_namespace_should_be_mounted_is_undecidable() {
+        // Without mount propagation a live pod's namespace looks exactly like this.
         let dir = tempfile::tempdir().unwrap();
-        let left = dir.path().join("cni-1234");
-        std::fs::write(&left, "").unwrap();
-        assert_eq!(netns_state(&left), NetnsState::Gone);
+        let plain = dir.path().join("cni-1234");
+        std::fs::write(&plain, "").unwrap();
+        assert!(matches!(netns_state(&plain), NetnsState::Undecidable(_)));
     }
 
     #[test]
