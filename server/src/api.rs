@@ -342,6 +342,7 @@ async fn get_lease(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LeaseQuery {
     /// Only leases of this network.
