@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use enipool_api::client::Client;
 use enipool_api::{LeaseRequest, Pool};
+use enipool_benches::harness::build_binaries;
 use enipool_benches::percentile;
 
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
@@ -29,24 +30,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `target/<profile>/enipoold`, built by cargo for the profile this harness runs in.
-fn enipoold(release: bool) -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    // target/<profile>/deps/daemon_load-<hash>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    // The whole workspace's binaries, as scripts/test builds them: building a subset of the
-    // packages unifies dependency features differently and would rebuild aws-sdk-ec2.
-    build.args(["build", "--quiet", "--workspace", "--bins"]);
-    if release {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo build for enipoold");
-    assert!(status.success(), "cargo build -p enipool-server failed");
-    profile_dir.join("enipoold")
 }
 
 async fn start_daemon(bin: &Path) -> Daemon {
@@ -198,7 +181,7 @@ fn main() {
         "daemon_load ({}): {pairs} allocate+release pairs per level against enipoold, {peer_pairs} against host-local",
         if full { "full run" } else { "smoke mode" }
     );
-    let bin = enipoold(full);
+    let bin = build_binaries(full).daemon;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let daemon = runtime.block_on(start_daemon(&bin));
     let have_peer = Path::new(HOST_LOCAL).exists();

@@ -86,6 +86,14 @@ fn opts() -> Opts {
     o
 }
 
+/// The daemon's node flags: with a node, reconcile and clean up inside it; else never touch one.
+fn node_flags(node: Option<&Node>) -> Vec<String> {
+    match node {
+        Some(n) => vec!["--host-netns".into(), n.netns.path(), "--node-cleanup".into(), "true".into()],
+        None => vec!["--node-cleanup".into(), "false".into()],
+    }
+}
+
 /// xorshift64*: the kill moments, reproducible from the printed seed.
 struct Rng(u64);
 
@@ -695,11 +703,7 @@ struct Figures {
 fn churn_drill(o: &Opts, bins: &enipool_benches::harness::Binaries, dir: &Path, seed: u64) -> Figures {
     let rt = runtime();
     let node = o.cni.then(|| Node::new(&bins.plugin, "churn"));
-    let mut extra = Vec::new();
-    match &node {
-        Some(n) => extra.extend(["--host-netns".into(), n.netns.path(), "--node-cleanup".into(), "true".into()]),
-        None => extra.extend(["--node-cleanup".into(), "false".into()]),
-    }
+    let extra = node_flags(node.as_ref());
     let mut daemon = Daemon::new(&bins.daemon, dir, &extra);
     daemon.start(&rt);
     let state = dir.join("cni-state");
@@ -795,11 +799,7 @@ fn recovery(o: &Opts, bins: &enipool_benches::harness::Binaries, dir: &Path) -> 
     } else {
         Vec::new()
     };
-    let mut extra = Vec::new();
-    match &node {
-        Some(n) => extra.extend(["--host-netns".into(), n.netns.path(), "--node-cleanup".into(), "true".into()]),
-        None => extra.extend(["--node-cleanup".into(), "false".into()]),
-    }
+    let extra = node_flags(node.as_ref());
     let mut daemon = Daemon::new(&bins.daemon, dir, &extra);
     daemon.start(&rt);
     rt.block_on(async {

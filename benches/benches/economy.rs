@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use enipool_api::client::Client;
 use enipool_api::{LeaseRequest, Pool};
+use enipool_benches::harness::build_binaries;
 use enipool_benches::{fmt_duration, full_mode, load_average};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -278,26 +279,6 @@ fn make_world(python: &Path, ec2: &FakeEc2) -> String {
 fn moto_version(python: &Path) -> String {
     let out = Command::new(python).args(["-c", "import moto; print(moto.__version__)"]).output().expect("python");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// `target/<profile>/enipoold`, built by cargo for the profile this harness runs in.
-fn build_enipoold(release: bool) -> PathBuf {
-    let exe = std::env::current_exe().expect("own path");
-    // target/<profile>/deps/economy-<hash>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    // The whole workspace's binaries, as scripts/test builds them: building a subset of the
-    // packages unifies dependency features differently and would rebuild aws-sdk-ec2.
-    build.args(["build", "--quiet", "--workspace", "--bins"]);
-    if release {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo build for enipoold");
-    assert!(status.success(), "cargo build --workspace --bins failed");
-    let bin = profile_dir.join("enipoold");
-    assert!(bin.is_file(), "{} is missing after cargo build", bin.display());
-    bin
 }
 
 struct Daemon {
@@ -702,7 +683,7 @@ fn main() {
     };
     let python = venv_python();
     let moto = moto_version(&python);
-    let bin = build_enipoold(full);
+    let bin = build_binaries(full).daemon;
     println!(
         "economy ({}): `{COMMAND}`, {}, moto {moto}, {INSTANCE_TYPE} ({MAX_ENIS} ENIs x {POD_IPS_PER_ENI} pod IPs), \
          {bursts} burst(s) of 0 -> {pods} -> 0 pods, IP cooldown {cooldown}, load average {}",
