@@ -153,9 +153,15 @@ async fn status_page_in_chromium_shows_what_the_api_says() {
         api.post("/v1/leases", &body).await.expect(201);
     }
     api.release("pod00").await;
-    let pool = pool_settles(&api, &[("leased", leases - 1), ("enis", 2)], Duration::from_millis(200)).await;
+    let settled = pool_settles(&api, &[("leased", leases - 1), ("enis", 2)], Duration::from_millis(200)).await;
     let tcp = d.tcp();
     let enis = tcp.enis().await;
+    // Read after the hold: `settled` was read when it began, and the pool manager notes its last
+    // action just after the ledger change, so that field can lag a read by a moment.
+    let pool = tcp.pool().await;
+    for key in ["enis", "total", "free", "leased", "cooling", "desired_total"] {
+        assert_eq!(pool[key], settled[key], "the pool held still: {key}");
+    }
     assert_eq!(tcp.pool().await, pool, "the pool held still");
 
     // The page over plain HTTP first: documented (the harness checks text/html against
