@@ -207,7 +207,11 @@ pub struct GrowthPause {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
+    /// `ok`, or `failed` when the daemon cannot do its job without a restart.
     pub status: String,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -244,6 +248,9 @@ pub mod problem {
     pub const SHUTTING_DOWN: &str = "urn:enipool:problem:shutting-down";
     pub const NOT_READY: &str = "urn:enipool:problem:not-ready";
     pub const INTERNAL: &str = "urn:enipool:problem:internal";
+    /// The ledger stopped taking writes (a disk write or sync failed): nothing more is leased
+    /// or released until the daemon restarts and recovers from disk.
+    pub const LEDGER_FAILED: &str = "urn:enipool:problem:ledger-failed";
 }
 
 /// Why a request field is invalid.

@@ -61,6 +61,18 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, problem::NOT_FOUND, "Not found", detail)
     }
 
+    fn ledger(e: LedgerError) -> Self {
+        match e {
+            LedgerError::Poisoned(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                problem::LEDGER_FAILED,
+                "Ledger failed",
+                format!("{e}; nothing is leased or released until then"),
+            ),
+            e => ApiError::internal(e.to_string()),
+        }
+    }
+
     fn shutting_down() -> Self {
         ApiError {
             retry_after: Some(Duration::from_secs(1)),
@@ -205,6 +217,16 @@ fn to_api_lease(app: &App, lease: &enipool_storage::Lease) -> api::Lease {
     }
 }
 
+/// Runs a ledger call (which may wait on an fdatasync) off the async workers.
+async fn ledger_call<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("ledger task failed: {e}")))?
+        .map_err(ApiError::ledger)
+}
+
 /// Lease an IP.
 #[utoipa::path(post, path = "/v1/leases", tag = "leases", request_body = api::LeaseRequest,
     responses(
@@ -214,7 +236,7 @@ fn to_api_lease(app: &App, lease: &enipool_storage::Lease) -> api::Lease {
         (status = 413, description = "Body too large", body = api::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid", body = api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No IP free (Retry-After set), or shutting down", body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No IP free (Retry-After set), shutting down, or the ledger stopped taking writes", body = api::Problem, content_type = "application/problem+json"),
     ))]
 async fn create_lease(
     State(app): State<AppState>,
@@ -238,9 +260,7 @@ async fn create_lease(
         let mut grown = app.pool_generation.subscribe();
         let ledger = app.ledger.clone();
         let (k, m) = (key.clone(), meta.clone());
-        let result = tokio::task::spawn_blocking(move || ledger.allocate(k, m))
-            .await
-            .map_err(|e| ApiError::internal(format!("ledger task failed: {e}")))?;
+        let result = ledger_call(move || ledger.allocate(k, m).map(Ok).or_else(no_free_address)).await?;
         app.pool_wake.notify_one();
         match result {
             Ok(allocation) => {
@@ -297,8 +317,16 @@ async fn create_lease(
                     _ = app.shutdown.notified() => {}
                 }
             }
-            Err(e) => return Err(ApiError::internal(e.to_string())),
+            Err(e) => return Err(ApiError::ledger(e)),
         }
+    }
+}
+
+/// Keeps "no free address" as a value (the caller waits for growth); every other error stays one.
+fn no_free_address<T>(e: LedgerError) -> Result<Result<T, LedgerError>, LedgerError> {
+    match e {
+        LedgerError::NoFreeAddress => Ok(Err(e)),
+        e => Err(e),
     }
 }
 
@@ -308,7 +336,7 @@ async fn create_lease(
     responses(
         (status = 204, description = "Released (or there was no such lease); durable on disk"),
         (status = 400, description = "A path segment is invalid", body = api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Shutting down", body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the ledger stopped taking writes", body = api::Problem, content_type = "application/problem+json"),
     ))]
 async fn delete_lease(
     State(app): State<AppState>,
@@ -319,7 +347,7 @@ async fn delete_lease(
         return Err(ApiError::shutting_down());
     }
     let ledger = app.ledger.clone();
-    app.blocking(move || ledger.release(&key)).await.map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    ledger_call(move || ledger.release(&key)).await?;
     app.pool_wake.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -462,6 +490,7 @@ async fn get_pool(State(app): State<AppState>) -> Json<api::Pool> {
         (status = 200, description = "The leases released, durable on disk", body = api::GcReply),
         (status = 400, description = "Malformed JSON", body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid", body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the ledger stopped taking writes", body = api::Problem, content_type = "application/problem+json"),
     ))]
 async fn gc(
     State(app): State<AppState>,
@@ -474,19 +503,30 @@ async fn gc(
     let valid: HashSet<(String, String)> = req.valid.into_iter().map(|a| (a.container_id, a.ifname)).collect();
     let ledger = app.ledger.clone();
     let network = req.network;
-    let released =
-        app.blocking(move || ledger.gc(&network, &valid)).await.map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let released = ledger_call(move || ledger.gc(&network, &valid)).await?;
     app.pool_wake.notify_one();
     Ok(Json(api::GcReply { released: released.iter().map(|l| to_api_lease(&app, l)).collect() }))
 }
 
-/// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = api::Health)))]
-async fn healthz() -> Json<api::Health> {
-    Json(api::Health { status: "ok".into() })
+/// Liveness: the process answers and can do its job without a restart. 503 once the ledger has
+/// stopped taking writes (a disk write or sync failed): only a restart recovers it from disk.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, body = api::Health), (status = 503, body = api::Health)))]
+async fn healthz(State(app): State<AppState>) -> (StatusCode, Json<api::Health>) {
+    match app.ledger.health().write_failure {
+        None => (StatusCode::OK, Json(api::Health { status: "ok".into(), reason: None })),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(api::Health {
+                status: "failed".into(),
+                reason: Some(format!("the ledger stopped taking writes: {why}")),
+            }),
+        ),
+    }
 }
 
-/// Readiness: the ledger is open and the provider initialised. A full pool is not unreadiness.
+/// Readiness: the ledger is open and takes writes, and the provider is initialised. A full pool
+/// is not unreadiness.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, body = api::Readiness), (status = 503, body = api::Readiness)))]
 async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<api::Readiness>) {
@@ -501,7 +541,7 @@ async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<api::Readiness
 async fn metrics(State(app): State<AppState>) -> Response {
     let stats = app.ledger.stats();
     let leases = stats.addresses.leased + stats.lost;
-    let body = app.metrics.render(&stats, leases);
+    let body = app.metrics.render(&stats, leases, &app.ledger.health());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 

@@ -162,7 +162,11 @@ impl App {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Ready, or why not. A ledger that stopped taking writes overrides everything else.
     pub fn readiness(&self) -> (bool, Option<String>) {
+        if let Some(why) = self.ledger.health().write_failure {
+            return (false, Some(format!("the ledger stopped taking writes: {why}")));
+        }
         (self.is_ready(), self.not_ready_reason.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 

@@ -199,6 +199,10 @@ pub struct DaemonArgs {
     /// Log filter (tracing EnvFilter syntax). [default: info]
     #[arg(long, env = "ENIPOOL_LOG")]
     pub log: Option<String>,
+    /// Tests only: the ledger's write-ahead-log segment size in bytes, so a test can reach a
+    /// segment switch (where a full disk shows) quickly. [default: 4 MiB]
+    #[arg(long, hide = true)]
+    pub wal_segment_bytes: Option<u64>,
 
     /// Directory the runtime reads CNI configs from (e.g. /etc/cni/net.d); once ready, the daemon installs --cni-conflist there, so the node turns Ready only when pods can get IPs. [default: none: nothing is written]
     #[arg(long, env = "ENIPOOL_CNI_CONF_DIR")]
@@ -268,6 +272,7 @@ pub struct Config {
     pub checkpoint_interval: Duration,
     pub shutdown_grace: Duration,
     pub log: String,
+    pub wal_segment_bytes: u64,
     /// Off when None (see `cni_conf`).
     pub cni_conf_dir: Option<PathBuf>,
     pub cni_conflist: PathBuf,
@@ -365,6 +370,7 @@ impl DaemonArgs {
             checkpoint_interval,
             shutdown_grace,
             log,
+            wal_segment_bytes,
             cni_conf_dir,
             cni_conflist
         )
@@ -490,6 +496,7 @@ impl DaemonArgs {
             checkpoint_interval: duration("checkpoint-interval", a.checkpoint_interval, "1s")?,
             shutdown_grace: duration("shutdown-grace", a.shutdown_grace, "5s")?,
             log: a.log.unwrap_or_else(|| "info".into()),
+            wal_segment_bytes: a.wal_segment_bytes.unwrap_or(4 << 20).max(4096),
             cni_conf_dir: a.cni_conf_dir.filter(|d| !d.as_os_str().is_empty()),
             cni_conflist: a.cni_conflist.unwrap_or_else(|| crate::cni_conf::DEFAULT_CONFLIST.into()),
         })

@@ -28,6 +28,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ledger_config = LedgerConfig {
         cooldown: config.ip_cooldown,
         checkpoint_interval: Some(config.checkpoint_interval),
+        wal_segment_bytes: config.wal_segment_bytes,
         ..LedgerConfig::default()
     };
     let ledger_dir = config.data_dir.join("ledger");

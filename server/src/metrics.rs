@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use enipool_storage::Stats;
+use enipool_storage::{LedgerHealth, Stats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -56,6 +56,8 @@ pub struct Metrics {
     node_leases_released: Counter,
     node_removed: Family<KindLabel, Counter>,
     node_reconcile_errors: Counter,
+    ledger_write_failed: Gauge,
+    ledger_checkpoint_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -92,6 +94,18 @@ impl Metrics {
         let node_leases_released = Counter::default();
         let node_removed = Family::<KindLabel, Counter>::default();
         let node_reconcile_errors = Counter::default();
+        let ledger_write_failed = Gauge::default();
+        let ledger_checkpoint_failures = Counter::default();
+        registry.register(
+            "ledger_write_failed",
+            "1 once a ledger write or sync failed: nothing is leased or released until a restart (liveness is 503)",
+            ledger_write_failed.clone(),
+        );
+        registry.register(
+            "ledger_checkpoint_failures",
+            "Ledger checkpoints into sled that failed and were retried (the write-ahead log keeps every change)",
+            ledger_checkpoint_failures.clone(),
+        );
         registry.register("leases", "Live leases", leases.clone());
         registry.register("ips", "Secondary IPs by state (free, leased, cooling)", ips.clone());
         registry.register("ips_total", "Secondary IPs held by the node", ips_total.clone());
@@ -162,6 +176,8 @@ impl Metrics {
             node_leases_released,
             node_removed,
             node_reconcile_errors,
+            ledger_write_failed,
+            ledger_checkpoint_failures,
         }
     }
 
@@ -210,8 +226,11 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with pool gauges set from `stats`.
-    pub fn render(&self, stats: &Stats, leases: usize) -> String {
+    pub fn render(&self, stats: &Stats, leases: usize, ledger: &LedgerHealth) -> String {
         self.leases.set(leases as i64);
+        self.ledger_write_failed.set(i64::from(ledger.write_failure.is_some()));
+        let counted = self.ledger_checkpoint_failures.get();
+        self.ledger_checkpoint_failures.inc_by(ledger.checkpoint_failures.saturating_sub(counted));
         for (state, n) in
             [("free", stats.addresses.free), ("leased", stats.addresses.leased), ("cooling", stats.addresses.cooling)]
         {

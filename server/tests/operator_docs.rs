@@ -80,7 +80,7 @@ fn every_metric_is_documented() {
     let metrics = Metrics::new();
     metrics.provider_call("assign_ips", std::time::Duration::from_millis(1), false);
     enipool_ec2::CallObserver::attempt(&metrics, "AssignPrivateIpAddresses", Default::default(), Some("Throttling"));
-    let text = metrics.render(&Default::default(), 0);
+    let text = metrics.render(&Default::default(), 0, &Default::default());
     for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
         let mut parts = line.split_whitespace();
         let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());

@@ -366,6 +366,9 @@ struct Inner {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     checkpointing: Mutex<()>,
+    /// Checkpoints that failed (and are retried by the next), and the last one's error.
+    checkpoint_failures: std::sync::atomic::AtomicU64,
+    last_checkpoint_error: Mutex<Option<String>>,
     /// Set by `simulate_crash`: close without the final checkpoint.
     crashed: std::sync::atomic::AtomicBool,
     trees: Trees,
@@ -386,6 +389,19 @@ impl Drop for CheckpointGuard {
             let _ = t.join();
         }
     }
+}
+
+/// See [`Ledger::health`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerHealth {
+    /// Set once a write-ahead-log write or sync failed: from then on every mutation fails (after
+    /// a failed fsync the page cache cannot be trusted) until the process restarts and recovers
+    /// from disk.
+    pub write_failure: Option<String>,
+    /// Checkpoints into sled that failed since open (each is retried by the next one).
+    pub checkpoint_failures: u64,
+    /// The last checkpoint's error, while the checkpoints keep failing.
+    pub last_checkpoint_error: Option<String>,
 }
 
 /// The crash-safe lease ledger. Cheap to clone; all clones share one ledger.
@@ -450,7 +466,25 @@ impl Inner {
         Ok(())
     }
 
+    /// One checkpoint; a failure (other than the log's own, which poisons the ledger) is
+    /// counted, remembered and logged as a warning: the log still holds everything, so the
+    /// ledger keeps working while a later checkpoint retries.
     fn checkpoint(&self) -> Result<(), LedgerError> {
+        let result = self.checkpoint_once();
+        let mut last = self.last_checkpoint_error.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Err(e) if self.wal.poisoned().is_none() => {
+                self.checkpoint_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(path = %self.path.display(), error = %e, "ledger checkpoint failed; the write-ahead log keeps every change and the next checkpoint retries");
+                *last = Some(e.to_string());
+            }
+            Ok(()) => *last = None,
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn checkpoint_once(&self) -> Result<(), LedgerError> {
         if self.wal.poisoned().is_some() {
             // sled may hold changes the log never made durable; leave the log as it is.
             return self.check_usable();
@@ -524,6 +558,8 @@ impl Ledger {
             clock,
             state: Mutex::new(state),
             checkpointing: Mutex::new(()),
+            checkpoint_failures: Default::default(),
+            last_checkpoint_error: Mutex::new(None),
             crashed: Default::default(),
             trees,
             wal,
@@ -538,7 +574,8 @@ impl Ledger {
                     .name("ledger-checkpoint".into())
                     .spawn(move || {
                         while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                            // A failed checkpoint leaves the log longer; the next one retries.
+                            // A failed checkpoint leaves the log longer; the next one retries
+                            // (counted and logged in `checkpoint`).
                             let _ = worker.checkpoint();
                         }
                     })
@@ -585,6 +622,15 @@ impl Ledger {
     /// Live write-ahead-log segments.
     pub fn wal_segments(&self) -> usize {
         self.inner.wal.segment_count()
+    }
+
+    /// Whether the ledger still takes writes, and how its checkpoints fare.
+    pub fn health(&self) -> LedgerHealth {
+        LedgerHealth {
+            write_failure: self.inner.wal.poisoned().map(str::to_string),
+            checkpoint_failures: self.inner.checkpoint_failures.load(std::sync::atomic::Ordering::Relaxed),
+            last_checkpoint_error: self.inner.last_checkpoint_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
     }
 
     fn run<T>(

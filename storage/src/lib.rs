@@ -22,6 +22,6 @@ mod wal;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{LedgerError, OpenError};
-pub use ledger::{Ledger, LedgerConfig, RecoveryReport, SCHEMA_VERSION};
+pub use ledger::{Ledger, LedgerConfig, LedgerHealth, RecoveryReport, SCHEMA_VERSION};
 pub use model::*;
 pub use wal::SyncObserver;

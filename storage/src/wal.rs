@@ -345,8 +345,10 @@ impl Wal {
             return Ok(());
         }
         if let Err(e) = self.write_and_sync(&mut writer, &buf, first) {
-            let reason = format!("write-ahead log write failed: {e}");
-            let _ = self.poisoned.set(reason.clone());
+            let reason = format!("write-ahead log write in {} failed: {e}", self.dir.display());
+            if self.poisoned.set(reason.clone()).is_ok() {
+                tracing::error!(%reason, "the ledger refuses every write from now on; restart to recover from disk");
+            }
             return Err(reason);
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
