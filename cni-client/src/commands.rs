@@ -125,15 +125,14 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
     let a = attachment(env)?;
     let netns_path = env.required("CNI_NETNS")?;
     let network = conf.network()?;
-    let host_veth = host_veth_for(conf, &a);
-    let request = api::LeaseRequest {
+    let mut request = api::LeaseRequest {
         network: network.to_string(),
         container_id: a.container_id.to_string(),
         ifname: a.ifname.to_string(),
         pod_namespace: a.args.pod_namespace.clone(),
         pod_name: a.args.pod_name.clone(),
         netns: Some(netns_path.to_string()),
-        host_veth: Some(host_veth.clone()),
+        host_veth: Some(host_veth_for(conf, &a)),
     };
     request.validate().map_err(|e| match e.field {
         "network" => CniError::config("name", e.reason),
@@ -147,9 +146,11 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
     let host = host_netlink().await?;
     let pod = pod_netlink(&ns)?;
     net::ensure_absent_in_pod(&pod, a.ifname, netns_path).await?;
+    let mut daemon = Daemon::new(&conf.socket);
+    let (host_veth, stale_veth) = choose_host_veth(&host, &mut daemon, conf, &a, network).await?;
+    request.host_veth = Some(host_veth.clone());
 
     let prepared = started.elapsed();
-    let mut daemon = Daemon::new(&conf.socket);
     let lease = daemon.lease(&request).await?;
     let leased = started.elapsed();
     log::info(&format!(
@@ -167,6 +168,7 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
         let spec = PodSpec {
             ifname: a.ifname,
             host_veth: &host_veth,
+            stale_veth,
             alias: net::host_veth_alias(network, a.container_id, a.ifname),
             ip,
             mtu: lease.mtu,
@@ -229,6 +231,57 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
     Ok(protocol::encode_result(&ours, &conf.cni_version, conf.prev_result.as_ref()))
 }
 
+/// The host veth name for this attachment, chosen before the lease so that the lease records it,
+/// and a dead veth of ours holding that name, to delete first. An interface holding the usual
+/// name is replaced only when it is ours and its attachment is gone (the daemon holds no lease
+/// for it, or that lease's pod namespace is gone), or when it is this very attachment's (the
+/// runtime is adding it again, and its pod side is gone: `ensure_absent_in_pod` passed).
+/// Anything else (a live pod that shares the 44-bit name, another plugin's interface) keeps its
+/// name, and this pod gets another.
+async fn choose_host_veth(
+    host: &rtnetlink::Handle,
+    daemon: &mut Daemon,
+    conf: &NetConf,
+    a: &Attachment<'_>,
+    network: &str,
+) -> Result<(String, Option<u32>), CniError> {
+    const ALTERNATES: u32 = 8;
+    let usual = host_veth_for(conf, a);
+    let alternates = (1..=ALTERNATES)
+        .map(|n| net::alternate_host_veth_name(&conf.veth_prefix, network, a.container_id, a.ifname, n));
+    for name in std::iter::once(usual).chain(alternates) {
+        match net::name_holder(host, &name).await? {
+            net::NameHolder::Nobody => return Ok((name, None)),
+            net::NameHolder::Ours { index, alias } => {
+                if alias.names(network, a.container_id, a.ifname) || attachment_gone(daemon, &alias).await? {
+                    log::info(&format!("host veth {name} is left by a pod that is gone; replacing it"));
+                    return Ok((name, Some(index)));
+                }
+                log::info(&format!("host veth name {name} is held by a live pod; trying another"));
+            }
+            net::NameHolder::Foreign => log::info(&format!("host interface {name} is not ours; trying another name")),
+        }
+    }
+    Err(CniError::new(
+        code::INTERFACE_EXISTS,
+        format!("every host veth name this pod may use is held by a live interface ({} tried)", ALTERNATES + 1),
+    ))
+}
+
+/// Whether the attachment a veth of ours names is gone: no lease, or a lease whose pod network
+/// namespace no longer exists. An alias without the attachment in clear (an older plugin's)
+/// cannot be judged: the veth is then treated as live.
+async fn attachment_gone(daemon: &mut Daemon, alias: &net::AliasInfo) -> Result<bool, CniError> {
+    let Some((network, container_id, ifname)) = &alias.attachment else { return Ok(false) };
+    Ok(match daemon.get_lease(network, container_id, ifname).await? {
+        None => true,
+        Some(lease) => lease.netns.as_deref().is_some_and(|p| {
+            let p = std::path::Path::new(p);
+            !p.starts_with("/proc") && p.parent().is_some_and(|d| d.is_dir()) && !p.exists()
+        }),
+    })
+}
+
 /// Our IPv4 address and host veth as a prevResult records them (best effort: DEL must not fail on
 /// a prevResult it cannot read).
 fn from_prev_result(conf: &NetConf, ifname: &str) -> (Option<Ipv4Addr>, Option<String>) {
@@ -252,32 +305,38 @@ async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let a = attachment(env)?;
     let network = conf.network()?;
     let (prev_ip, prev_veth) = from_prev_result(conf, a.ifname);
-    let host_veth = prev_veth.unwrap_or_else(|| host_veth_for(conf, &a));
     let mut daemon = Daemon::new(&conf.socket);
-    // The daemon's lease is the truth about the IP; without a lease the first DEL already removed
-    // the rules (it removes them before it releases), and the IP may be someone else's by now.
-    let (ip, remove_rules, lease, daemon_down) = match daemon.get_lease(network, a.container_id, a.ifname).await {
-        Ok(Some(lease)) => (Some(lease_ip(&lease)?), true, true, None),
-        Ok(None) => (prev_ip, false, false, None),
-        Err(e) if e.code == code::TRY_AGAIN_LATER => (prev_ip, true, false, Some(e)),
+    // The daemon's lease is the truth about the IP. Without it (no lease, or the daemon is down)
+    // only what provably is this attachment's goes: the host route of prevResult's IP and our
+    // rules for it, when that route still goes out of a veth whose alias names this attachment.
+    // Otherwise the first DEL already removed them, or the IP is someone else's by now.
+    let (lease, daemon_down) = match daemon.get_lease(network, a.container_id, a.ifname).await {
+        Ok(lease) => (lease, None),
+        Err(e) if e.code == code::TRY_AGAIN_LATER => (None, Some(e)),
         Err(e) => return Err(e),
     };
-    if let Some(ip) = ip {
-        let host = host_netlink().await?;
-        net::unwire_host(&host, &host_veth, ip, remove_rules).await?;
-    }
-    if let Some(e) = daemon_down {
-        log::warn(&format!("DEL without the daemon (it reclaims the lease later): {e}"));
-        return Ok(());
-    }
-    if lease {
-        match daemon.release(network, a.container_id, a.ifname).await {
-            Ok(()) => log::info(&format!("released {}", ip.map_or_else(String::new, |i| i.to_string()))),
-            Err(e) if e.code == code::TRY_AGAIN_LATER => {
-                log::warn(&format!("releasing the lease failed; the daemon reclaims it later: {e}"));
+    let Some(lease) = lease else {
+        if let Some(ip) = prev_ip {
+            let host = host_netlink().await?;
+            if net::unwire_host_if_ours(&host, ip, network, a.container_id, a.ifname).await? {
+                log::info(&format!("removed the host route and rules of {ip} (no lease to release)"));
             }
-            Err(e) => return Err(e),
         }
+        if let Some(e) = daemon_down {
+            log::warn(&format!("DEL without the daemon (it reclaims the lease later): {e}"));
+        }
+        return Ok(());
+    };
+    let ip = lease_ip(&lease)?;
+    let host_veth = lease.host_veth.clone().or(prev_veth).unwrap_or_else(|| host_veth_for(conf, &a));
+    let host = host_netlink().await?;
+    net::unwire_host(&host, &host_veth, ip, true).await?;
+    match daemon.release(network, a.container_id, a.ifname).await {
+        Ok(()) => log::info(&format!("released {ip}")),
+        Err(e) if e.code == code::TRY_AGAIN_LATER => {
+            log::warn(&format!("releasing the lease failed; the daemon reclaims it later: {e}"));
+        }
+        Err(e) => return Err(e),
     }
     Ok(())
 }
@@ -291,7 +350,6 @@ async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     }
     let (prev_ip, prev_veth) = from_prev_result(conf, a.ifname);
     let prev_ip = prev_ip.ok_or_else(|| CniError::config("prevResult", "holds no IPv4 address of this interface"))?;
-    let host_veth = prev_veth.unwrap_or_else(|| host_veth_for(conf, &a));
     let mut daemon = Daemon::new(&conf.socket);
     let Some(lease) = daemon.get_lease(network, a.container_id, a.ifname).await? else {
         return Err(CniError::new(
@@ -300,6 +358,7 @@ async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         ));
     };
     let ip = lease_ip(&lease)?;
+    let host_veth = lease.host_veth.clone().or(prev_veth).unwrap_or_else(|| host_veth_for(conf, &a));
     let mut bad = Vec::new();
     if ip != prev_ip {
         bad.push(format!("prevResult has {prev_ip}, enipoold's lease has {ip}"));
@@ -347,13 +406,26 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
         network: network.to_string(),
         valid: pairs.iter().map(|(c, i)| api::Attachment { container_id: c.clone(), ifname: i.clone() }).collect(),
     };
-    let daemon_result = Daemon::new(&conf.socket).gc(&request).await;
+    let mut daemon = Daemon::new(&conf.socket);
+    let daemon_result = daemon.gc(&request).await;
+    // Attachments the daemon still leases are kept too: it spares leases younger than its grace
+    // period (an ADD the runtime has not listed yet), and their pods are wired.
+    let mut keep = pairs;
     match &daemon_result {
-        Ok(reply) => log::info(&format!("GC: enipoold released {} lease(s)", reply.released.len())),
+        Ok(reply) => {
+            log::info(&format!("GC: enipoold released {} lease(s)", reply.released.len()));
+            match daemon.leases(network).await {
+                Ok(leases) => keep.extend(leases.into_iter().map(|l| (l.container_id, l.ifname))),
+                Err(e) => {
+                    log::warn(&format!("GC: listing leases: {e}; leaving the kernel alone"));
+                    return Err(e);
+                }
+            }
+        }
         Err(e) => log::warn(&format!("GC: {e}")),
     }
     let host = host_netlink().await?;
-    for done in net::gc(&host, network, &pairs).await? {
+    for done in net::gc(&host, network, &keep).await? {
         log::info(&format!("GC: {done}"));
     }
     daemon_result.map(|_| ())

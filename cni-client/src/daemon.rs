@@ -117,6 +117,17 @@ impl Daemon {
         }
     }
 
+    /// Every lease the daemon holds in `network`.
+    pub async fn leases(&mut self, network: &str) -> Result<Vec<api::Lease>, CniError> {
+        let path = format!("/v1/leases?network={}", segment(network));
+        let fut = self.client.get(&path);
+        let reply = Self::timed(CALL_TIMEOUT, fut).await.map_err(|e| self.unreachable(e))?;
+        if !reply.status.is_success() {
+            return Err(Self::failed("the lease listing", &reply));
+        }
+        reply.json().map_err(|e| CniError::new(code::DAEMON, format!("{e:#}")))
+    }
+
     pub async fn gc(&mut self, req: &api::GcRequest) -> Result<api::GcReply, CniError> {
         let fut = self.client.post_json("/v1/gc", req);
         let reply = Self::timed(CALL_TIMEOUT, fut).await.map_err(|e| self.unreachable(e))?;

@@ -21,7 +21,7 @@ use crate::protocol::{CniError, code};
 /// The pods' default gateway, answered by the host veth through a static neighbour entry.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub use enipool_api::node::{
-    ALIAS_PREFIX, PROTO, RULE_FROM_PRIORITY, RULE_TO_PRIORITY, attachment_tag, host_veth_alias, network_tag,
+    AliasInfo, PROTO, RULE_FROM_PRIORITY, RULE_TO_PRIORITY, attachment_tag, host_veth_alias, parse_alias,
 };
 pub const MAIN_TABLE: u32 = 254;
 
@@ -46,6 +46,38 @@ pub fn host_veth_name(prefix: &str, pod: Option<(&str, &str)>, container_id: &st
     }
     let digest = hex(&h.finalize());
     format!("{prefix}{}", &digest[..11])
+}
+
+/// The `n`th other name for an attachment whose usual host veth name is taken by another live
+/// pod (the name is a 44-bit hash of the pod's name, so two pods can share it): deterministic,
+/// so a repeated ADD of the same attachment picks the same one.
+pub fn alternate_host_veth_name(prefix: &str, network: &str, container_id: &str, ifname: &str, n: u32) -> String {
+    let digest = hex(&Sha1::digest(format!("{network}/{container_id}/{ifname}#{n}").as_bytes()));
+    format!("{prefix}{}", &digest[..11])
+}
+
+/// Who holds an interface name on the host.
+#[derive(Debug)]
+pub enum NameHolder {
+    Nobody,
+    /// A veth of ours, with what its alias says.
+    Ours {
+        index: u32,
+        alias: AliasInfo,
+    },
+    /// Anything else: another plugin's veth, a device, a veth of ours without its alias.
+    Foreign,
+}
+
+pub async fn name_holder(h: &Handle, name: &str) -> Result<NameHolder, CniError> {
+    let link = link_by_name(h, name).await.map_err(kernel("looking up a host interface"))?;
+    Ok(match link {
+        None => NameHolder::Nobody,
+        Some(l) => match l.alias.as_deref().and_then(parse_alias) {
+            Some(alias) if l.is_veth => NameHolder::Ours { index: l.index, alias },
+            _ => NameHolder::Foreign,
+        },
+    })
 }
 
 /// A random unicast, locally administered MAC.
@@ -212,6 +244,9 @@ async fn delete_rule(h: &Handle, m: RuleMessage) -> Result<(), rtnetlink::Error>
 pub struct PodSpec<'a> {
     pub ifname: &'a str,
     pub host_veth: &'a str,
+    /// A host veth of ours holding `host_veth`'s name whose attachment is gone (decided before
+    /// the lease): deleted first. Nothing else of that name is ever deleted.
+    pub stale_veth: Option<u32>,
     pub alias: String,
     pub ip: Ipv4Addr,
     pub mtu: u32,
@@ -274,9 +309,13 @@ pub async fn ensure_absent_in_pod(pod: &Handle, ifname: &str, netns: &str) -> Re
 /// Wires a pod: veth pair created with its peer already in the pod's namespace (one request),
 /// pod address, routes and neighbour, host route and rules. Records progress in `undo`.
 pub async fn wire(host: &Handle, pod: &Handle, spec: &PodSpec<'_>, undo: &mut Undo) -> Result<Wired, CniError> {
-    // A stale host veth of the same name (a re-created StatefulSet pod whose old netns lingers).
-    if let Some(stale) = link_by_name(host, spec.host_veth).await.map_err(kernel("looking up the host veth"))? {
-        delete_link(host, stale.index).await.map_err(kernel("deleting a stale host veth"))?;
+    // A stale host veth of ours with this name (a re-created StatefulSet pod whose old netns
+    // lingers after its DEL), found dead before the lease; only that very link is deleted.
+    if let Some(stale) = spec.stale_veth
+        && link_by_name(host, spec.host_veth).await.map_err(kernel("looking up the host veth"))?.map(|l| l.index)
+            == Some(stale)
+    {
+        delete_link(host, stale).await.map_err(kernel("deleting a stale host veth"))?;
     }
     let host_mac = random_mac();
     // The peer cannot be set up in the creating request: the kernel opens it before it is paired
@@ -401,6 +440,43 @@ pub async fn unwire_host(host: &Handle, host_veth: &str, ip: Ipv4Addr, remove_ru
     Ok(())
 }
 
+/// The link our host route for `ip` (protocol 211, /32, main table) goes out of, if there is one.
+async fn host_route_link(h: &Handle, ip: Ipv4Addr) -> Result<Option<Link>, rtnetlink::Error> {
+    let oif = routes(h).await?.iter().find_map(|m| match route_view(m) {
+        (Some(dst), 32, _, Some(oif), MAIN_TABLE) if dst == ip && u8::from(m.header.protocol) == PROTO => Some(oif),
+        _ => None,
+    });
+    let Some(oif) = oif else { return Ok(None) };
+    let mut s = h.link().get().match_index(oif).execute();
+    match s.try_next().await {
+        Ok(m) => Ok(m.as_ref().map(to_link)),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// DEL without the daemon's lease (the daemon is down, or holds no lease): removes the host route
+/// of `ip` and our pod rules for it only when that route still goes out of a veth whose alias
+/// names this attachment. Otherwise the IP is someone else's by now (or an earlier DEL already
+/// ran), and nothing is touched. Returns whether it removed anything.
+pub async fn unwire_host_if_ours(
+    host: &Handle,
+    ip: Ipv4Addr,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> Result<bool, CniError> {
+    let Some(link) = host_route_link(host, ip).await.map_err(kernel("looking up the host route"))? else {
+        return Ok(false);
+    };
+    let ours = link.alias.as_deref().and_then(parse_alias).is_some_and(|a| a.names(network, container_id, ifname));
+    if !ours {
+        return Ok(false);
+    }
+    unwire_host(host, &link.name, ip, true).await?;
+    Ok(true)
+}
+
 /// What CHECK expects.
 pub struct Expected<'a> {
     pub ifname: &'a str,
@@ -522,15 +598,15 @@ pub async fn check(host: &Handle, pod: &Handle, e: &Expected<'_>) -> Result<Vec<
 }
 
 /// GC's kernel side: deletes host veths of `network` whose attachment is not in `valid`, then our
-/// rules whose IP has no host route of ours left (routes go with their veth). Returns what it did.
+/// pod rules (priorities 512 and 1536: the plugin's own; the daemon's ENI rules at 1535 carry the
+/// same protocol and are not ours to touch) whose IP has no host route of ours left (routes go
+/// with their veth). Returns what it did.
 pub async fn gc(host: &Handle, network: &str, valid: &[(String, String)]) -> Result<Vec<String>, CniError> {
     let mut done = Vec::new();
-    let tag = format!("{ALIAS_PREFIX}{} ", network_tag(network));
-    let keep: Vec<String> = valid.iter().map(|(c, i)| attachment_tag(network, c, i)).collect();
+    let keep: std::collections::HashSet<String> = valid.iter().map(|(c, i)| attachment_tag(network, c, i)).collect();
     for link in all_links(host).await.map_err(kernel("listing links"))? {
-        let Some(alias) = &link.alias else { continue };
-        let Some(attachment) = alias.strip_prefix(&tag) else { continue };
-        if link.is_veth && !keep.iter().any(|k| k == attachment) {
+        let Some(info) = link.alias.as_deref().and_then(parse_alias) else { continue };
+        if link.is_veth && info.in_network(network) && !keep.contains(&info.attachment_tag) {
             delete_link(host, link.index).await.map_err(kernel("deleting a stale host veth"))?;
             done.push(format!("deleted host veth {}", link.name));
         }
@@ -548,6 +624,7 @@ pub async fn gc(host: &Handle, network: &str, valid: &[(String, String)]) -> Res
     for (m, v) in rules(host).await.map_err(kernel("listing rules"))? {
         if let Some(v) = v
             && v.ours
+            && (v.priority == RULE_TO_PRIORITY || v.priority == RULE_FROM_PRIORITY)
             && !live.contains(&v.ip)
         {
             delete_rule(host, m).await.map_err(kernel("deleting a stale rule"))?;
@@ -603,7 +680,7 @@ mod tests {
     #[test]
     fn aliases_separate_networks_and_attachments() {
         let a = host_veth_alias("net", "c1", "eth0");
-        assert!(a.starts_with(ALIAS_PREFIX));
+        assert!(a.starts_with(enipool_api::node::ALIAS_PREFIX));
         assert_ne!(a, host_veth_alias("net", "c2", "eth0"));
         assert_ne!(a, host_veth_alias("net2", "c1", "eth0"));
         assert!(a.len() < 128);

@@ -59,10 +59,15 @@ fn gc_removes_what_is_not_valid() {
     let stale_ip = result_ip(&rs);
     let stale_veth = rs["interfaces"][0]["name"].as_str().unwrap().to_string();
 
+    // The daemon's own rule for a secondary ENI's primary IP (host.rs): same protocol, not a pod's.
+    node.ns.ip(&["rule", "add", "from", "10.0.3.7", "lookup", "3", "priority", "1535", "protocol", "211"]);
+
     let mut conf = node.conf("1.1.0");
     conf["cni.dev/valid-attachments"] = json!([{"containerID": keep.container_id, "ifname": "eth0"}]);
     let gc = node.exec_plugin(PLUGIN, &[("CNI_COMMAND", "GC".to_string())], conf.to_string().as_bytes(), &[]);
     assert_eq!(gc.exit, 0, "GC: {}", gc.raw);
+    let rules = node.ns.ip(&["rule", "show"]);
+    assert!(rules.contains("1535:\tfrom 10.0.3.7 lookup 3 proto 211"), "GC left the daemon's ENI rule: {rules}");
 
     let leases = node.daemon.leases();
     assert_eq!(leases.len(), 1, "{leases:?}");
@@ -75,6 +80,49 @@ fn gc_removes_what_is_not_valid() {
     let c = node.cni("CHECK", &keep, &check);
     assert_eq!(c.exit, 0, "the valid pod is intact: {}", c.raw);
     assert!(keep.ns().ping(NODE_IP));
+    node.del(&keep, Some(&rk));
+}
+
+/// A GC whose valid list predates an ADD (the runtime listed its attachments, then a pod was
+/// added) neither releases the new pod's lease nor unplugs it: the daemon spares leases younger
+/// than its grace period and the plugin keeps the veths of attachments the daemon still leases.
+#[test]
+fn gc_racing_an_add_leaves_the_new_pod_alone() {
+    let node = Node::new(&["--node-reconcile-grace", "1h"]);
+    let pod = Pod::new("just-added");
+    let r = node.add(&pod);
+    let mut conf = node.conf("1.1.0");
+    conf["cni.dev/valid-attachments"] = json!([]);
+    let gc = node.exec_plugin(PLUGIN, &[("CNI_COMMAND", "GC".to_string())], conf.to_string().as_bytes(), &[]);
+    assert_eq!(gc.exit, 0, "GC: {}", gc.raw);
+    assert_eq!(node.daemon.leases().len(), 1, "the young lease is kept");
+    let mut check = node.conf("1.0.0");
+    check["prevResult"] = r.clone();
+    let c = node.cni("CHECK", &pod, &check);
+    assert_eq!(c.exit, 0, "the new pod is intact: {}", c.raw);
+    assert!(pod.ns().ping(NODE_IP));
+    node.del(&pod, Some(&r));
+}
+
+/// GC with 1,000 valid attachments (the daemon's other bodies are capped at 64 KiB; this list is
+/// about 110 KiB) works end to end.
+#[test]
+fn gc_with_a_thousand_valid_attachments() {
+    let node = Node::new(&[]);
+    let keep = Pod::new("keep");
+    let stale = Pod::new("stale");
+    let rk = node.add(&keep);
+    node.add(&stale);
+    let mut valid: Vec<serde_json::Value> =
+        (0..999).map(|i| json!({"containerID": format!("{i:064x}"), "ifname": "eth0"})).collect();
+    valid.push(json!({"containerID": keep.container_id, "ifname": "eth0"}));
+    let mut conf = node.conf("1.1.0");
+    conf["cni.dev/valid-attachments"] = json!(valid);
+    let gc = node.exec_plugin(PLUGIN, &[("CNI_COMMAND", "GC".to_string())], conf.to_string().as_bytes(), &[]);
+    assert_eq!(gc.exit, 0, "GC: {}", gc.raw);
+    let leases = node.daemon.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0]["container_id"], keep.container_id.as_str());
     node.del(&keep, Some(&rk));
 }
 
@@ -100,5 +148,36 @@ fn a_late_repeated_del_does_not_touch_the_ips_new_owner() {
     conf["prevResult"] = r_new.clone();
     assert_eq!(node.cni("CHECK", &new, &conf).exit, 0);
     node.del(&new, Some(&r_new));
+    node.del(&filler, Some(&r_filler));
+}
+
+/// The same late DEL while the daemon is down: it cannot ask the daemon whose the IP is, so it
+/// removes the route and rules only if the IP's host route still goes out of a veth of this very
+/// attachment. Here it goes to the new owner's veth: nothing is touched.
+#[test]
+fn a_late_del_without_the_daemon_does_not_touch_the_ips_new_owner() {
+    let mut node = Node::new(&["--instance-type", "t3.micro"]);
+    let (mut old, filler, new) = (Pod::new("old"), Pod::new("filler"), Pod::new("new"));
+    let r_old = node.add(&old);
+    let r_filler = node.add(&filler);
+    node.del(&old, Some(&r_old));
+    old.delete_netns();
+    let r_new = node.add(&new);
+    let ip = result_ip(&r_new);
+    assert_eq!(ip, result_ip(&r_old), "the only free IP was the old pod's");
+    let rules_before = node.ns.ip(&["rule", "show"]);
+
+    node.daemon.stop();
+    node.del(&old, Some(&r_old));
+    let rules = node.ns.ip(&["rule", "show"]);
+    assert_eq!(rules, rules_before, "the new owner's rules survive");
+    assert!(rules.contains(&format!("to {ip} lookup main")), "{rules}");
+    assert!(filler.ns().ping(&ip), "and the new owner is reachable");
+    assert!(new.ns().ping(NODE_IP));
+
+    // Its own late DEL while the daemon is down does remove what is its own.
+    node.del(&new, Some(&r_new));
+    assert!(!node.ns.ip(&["rule", "show"]).contains(&format!("to {ip} lookup main")));
+    node.daemon.restart(&["--instance-type", "t3.micro"]);
     node.del(&filler, Some(&r_filler));
 }

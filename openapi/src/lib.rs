@@ -17,6 +17,10 @@ pub const POD_GATEWAY: &str = "169.254.1.1";
 /// Largest request body the daemon reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Largest `POST /v1/gc` body: the runtime lists every valid attachment of the node (tens of
+/// thousands of the longest ones fit; the plugin reads at most 4 MiB of stdin too).
+pub const MAX_GC_BODY_BYTES: usize = 4 << 20;
+
 /// Ask for a lease. The key is (network, container_id, ifname); asking again with the same key
 /// returns the same lease.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -105,10 +105,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body read strictly: size-capped, JSON content type, and an error naming the field.
-pub struct ApiJson<T>(pub T);
+/// A JSON body read strictly: size-capped (`LIMIT` bytes), JSON content type, and an error
+/// naming the field.
+pub struct ApiJson<T, const LIMIT: usize = { api::MAX_BODY_BYTES }>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned, S: Send + Sync, const LIMIT: usize> FromRequest<S> for ApiJson<T, LIMIT> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
@@ -124,12 +125,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ));
             }
         }
-        let bytes: Bytes = axum::body::to_bytes(req.into_body(), api::MAX_BODY_BYTES).await.map_err(|_| {
+        let bytes: Bytes = axum::body::to_bytes(req.into_body(), LIMIT).await.map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 problem::BODY_TOO_LARGE,
                 "Body too large",
-                format!("request bodies are limited to {} bytes", api::MAX_BODY_BYTES),
+                format!("request bodies are limited to {LIMIT} bytes"),
             )
         })?;
         let malformed = |message: String| {
@@ -484,17 +485,21 @@ async fn get_pool(State(app): State<AppState>) -> Json<api::Pool> {
     })
 }
 
-/// Release every lease of a network that is not in the valid list (CNI GC).
+/// Release every lease of a network that is not in the valid list (CNI GC), except leases younger
+/// than the node reconciliation grace period (an ADD the runtime has not listed yet). The body
+/// may be up to 4 MiB.
 #[utoipa::path(post, path = "/v1/gc", tag = "leases", request_body = api::GcRequest,
     responses(
         (status = 200, description = "The leases released, durable on disk", body = api::GcReply),
         (status = 400, description = "Malformed JSON", body = api::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 4 MiB", body = api::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid", body = api::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Shutting down, or the ledger stopped taking writes", body = api::Problem, content_type = "application/problem+json"),
     ))]
 async fn gc(
     State(app): State<AppState>,
-    ApiJson(req): ApiJson<api::GcRequest>,
+    ApiJson(req): ApiJson<api::GcRequest, { api::MAX_GC_BODY_BYTES }>,
 ) -> Result<Json<api::GcReply>, ApiError> {
     req.validate().map_err(|e| ApiError::field(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     if app.is_shutting_down() {
@@ -503,7 +508,8 @@ async fn gc(
     let valid: HashSet<(String, String)> = req.valid.into_iter().map(|a| (a.container_id, a.ifname)).collect();
     let ledger = app.ledger.clone();
     let network = req.network;
-    let released = ledger_call(move || ledger.gc(&network, &valid)).await?;
+    let grace = app.config.node_reconcile_grace;
+    let released = ledger_call(move || ledger.gc(&network, &valid, grace)).await?;
     app.pool_wake.notify_one();
     Ok(Json(api::GcReply { released: released.iter().map(|l| to_api_lease(&app, l)).collect() }))
 }

@@ -24,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use enipool_api::node::{ALIAS_PREFIX, PROTO, RULE_FROM_PRIORITY, RULE_TO_PRIORITY, host_veth_alias};
+use enipool_api::node::{PROTO, RULE_FROM_PRIORITY, RULE_TO_PRIORITY, attachment_tag, parse_alias};
 use enipool_storage::{Lease, LeaseFilter, LeaseKey, Ledger};
 use futures_util::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
@@ -218,8 +218,8 @@ async fn remove_orphans(h: &Handle, ledger: &Ledger) -> (Vec<String>, usize, Vec
     };
     // After the kernel dumps, not before (see the module's doc).
     let leases = ledger.leases(&LeaseFilter::default());
-    let aliases: HashSet<String> =
-        leases.iter().map(|l| host_veth_alias(&l.key.network, &l.key.container_id, &l.key.ifname)).collect();
+    let leased_tags: HashSet<String> =
+        leases.iter().map(|l| attachment_tag(&l.key.network, &l.key.container_id, &l.key.ifname)).collect();
     let leased: HashSet<Ipv4Addr> = leases.iter().map(|l| l.ip).collect();
 
     let mut veths = Vec::new();
@@ -227,7 +227,8 @@ async fn remove_orphans(h: &Handle, ledger: &Ledger) -> (Vec<String>, usize, Vec
         let Some(alias) = link_attr(m, |a| if let LinkAttribute::IfAlias(s) = a { Some(s) } else { None }) else {
             continue;
         };
-        if !alias.starts_with(ALIAS_PREFIX) || aliases.contains(alias) {
+        let Some(info) = parse_alias(alias) else { continue };
+        if leased_tags.contains(&info.attachment_tag) {
             continue;
         }
         let name = link_attr(m, |a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })

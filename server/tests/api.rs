@@ -175,7 +175,7 @@ async fn lease_lists_filter_by_network_namespace_and_eni() {
 
 #[tokio::test]
 async fn gc_releases_exactly_the_leases_not_in_valid() {
-    let d = Daemon::start(&[]).await;
+    let d = Daemon::start(&[("--node-reconcile-grace", "0")]).await;
     let api = d.unix();
     let mut made = Vec::new();
     for (network, cid, ifname) in
@@ -214,6 +214,37 @@ async fn gc_releases_exactly_the_leases_not_in_valid() {
     let reply = api.post("/v1/gc", &json!({"network": NET, "valid": []})).await.expect(200).json();
     assert_eq!(reply["released"].as_array().unwrap().len(), 2);
     assert_eq!(keys(&api.leases("").await), [key_of(&other)].into());
+}
+
+/// A lease younger than the node reconciliation grace period may belong to an ADD the runtime's
+/// list predates: GC leaves it. (Before the grace, GC released it at once.)
+#[tokio::test]
+async fn gc_spares_leases_younger_than_the_grace_period() {
+    let d = Daemon::start(&[("--node-reconcile-grace", "1h")]).await;
+    let api = d.unix();
+    let young = api.post("/v1/leases", &lease_request(NET, "adding", "eth0")).await.expect(201).json();
+    let reply = api.post("/v1/gc", &json!({"network": NET, "valid": []})).await.expect(200).json();
+    assert_eq!(reply, json!({"released": []}));
+    assert_eq!(api.get(&format!("/v1/leases/{NET}/adding/eth0")).await.expect(200).json(), young);
+}
+
+/// The runtime lists every valid attachment of the node: 1,000 of them (about 110 KiB, past the
+/// 64 KiB cap other bodies have) are read, and the ones leased are kept.
+#[tokio::test]
+async fn gc_reads_a_thousand_valid_attachments() {
+    let d = Daemon::start(&[("--node-reconcile-grace", "0")]).await;
+    let api = d.unix();
+    let cid = |i: usize| format!("{i:064x}");
+    for i in 0..3 {
+        api.post("/v1/leases", &lease_request(NET, &cid(i), "eth0")).await.expect(201);
+    }
+    api.post("/v1/leases", &lease_request(NET, "stale", "eth0")).await.expect(201);
+    let valid: Vec<Value> = (0..1000).map(|i| json!({"container_id": cid(i), "ifname": "eth0"})).collect();
+    let body = json!({"network": NET, "valid": valid});
+    assert!(body.to_string().len() > enipool_api::MAX_BODY_BYTES, "the list is larger than other bodies may be");
+    let reply = api.post("/v1/gc", &body).await.expect(200).json();
+    assert_eq!(keys(reply["released"].as_array().unwrap()), [format!("{NET}/stale/eth0")].into());
+    assert_eq!(api.leases("").await.len(), 3);
 }
 
 #[tokio::test]

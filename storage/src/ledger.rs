@@ -860,15 +860,23 @@ impl Ledger {
         })
     }
 
-    /// Releases every lease of `network` whose (container id, ifname) is not in `valid`, in one
-    /// transaction, and returns them.
-    pub fn gc(&self, network: &str, valid: &HashSet<(String, String)>) -> Result<Vec<Lease>, LedgerError> {
+    /// Releases every lease of `network` whose (container id, ifname) is not in `valid` and that
+    /// is at least `min_age` old (a younger one may belong to an ADD the caller's list predates),
+    /// in one transaction, and returns them.
+    pub fn gc(
+        &self,
+        network: &str,
+        valid: &HashSet<(String, String)>,
+        min_age: Duration,
+    ) -> Result<Vec<Lease>, LedgerError> {
         self.run(|inner, st| {
             let now = inner.clock.now();
+            let made_before = now.saturating_sub(min_age.as_millis() as u64);
             let stale: Vec<Lease> = st
                 .leases
                 .values()
                 .filter(|l| l.key.network == network)
+                .filter(|l| min_age.is_zero() || l.created_at <= made_before)
                 .filter(|l| !valid.contains(&(l.key.container_id.clone(), l.key.ifname.clone())))
                 .cloned()
                 .collect();

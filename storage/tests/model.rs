@@ -490,7 +490,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
                     .map(|(_, c)| (c.to_string(), "eth0".to_string()))
                     .collect();
                 let expected: Result<Vec<Lease>, LedgerError> = Ok(model.gc(NETWORKS[*network], &valid, now));
-                same(&ledger.gc(NETWORKS[*network], &valid), &expected, step, op)?;
+                same(&ledger.gc(NETWORKS[*network], &valid, Duration::ZERO), &expected, step, op)?;
             }
             Op::ExpireCooldowns => {
                 let expected: Result<usize, LedgerError> = Ok(model.expire_cooldowns(now));

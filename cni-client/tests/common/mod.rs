@@ -167,6 +167,8 @@ impl Daemon {
             .arg(&data)
             .args(["--ip-cooldown-period", "0", "--pool-tick", "50ms", "--allocation-wait", "300ms"])
             .args(["--checkpoint-interval", "200ms", "--shutdown-grace", "1s"])
+            // GC spares leases younger than the grace; tests that want that give their own.
+            .args(if extra.contains(&"--node-reconcile-grace") { &[][..] } else { &["--node-reconcile-grace", "0"] })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
