@@ -410,12 +410,17 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
     let daemon_result = daemon.gc(&request).await;
     // Attachments the daemon still leases are kept too: it spares leases younger than its grace
     // period (an ADD the runtime has not listed yet), and their pods are wired.
-    let mut keep = pairs;
+    let mut keep: std::collections::HashSet<String> =
+        pairs.iter().map(|(c, i)| net::attachment_tag(network, c, i)).collect();
     match &daemon_result {
         Ok(reply) => {
             log::info(&format!("GC: enipoold released {} lease(s)", reply.released.len()));
             match daemon.leases(network).await {
-                Ok(leases) => keep.extend(leases.into_iter().map(|l| (l.container_id, l.ifname))),
+                Ok(leases) => keep.extend(
+                    leases
+                        .iter()
+                        .map(|l| enipool_api::node::key_attachment_tag(&l.network, &l.container_id, &l.ifname)),
+                ),
                 Err(e) => {
                     log::warn(&format!("GC: listing leases: {e}; leaving the kernel alone"));
                     return Err(e);

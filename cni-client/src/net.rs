@@ -597,13 +597,16 @@ pub async fn check(host: &Handle, pod: &Handle, e: &Expected<'_>) -> Result<Vec<
     Ok(bad)
 }
 
-/// GC's kernel side: deletes host veths of `network` whose attachment is not in `valid`, then our
+/// GC's kernel side: deletes host veths of `network` whose attachment tag is not in `keep`, then our
 /// pod rules (priorities 512 and 1536: the plugin's own; the daemon's ENI rules at 1535 carry the
 /// same protocol and are not ours to touch) whose IP has no host route of ours left (routes go
 /// with their veth). Returns what it did.
-pub async fn gc(host: &Handle, network: &str, valid: &[(String, String)]) -> Result<Vec<String>, CniError> {
+pub async fn gc(
+    host: &Handle,
+    network: &str,
+    keep: &std::collections::HashSet<String>,
+) -> Result<Vec<String>, CniError> {
     let mut done = Vec::new();
-    let keep: std::collections::HashSet<String> = valid.iter().map(|(c, i)| attachment_tag(network, c, i)).collect();
     for link in all_links(host).await.map_err(kernel("listing links"))? {
         let Some(info) = link.alias.as_deref().and_then(parse_alias) else { continue };
         if link.is_veth && info.in_network(network) && !keep.contains(&info.attachment_tag) {

@@ -33,6 +33,34 @@ pub fn host_veth_alias(network: &str, container_id: &str, ifname: &str) -> Strin
     if full.len() <= MAX_ALIAS_LEN { full } else { hashed }
 }
 
+/// A lease rebuilt from a host veth whose alias holds only the hashes (made by a plugin from
+/// before the attachment was written in clear) is keyed `sha1-<network tag>` /
+/// `sha1-<attachment tag>` / `-`: the daemon finds it under that key when the real key misses.
+pub const HASHED_KEY_PREFIX: &str = "sha1-";
+pub const HASHED_KEY_IFNAME: &str = "-";
+
+/// The key (network, container id, ifname) a lease rebuilt from hashes only is kept under.
+pub fn hashed_key(network_tag: &str, attachment_tag: &str) -> (String, String, String) {
+    (
+        format!("{HASHED_KEY_PREFIX}{network_tag}"),
+        format!("{HASHED_KEY_PREFIX}{attachment_tag}"),
+        HASHED_KEY_IFNAME.to_string(),
+    )
+}
+
+/// The hashed key the attachment (network, container id, ifname) would have been rebuilt under.
+pub fn hashed_key_of(network: &str, container_id: &str, ifname: &str) -> (String, String, String) {
+    hashed_key(&network_tag(network), &attachment_tag(network, container_id, ifname))
+}
+
+/// The attachment tag of a lease key, hashed keys included.
+pub fn key_attachment_tag(network: &str, container_id: &str, ifname: &str) -> String {
+    match container_id.strip_prefix(HASHED_KEY_PREFIX) {
+        Some(tag) if ifname == HASHED_KEY_IFNAME && network.starts_with(HASHED_KEY_PREFIX) => tag.to_string(),
+        _ => attachment_tag(network, container_id, ifname),
+    }
+}
+
 /// What an alias of ours says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AliasInfo {
@@ -113,6 +141,16 @@ mod tests {
         let old = format!("{ALIAS_PREFIX}{} {}", network_tag("net"), attachment_tag("net", "cid", "eth0"));
         let info = parse_alias(&old).unwrap();
         assert!(info.names("net", "cid", "eth0") && info.attachment.is_none());
+    }
+
+    #[test]
+    fn hashed_keys_carry_the_attachment_tag() {
+        let (n, c, i) = hashed_key_of("net", "cid", "eth0");
+        assert_eq!(key_attachment_tag(&n, &c, &i), attachment_tag("net", "cid", "eth0"));
+        assert_eq!(key_attachment_tag("net", "cid", "eth0"), attachment_tag("net", "cid", "eth0"));
+        // The parts are valid API path segments.
+        assert!(crate::check_network(&n).is_ok() && crate::check_container_id(&c).is_ok());
+        assert!(crate::check_ifname(&i).is_ok());
     }
 
     #[test]

@@ -183,6 +183,17 @@ fn lease_key(network: String, container_id: String, ifname: String) -> Result<Le
     Ok(LeaseKey::new(network, container_id, ifname))
 }
 
+/// The key a lease of `key` is held under: `key` itself, or, when it holds none, the hashed key
+/// of a lease rebuilt from a host veth that named its attachment by hashes only (see `node`).
+fn held_key(app: &App, key: LeaseKey) -> LeaseKey {
+    if app.ledger.lease(&key).is_some() {
+        return key;
+    }
+    let (n, c, i) = enipool_api::node::hashed_key_of(&key.network, &key.container_id, &key.ifname);
+    let hashed = LeaseKey::new(n, c, i);
+    if app.ledger.lease(&hashed).is_some() { hashed } else { key }
+}
+
 /// A ledger lease as the API shows it, with the node settings the plugin needs.
 fn to_api_lease(app: &App, lease: &enipool_storage::Lease) -> api::Lease {
     let eni = app.ledger.eni(&lease.eni_id);
@@ -249,6 +260,18 @@ async fn create_lease(
     }
     let started = Instant::now();
     let deadline = started + app.config.allocation_wait;
+    // A live pod whose lease the ledger lost must get it back before its IP can go to another.
+    if !app.wait_rebuilt(app.config.allocation_wait).await {
+        return Err(ApiError {
+            retry_after: Some(Duration::from_secs(1)),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                problem::NOT_READY,
+                "Not ready",
+                "starting: leases of the node's pods are being rebuilt; try again shortly",
+            )
+        });
+    }
     let key = LeaseKey::new(req.network, req.container_id, req.ifname);
     let meta = LeaseMeta {
         pod_namespace: req.pod_namespace,
@@ -343,7 +366,7 @@ async fn delete_lease(
     State(app): State<AppState>,
     Path((network, container_id, ifname)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let key = lease_key(network, container_id, ifname)?;
+    let key = held_key(&app, lease_key(network, container_id, ifname)?);
     if app.is_shutting_down() {
         return Err(ApiError::shutting_down());
     }
@@ -366,7 +389,10 @@ async fn get_lease(
     Path((network, container_id, ifname)): Path<(String, String, String)>,
 ) -> Result<Json<api::Lease>, ApiError> {
     let key = lease_key(network, container_id, ifname)?;
-    let lease = app.ledger.lease(&key).ok_or_else(|| ApiError::not_found(format!("no lease for {key}")))?;
+    let lease = app
+        .ledger
+        .lease(&held_key(&app, key.clone()))
+        .ok_or_else(|| ApiError::not_found(format!("no lease for {key}")))?;
     Ok(Json(to_api_lease(&app, &lease)))
 }
 
@@ -506,10 +532,24 @@ async fn gc(
         return Err(ApiError::shutting_down());
     }
     let valid: HashSet<(String, String)> = req.valid.into_iter().map(|a| (a.container_id, a.ifname)).collect();
+    // Leases rebuilt under hashed keys are judged by the same list, hashed.
+    let (hashed_network, _, _) = enipool_api::node::hashed_key_of(&req.network, "", "");
+    let valid_hashed: HashSet<(String, String)> = valid
+        .iter()
+        .map(|(c, i)| {
+            let (_, c, i) = enipool_api::node::hashed_key_of(&req.network, c, i);
+            (c, i)
+        })
+        .collect();
     let ledger = app.ledger.clone();
     let network = req.network;
     let grace = app.config.node_reconcile_grace;
-    let released = ledger_call(move || ledger.gc(&network, &valid, grace)).await?;
+    let released = ledger_call(move || {
+        let mut released = ledger.gc(&network, &valid, grace)?;
+        released.extend(ledger.gc(&hashed_network, &valid_hashed, grace)?);
+        Ok(released)
+    })
+    .await?;
     app.pool_wake.notify_one();
     Ok(Json(api::GcReply { released: released.iter().map(|l| to_api_lease(&app, l)).collect() }))
 }

@@ -73,6 +73,8 @@ pub struct App {
     /// `--cni-conf-dir`: where the conflist was installed, or why it was not (yet).
     pub cni_conflist: Mutex<Option<Result<std::path::PathBuf, String>>>,
     ready: AtomicBool,
+    /// Start-up has rebuilt from the node the leases the ledger lacked; allocations wait for it.
+    rebuilt: watch::Sender<bool>,
     not_ready_reason: Mutex<Option<String>>,
     shutting_down: AtomicBool,
 }
@@ -106,6 +108,7 @@ impl App {
             host_done: Mutex::new(HashSet::new()),
             cni_conflist: Mutex::new(None),
             ready: AtomicBool::new(false),
+            rebuilt: watch::channel(false).0,
             not_ready_reason: Mutex::new(Some("starting".into())),
             shutting_down: AtomicBool::new(false),
         }
@@ -173,6 +176,16 @@ impl App {
     pub fn set_ready(&self) {
         *self.not_ready_reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn set_rebuilt(&self) {
+        self.rebuilt.send_replace(true);
+    }
+
+    /// Waits (at most `for_`) until start-up has rebuilt leases from the node; whether it has.
+    pub async fn wait_rebuilt(&self, for_: Duration) -> bool {
+        let mut rx = self.rebuilt.subscribe();
+        matches!(tokio::time::timeout(for_, rx.wait_for(|done| *done)).await, Ok(Ok(_)))
     }
 
     pub fn set_not_ready(&self, reason: String) {

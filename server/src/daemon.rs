@@ -75,53 +75,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Serve at once; the sync with the provider runs beside it. Until it has succeeded /readyz
     // answers 503 with the reason, and allocations are served from what the ledger holds.
-    app.set_not_ready("starting: syncing the ledger with the provider".into());
+    app.set_not_ready("starting: rebuilding leases from the node".into());
     let syncing = Arc::clone(&app);
     tokio::spawn(async move {
-        // Before anything is handed out: release what dead pods held, remove what they left.
-        let report = node::reconcile(&syncing).await;
-        info!(
-            released = report.released.len(),
-            young = report.young,
-            veths_removed = report.veths_removed.len(),
-            rules_removed = report.rules_removed,
-            errors = report.errors.len(),
-            "node reconciled"
-        );
-        tokio::spawn(node::run(Arc::clone(&syncing)));
-        loop {
-            if !syncing.provider_initialised() {
-                match syncing.provider_call("init", syncing.provider.init()).await {
-                    Ok(info) => {
-                        if let Err(e) = identity::save(&syncing.config.data_dir, &info) {
-                            warn!(error = %e, "could not cache the instance identity");
-                        }
-                        syncing.set_info(info);
-                    }
-                    Err(e) => {
-                        syncing.set_not_ready(format!("provider init failed: {e}"));
-                        tokio::select! {
-                            _ = tokio::time::sleep(syncing.config.pool_tick) => {}
-                            _ = syncing.shutdown.notified() => return,
-                        }
-                        continue;
-                    }
-                }
-            }
-            match pool::sync_with_provider(&syncing).await {
-                Ok(()) => {
-                    syncing.set_ready();
-                    crate::cni_conf::install_when_ready(&syncing);
-                    syncing.pool_wake.notify_one();
-                    return;
-                }
-                Err(e) => syncing.set_not_ready(format!("provider sync failed: {e}")),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(syncing.config.pool_tick) => {}
-                _ = syncing.shutdown.notified() => return,
-            }
-        }
+        start_up(&syncing).await;
     });
     let pool_task = tokio::spawn(pool::run(Arc::clone(&app)));
 
@@ -179,6 +136,75 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.socket);
     info!("ledger flushed; bye");
     Ok(())
+}
+
+/// What start-up does beside the listeners, in this order (ARCHITECTURE.md, "Start-up"):
+/// 1. rebuild from the node the leases of live pods whose IPs the ledger knows and has not
+///    leased; allocations wait for this step, no longer;
+/// 2. initialise and list the provider (retried every pool tick), which adopts the IPs the
+///    ledger lacks, leased to the node's pods that use them; while the provider is unreachable,
+///    one node pass runs without cleanup (leases of gone pods are released, nothing is deleted);
+/// 3. the node pass with cleanup, then ready.
+async fn start_up(app: &Arc<App>) {
+    match node::read_attachments(app).await {
+        Ok(pods) => match node::rebuild(app, &pods).await {
+            Ok(r) => {
+                info!(pods = pods.len(), restored = r.restored.len(), ip_not_in_ledger = r.unknown_ip, "node read")
+            }
+            Err(e) => warn!(error = %e, "rebuilding leases from the node failed"),
+        },
+        Err(e) => warn!(error = %e, "reading the node's pods failed; nothing is rebuilt from it"),
+    }
+    app.set_rebuilt();
+    app.set_not_ready("starting: syncing the ledger with the provider".into());
+    let mut passed_without_cleanup = false;
+    loop {
+        let synced = async {
+            if !app.provider_initialised() {
+                let info = app
+                    .provider_call("init", app.provider.init())
+                    .await
+                    .map_err(|e| format!("provider init failed: {e}"))?;
+                if let Err(e) = identity::save(&app.config.data_dir, &info) {
+                    warn!(error = %e, "could not cache the instance identity");
+                }
+                app.set_info(info);
+            }
+            pool::sync_with_provider(app).await.map_err(|e| format!("provider sync failed: {e}"))
+        };
+        match synced.await {
+            Ok(()) => break,
+            Err(why) => {
+                app.set_not_ready(why);
+                if !passed_without_cleanup {
+                    passed_without_cleanup = true;
+                    log_node_pass(&node::reconcile_with(app, false).await, false);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(app.config.pool_tick) => {}
+            _ = app.shutdown.notified() => return,
+        }
+    }
+    // Before anything is cleaned: the provider is listed and the leases are rebuilt.
+    log_node_pass(&node::reconcile(app).await, app.config.node_cleanup);
+    tokio::spawn(node::run(Arc::clone(app)));
+    app.set_ready();
+    crate::cni_conf::install_when_ready(app);
+    app.pool_wake.notify_one();
+}
+
+fn log_node_pass(report: &node::NodeReport, cleanup: bool) {
+    info!(
+        released = report.released.len(),
+        young = report.young,
+        veths_removed = report.veths_removed.len(),
+        rules_removed = report.rules_removed,
+        errors = report.errors.len(),
+        cleanup,
+        "node reconciled"
+    );
 }
 
 /// The EC2 provider's configuration from the daemon's.

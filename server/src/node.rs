@@ -16,6 +16,21 @@
 //!   before the leases: the plugin takes its lease before it makes the veth and the rules, so
 //!   anything an ADD in flight has made is covered by a lease the snapshot already holds.
 //!
+//! - Cleanup never removes a host veth that one of our host routes (`<pod IP>/32`, protocol 211)
+//!   goes out of, nor a pod rule for such an IP: that is a live pod, whatever the ledger says.
+//!   A DEL removes the route before it releases the lease, so what DELs leave behind (a veth whose
+//!   namespace lingers) has none.
+//!
+//! Rebuilding leases from the node (`read_attachments`, `rebuild`): a live pod of ours shows on
+//! the node as a host veth with our alias and our host route to its IP. A start-up on a ledger
+//! that lost leases (emptied, moved aside, restored from an old copy) finds such pods with no
+//! lease; each gets its lease back before the daemon hands out anything: here for addresses the
+//! ledger still knows (free or cooling), and in the provider sync (`pool::sync_with_provider`)
+//! for addresses it adopts from the provider. The lease is keyed by the attachment the alias
+//! names, or by its hashes (`enipool_api::node::hashed_key`) for veths made before the alias
+//! carried it in clear; its namespace path is found by the veth peer's namespace id among
+//! `/run/netns`, else the lease records none and is never released here (like an API lease).
+//!
 //! Teardown collects errors and goes on (one stuck veth does not keep the rest).
 
 use std::collections::HashSet;
@@ -24,17 +39,19 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use enipool_api::node::{PROTO, RULE_FROM_PRIORITY, RULE_TO_PRIORITY, attachment_tag, parse_alias};
-use enipool_storage::{Lease, LeaseFilter, LeaseKey, Ledger};
+use enipool_api::node::{
+    AliasInfo, PROTO, RULE_FROM_PRIORITY, RULE_TO_PRIORITY, hashed_key, key_attachment_tag, parse_alias,
+};
+use enipool_storage::{AddressState, Lease, LeaseFilter, LeaseKey, LeaseMeta, Ledger};
 use futures_util::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::route::RouteProtocol;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol};
 use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
-use rtnetlink::{Handle, IpVersion};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 use tracing::{info, warn};
 
 use crate::app::App;
-use crate::host::{HostNet, errno, failed};
+use crate::host::{HostError, HostNet, errno, failed};
 
 /// statfs(2)'s f_type of a network namespace file (a bind mount of nsfs).
 const NSFS_MAGIC: i64 = 0x6e73_6673;
@@ -95,8 +112,189 @@ pub struct NodeReport {
     pub errors: Vec<String>,
 }
 
+/// A pod of ours wired on the node: a host veth with our alias and our host route to its IP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAttachment {
+    pub ip: Ipv4Addr,
+    pub host_veth: String,
+    pub alias: AliasInfo,
+    /// The pod's namespace path, when found.
+    pub netns: Option<String>,
+}
+
+impl NodeAttachment {
+    /// The lease this pod would have had (ENI and time to be filled in by the ledger call).
+    pub fn lease(&self, now: u64) -> Lease {
+        let (network, container_id, ifname) = self
+            .alias
+            .attachment
+            .clone()
+            .unwrap_or_else(|| hashed_key(&self.alias.network_tag, &self.alias.attachment_tag));
+        Lease {
+            key: LeaseKey::new(network, container_id, ifname),
+            ip: self.ip,
+            eni_id: String::new(),
+            meta: LeaseMeta {
+                pod_namespace: None,
+                pod_name: None,
+                netns: self.netns.clone(),
+                host_veth: Some(self.host_veth.clone()),
+            },
+            created_at: now,
+        }
+    }
+}
+
+/// Where runtimes mount pods' network namespaces (containerd, CRI-O; `/var/run` is `/run`).
+const NETNS_DIR: &str = "/run/netns";
+
+/// Every pod of ours the node shows (see the module's doc), read in the host namespace.
+pub async fn read_attachments(app: &App) -> Result<Vec<NodeAttachment>, HostError> {
+    let host = HostNet { netns: app.config.host_netns.clone() };
+    host.run(|h| async move {
+        let links: Vec<LinkMessage> =
+            h.link().get().execute().try_collect().await.map_err(|e| failed("listing interfaces", e))?;
+        // index -> (name, alias, the peer's namespace id)
+        let mut ours = std::collections::HashMap::new();
+        for m in &links {
+            let alias = link_attr(m, |a| if let LinkAttribute::IfAlias(s) = a { parse_alias(s) } else { None });
+            let Some(alias) = alias else { continue };
+            let name = link_attr(m, |a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None });
+            let nsid = link_attr(m, |a| if let LinkAttribute::LinkNetNsId(id) = a { Some(*id) } else { None });
+            ours.insert(m.header.index, (name.unwrap_or_default(), alias, nsid));
+        }
+        let routes: Vec<RouteMessage> = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| failed("listing routes", e))?;
+        let mut found = Vec::new();
+        let mut nsids = Vec::new();
+        for r in &routes {
+            let Some((ip, oif)) = our_host_route(r) else { continue };
+            let Some((name, alias, nsid)) = ours.get(&oif) else { continue };
+            nsids.extend(*nsid);
+            found.push((NodeAttachment { ip, host_veth: name.clone(), alias: alias.clone(), netns: None }, *nsid));
+        }
+        let paths = if nsids.is_empty() { Default::default() } else { netns_paths_by_id(&h).await };
+        Ok(found
+            .into_iter()
+            .map(|(mut a, nsid)| {
+                a.netns = nsid.and_then(|id| paths.get(&id).cloned());
+                a
+            })
+            .collect())
+    })
+    .await
+}
+
+/// `<ip>/32 dev <oif>` in the main table with our protocol: (ip, oif).
+fn our_host_route(r: &RouteMessage) -> Option<(Ipv4Addr, u32)> {
+    if r.header.protocol != RouteProtocol::Other(PROTO) || r.header.destination_prefix_length != 32 {
+        return None;
+    }
+    let mut dst = None;
+    let mut oif = None;
+    let mut table = u32::from(r.header.table);
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some((dst?, oif?))
+}
+
+/// The namespace id (as this netlink socket's namespace sees it) of every namespace mounted in
+/// `/run/netns`, to its path. Unreadable entries are skipped.
+async fn netns_paths_by_id(h: &Handle) -> std::collections::HashMap<i32, String> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir(NETNS_DIR) else { return out };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let Ok(file) = std::fs::File::open(&path) else { continue };
+        if let Ok(Some(id)) = netns_id(h, &file).await {
+            out.insert(id, path.to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+/// RTM_GETNSID for an open namespace file: its id, if one is assigned (a veth peer there has one).
+async fn netns_id(h: &Handle, file: &std::fs::File) -> Result<Option<i32>, rtnetlink::Error> {
+    use futures_util::StreamExt;
+    use netlink_packet_route::RouteNetlinkMessage;
+    use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
+    use rtnetlink::packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    use std::os::fd::AsRawFd;
+
+    let mut msg = NsidMessage::default();
+    msg.attributes = vec![NsidAttribute::Fd(file.as_raw_fd() as u32)];
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(msg));
+    req.header.flags = NLM_F_REQUEST;
+    let mut replies = h.clone().request(req)?;
+    while let Some(reply) = replies.next().await {
+        match reply.payload {
+            NetlinkPayload::Error(e) => return Err(rtnetlink::Error::NetlinkError(e)),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                return Ok(m.attributes.iter().find_map(|a| match a {
+                    NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                    _ => None,
+                }));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// What a rebuild did.
+#[derive(Debug, Default)]
+pub struct RebuildReport {
+    pub restored: Vec<Lease>,
+    /// Pods of ours on the node whose IP the ledger does not know (yet): the provider sync
+    /// leases them when it adopts their IPs.
+    pub unknown_ip: usize,
+}
+
+/// Gives pods found on the node (`attachments`) whose IP the ledger knows but has not leased
+/// their lease back (see the module's doc).
+pub async fn rebuild(app: &App, attachments: &[NodeAttachment]) -> anyhow::Result<RebuildReport> {
+    let now = app.clock_now();
+    let mut wanted = Vec::new();
+    let mut report = RebuildReport::default();
+    for a in attachments {
+        match app.ledger.address(a.ip) {
+            None => report.unknown_ip += 1,
+            Some(addr) if matches!(addr.state, AddressState::Free | AddressState::Cooling { .. }) => {
+                wanted.push(a.lease(now))
+            }
+            Some(_) => {}
+        }
+    }
+    if !wanted.is_empty() {
+        let ledger = app.ledger.clone();
+        report.restored = app.blocking(move || ledger.restore_leases(wanted)).await?;
+        for l in &report.restored {
+            warn!(key = %l.key, ip = %l.ip, netns = ?l.meta.netns, host_veth = ?l.meta.host_veth,
+                "lease rebuilt from the node: a live pod uses this IP and the ledger had no lease for it");
+        }
+    }
+    Ok(report)
+}
+
 /// One reconciliation pass (see the module's doc).
 pub async fn reconcile(app: &App) -> NodeReport {
+    reconcile_with(app, app.config.node_cleanup).await
+}
+
+/// One pass; `cleanup` as `--node-cleanup`, off while the provider has not been listed (the
+/// ledger may lack leases the provider sync will rebuild).
+pub async fn reconcile_with(app: &App, cleanup: bool) -> NodeReport {
     let mut report = NodeReport::default();
     let now = app.clock_now();
     let grace = app.config.node_reconcile_grace.as_millis() as u64;
@@ -126,7 +324,7 @@ pub async fn reconcile(app: &App) -> NodeReport {
     if let Some(why) = first_undecidable {
         warn!(count = report.undecidable, example = %why, "leases whose pod namespace cannot be judged are kept");
     }
-    if app.config.node_cleanup {
+    if cleanup {
         let host = HostNet { netns: app.config.host_netns.clone() };
         let ledger = app.ledger.clone();
         match host.run(move |h| async move { Ok(remove_orphans(&h, &ledger).await) }).await {
@@ -180,7 +378,8 @@ pub async fn run(app: Arc<App>) {
         if app.is_shutting_down() {
             return;
         }
-        reconcile(&app).await;
+        // No cleanup while the ledger may lack leases the provider sync would rebuild.
+        reconcile_with(&app, app.config.node_cleanup && app.is_ready()).await;
     }
 }
 
@@ -219,11 +418,21 @@ async fn remove_orphans(h: &Handle, ledger: &Ledger) -> (Vec<String>, usize, Vec
     // After the kernel dumps, not before (see the module's doc).
     let leases = ledger.leases(&LeaseFilter::default());
     let leased_tags: HashSet<String> =
-        leases.iter().map(|l| attachment_tag(&l.key.network, &l.key.container_id, &l.key.ifname)).collect();
+        leases.iter().map(|l| key_attachment_tag(&l.key.network, &l.key.container_id, &l.key.ifname)).collect();
     let leased: HashSet<Ipv4Addr> = leases.iter().map(|l| l.ip).collect();
 
+    let routes: Vec<RouteMessage> =
+        match h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute().try_collect().await {
+            Ok(r) => r,
+            Err(e) => return (vec![], 0, vec![failed("listing routes", e).to_string()]),
+        };
+    // Live pods: never unplugged here, whatever the ledger says (see the module's doc).
+    let routed: Vec<(Ipv4Addr, u32)> = routes.iter().filter_map(our_host_route).collect();
     let mut veths = Vec::new();
     for m in &links {
+        if routed.iter().any(|(_, oif)| *oif == m.header.index) {
+            continue;
+        }
         let Some(alias) = link_attr(m, |a| if let LinkAttribute::IfAlias(s) = a { Some(s) } else { None }) else {
             continue;
         };
@@ -242,7 +451,7 @@ async fn remove_orphans(h: &Handle, ledger: &Ledger) -> (Vec<String>, usize, Vec
     let mut removed_rules = 0;
     for m in rules {
         let Some(ip) = our_rule_ip(&m) else { continue };
-        if leased.contains(&ip) {
+        if leased.contains(&ip) || routed.iter().any(|(r, _)| *r == ip) {
             continue;
         }
         match h.rule().del(m).execute().await {

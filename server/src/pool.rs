@@ -336,18 +336,33 @@ pub async fn sync_with_provider(app: &App) -> Result<(), ProviderError> {
             }
         }
     }
+    // IPs the provider has and the ledger lacks are adopted; a live pod of ours on the node may
+    // use one (the ledger lost its lease): that one is adopted leased to it, in the same ledger
+    // operation, so it is never handed out first (see `node`).
+    let lacking = enis.iter().any(|e| e.secondary_ips.iter().any(|ip| app.ledger.address(*ip).is_none()));
+    let on_node = if lacking { pods_on_node(app).await } else { Vec::new() };
+    let adopt = |eni_id: String, ips: Vec<Ipv4Addr>| {
+        let now = app.clock_now();
+        let in_use: Vec<_> = on_node.iter().filter(|a| ips.contains(&a.ip)).map(|a| a.lease(now)).collect();
+        let ledger = app.ledger.clone();
+        async move {
+            let made = app
+                .blocking(move || ledger.adopt_addresses_in_use(&eni_id, &ips, cooling_until, in_use))
+                .await
+                .map_err(fail)?;
+            for l in &made {
+                warn!(key = %l.key, ip = %l.ip, netns = ?l.meta.netns, host_veth = ?l.meta.host_veth,
+                    "lease rebuilt from the node: a live pod uses this adopted IP");
+            }
+            Ok::<_, ProviderError>(())
+        }
+    };
     for eni in &enis {
         let Some(known) = app.ledger.eni(&eni.id) else {
             let record = eni_record(eni);
-            let ips = eni.secondary_ips.clone();
             let ledger = app.ledger.clone();
-            let id = eni.id.clone();
-            app.blocking(move || {
-                ledger.add_eni(record, &[])?;
-                ledger.adopt_addresses(&id, &ips, cooling_until)
-            })
-            .await
-            .map_err(fail)?;
+            app.blocking(move || ledger.add_eni(record, &[])).await.map_err(fail)?;
+            adopt(eni.id.clone(), eni.secondary_ips.clone()).await?;
             info!(eni = %eni.id, ips = eni.secondary_ips.len(), "adopted ENI from provider");
             continue;
         };
@@ -361,9 +376,7 @@ pub async fn sync_with_provider(app: &App) -> Result<(), ProviderError> {
         let missing: Vec<Ipv4Addr> = eni.secondary_ips.iter().copied().filter(|ip| !have.contains(ip)).collect();
         if !missing.is_empty() {
             info!(eni = %eni.id, ips = ?missing, "adopting IPs the provider has and the ledger lacks (cooling first)");
-            let ledger = app.ledger.clone();
-            let id = eni.id.clone();
-            app.blocking(move || ledger.adopt_addresses(&id, &missing, cooling_until)).await.map_err(fail)?;
+            adopt(eni.id.clone(), missing).await?;
         }
         gone.extend(have.into_iter().filter(|ip| !eni.secondary_ips.contains(ip)));
     }
@@ -396,6 +409,18 @@ pub async fn sync_with_provider(app: &App) -> Result<(), ProviderError> {
         }
     }
     Ok(())
+}
+
+/// Pods of ours the node shows; none when the node cannot be read (logged): adoption then
+/// cools every adopted IP, and cleanup still spares routed veths.
+async fn pods_on_node(app: &App) -> Vec<crate::node::NodeAttachment> {
+    match crate::node::read_attachments(app).await {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(error = %e, "reading the node's pods failed; adopted IPs only cool down");
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -162,3 +162,62 @@ async fn orphan_host_veths_and_pod_rules_of_ours_are_removed_and_no_one_elses() 
     assert!(has("1535:\tfrom 10.9.9.7 lookup 3 proto 211"), "{rules}");
     assert_eq!(d.unix().get(&lease_path("kept")).await.expect(200).json(), lease);
 }
+
+/// While the provider cannot be listed the ledger may lack leases the provider sync would
+/// rebuild, so the node passes run without cleanup: a dead pod's lease is still released, but
+/// no veth or rule is deleted. (Before, the start-up pass cleaned up first thing.)
+#[tokio::test]
+async fn while_the_provider_is_unreachable_nothing_is_cleaned_up() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let node = Netns::new();
+    let node_path = node.path();
+    let data = tmp.path().join("data");
+    let gone = tmp.path().join("cni-gone");
+    let d = Daemon::start_in(&data, &[("--node-reconcile-interval", "0")]).await;
+    d.unix().post("/v1/leases", &request("gone", gone.to_str(), None)).await.expect(201);
+    let mut d = d;
+    assert!(d.terminate(Duration::from_secs(5)).await.success());
+
+    node.ip(&["link", "add", "eniorphan", "type", "veth", "peer", "name", "eniorphanp"]);
+    node.ip(&["link", "set", "dev", "eniorphan", "alias", &host_veth_alias(NET, "dead-pod", "eth0")]);
+    node.ip(&["rule", "add", "to", "10.9.9.9", "lookup", "main", "priority", "512", "protocol", "211"]);
+
+    // Nothing listens here.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = format!("http://{closed}");
+    let flags = [
+        ("--provider", "ec2"),
+        ("--ec2-endpoint", dead.as_str()),
+        ("--instance-id", "i-0123456789abcdef0"),
+        ("--ec2-max-attempts", "1"),
+        ("--host-netns", node_path.as_str()),
+        ("--node-cleanup", "true"),
+        ("--node-reconcile-grace", "0"),
+        ("--node-reconcile-interval", "20ms"),
+    ];
+    let d = Daemon::start_in_unready(&data, &flags).await;
+    let api = d.unix();
+    eventually("the dead pod's lease to be released", async || {
+        let status = api.get(&lease_path("gone")).await.status;
+        if status == 404 { Ok(()) } else { Err(format!("GET answered {status}")) }
+    })
+    .await;
+    common::holds(
+        "the orphan veth and rule to stay while the provider is unreachable",
+        Duration::from_millis(200),
+        async || {
+            let r = api.get("/readyz").await;
+            if r.status != 503 {
+                return Err(format!("/readyz {} {}", r.status, r.text()));
+            }
+            let links = node.ip(&["-o", "link", "show"]);
+            let rules = node.ip(&["rule", "show"]);
+            if links.contains("eniorphan@") && rules.contains("10.9.9.9") {
+                Ok(())
+            } else {
+                Err(format!("{links}\n{rules}"))
+            }
+        },
+    )
+    .await;
+}

@@ -738,6 +738,20 @@ impl Ledger {
         addresses: &[Ipv4Addr],
         cooling_until: UnixMillis,
     ) -> Result<(), LedgerError> {
+        self.adopt_addresses_in_use(eni_id, addresses, cooling_until, Vec::new()).map(drop)
+    }
+
+    /// Like `adopt_addresses`, in one operation with the leases of pods found using some of them
+    /// (rebuilt from the node): an address that one of `in_use` names is adopted leased to it.
+    /// A lease whose key already holds a lease, or whose address is not among `addresses`, is
+    /// skipped. Returns the leases made.
+    pub fn adopt_addresses_in_use(
+        &self,
+        eni_id: &str,
+        addresses: &[Ipv4Addr],
+        cooling_until: UnixMillis,
+        in_use: Vec<Lease>,
+    ) -> Result<Vec<Lease>, LedgerError> {
         self.run(|_, st| {
             if !st.enis.contains_key(eni_id) {
                 return Err(LedgerError::UnknownEni(eni_id.into()));
@@ -749,18 +763,58 @@ impl Ledger {
                     return Err(LedgerError::AddressExists(ip));
                 }
             }
-            let changes = addresses
+            let mut made: Vec<Lease> = Vec::new();
+            for mut lease in in_use {
+                check_key(&lease.key)?;
+                let taken =
+                    st.leases.contains_key(&lease.key) || made.iter().any(|m| m.key == lease.key || m.ip == lease.ip);
+                if !taken && seen.contains(&lease.ip) {
+                    lease.eni_id = eni_id.into();
+                    made.push(lease);
+                }
+            }
+            let mut changes: Vec<Change> = addresses
                 .iter()
                 .map(|&ip| {
-                    Change::PutAddr(AddressRecord {
-                        ip,
-                        eni_id: eni_id.into(),
-                        state: AddressState::Cooling { until: cooling_until },
-                        last_released: None,
-                    })
+                    let state = match made.iter().find(|l| l.ip == ip) {
+                        Some(l) => AddressState::Leased { key: l.key.clone() },
+                        None => AddressState::Cooling { until: cooling_until },
+                    };
+                    Change::PutAddr(AddressRecord { ip, eni_id: eni_id.into(), state, last_released: None })
                 })
                 .collect();
-            Ok(((), changes))
+            changes.extend(made.iter().cloned().map(Change::PutLease));
+            Ok((made, changes))
+        })
+    }
+
+    /// Leases known addresses to pods found using them (rebuilt from the node after the ledger
+    /// lost them): each lease is made only if its key holds no lease and its address is known,
+    /// on an ENI of ours, and free or cooling (cooling because we released it, yet a pod uses
+    /// it). Everything else is skipped. Returns the leases made.
+    pub fn restore_leases(&self, leases: Vec<Lease>) -> Result<Vec<Lease>, LedgerError> {
+        self.run(|_, st| {
+            let mut made: Vec<Lease> = Vec::new();
+            for mut lease in leases {
+                check_key(&lease.key)?;
+                let Some(addr) = st.addrs.get(&lease.ip) else { continue };
+                let usable = matches!(addr.state, AddressState::Free | AddressState::Cooling { .. });
+                let taken =
+                    st.leases.contains_key(&lease.key) || made.iter().any(|m| m.key == lease.key || m.ip == lease.ip);
+                if usable && !taken {
+                    lease.eni_id = addr.eni_id.clone();
+                    made.push(lease);
+                }
+            }
+            let changes = made
+                .iter()
+                .flat_map(|l| {
+                    let addr = &st.addrs[&l.ip];
+                    let leased = AddressRecord { state: AddressState::Leased { key: l.key.clone() }, ..addr.clone() };
+                    [Change::PutAddr(leased), Change::PutLease(l.clone())]
+                })
+                .collect();
+            Ok((made, changes))
         })
     }
 

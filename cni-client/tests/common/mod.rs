@@ -142,15 +142,26 @@ pub struct Daemon {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// Given on every start (`--host-netns` of the node).
+    base: Vec<String>,
 }
 
 impl Daemon {
     pub fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_with_base(Vec::new(), extra)
+    }
+
+    fn start_with_base(base: Vec<String>, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("enipool.sock");
-        let mut d = Daemon { child: None, dir, socket };
+        let mut d = Daemon { child: None, dir, socket, base };
         d.spawn(extra);
         d
+    }
+
+    /// The daemon's data dir.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     fn spawn(&mut self, extra: &[&str]) {
@@ -167,6 +178,7 @@ impl Daemon {
             .arg(&data)
             .args(["--ip-cooldown-period", "0", "--pool-tick", "50ms", "--allocation-wait", "300ms"])
             .args(["--checkpoint-interval", "200ms", "--shutdown-grace", "1s"])
+            .args(&self.base)
             // GC spares leases younger than the grace; tests that want that give their own.
             .args(if extra.contains(&"--node-reconcile-grace") { &[][..] } else { &["--node-reconcile-grace", "0"] })
             .args(extra)
@@ -219,6 +231,15 @@ impl Daemon {
         })
     }
 
+    /// DELETE over the socket; returns the status.
+    pub fn delete(&self, path: &str) -> u16 {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut c = enipool_api::client::Client::new(&self.socket);
+            c.delete(path).await.unwrap().status.as_u16()
+        })
+    }
+
     pub fn leases(&self) -> Vec<Value> {
         let (status, v) = self.get("/v1/leases");
         assert_eq!(status, 200);
@@ -262,8 +283,9 @@ pub struct Plugin {
 
 impl Node {
     pub fn new(daemon_args: &[&str]) -> Node {
-        let daemon = Daemon::start(daemon_args);
         let ns = Netns::new("node");
+        // The daemon's node side (reconciliation, rebuilding leases) happens in the node too.
+        let daemon = Daemon::start_with_base(vec!["--host-netns".into(), ns.path()], daemon_args);
         let ext = Netns::new("ext");
         ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "dn0", "netns", &ext.name]);
         ns.ip(&["addr", "add", &format!("{NODE_IP}/20"), "dev", "up0"]);

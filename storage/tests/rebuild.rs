@@ -1,0 +1,92 @@
+//! Leases rebuilt from the node after the ledger lost them: `adopt_addresses_in_use` adopts
+//! provider addresses with the ones live pods use leased to them, in one operation;
+//! `restore_leases` gives known free or cooling addresses back to the pods using them. Neither
+//! takes an address someone holds, nor a key that holds a lease, and both survive a reopen.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use enipool_storage::*;
+
+use common::{eni, ips_from, meta};
+
+const START: UnixMillis = 1_700_000_000_000;
+
+fn open(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Ledger {
+    let config =
+        LedgerConfig { cooldown: Duration::from_secs(30), checkpoint_interval: None, ..LedgerConfig::default() };
+    Ledger::open(dir, config, clock.clone() as Arc<dyn Clock>).unwrap()
+}
+
+fn pod(name: &str, ip: Ipv4Addr) -> Lease {
+    Lease {
+        key: LeaseKey::new("net", name, "eth0"),
+        ip,
+        eni_id: String::new(),
+        meta: meta("default", name),
+        created_at: START,
+    }
+}
+
+#[test]
+fn adopted_addresses_a_pod_uses_are_leased_to_it_and_the_rest_cool() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = open(dir.path(), &clock);
+    ledger.add_eni(eni("eni-1", 0, Ipv4Addr::new(10, 0, 0, 10), true), &[]).unwrap();
+    let ips = ips_from(Ipv4Addr::new(10, 0, 0, 20), 4);
+    let elsewhere = pod("elsewhere", Ipv4Addr::new(10, 9, 9, 9));
+    let made = ledger
+        .adopt_addresses_in_use("eni-1", &ips, START, vec![pod("a", ips[1]), pod("b", ips[1]), elsewhere])
+        .unwrap();
+    assert_eq!(made.len(), 1, "one pod per address, and only addresses being adopted: {made:?}");
+    assert_eq!((made[0].key.container_id.as_str(), made[0].eni_id.as_str()), ("a", "eni-1"));
+    // With the cooldown over, every other adopted address is handed out, never the pod's.
+    clock.set(START + 1);
+    for i in 0..3 {
+        let got = ledger.allocate(LeaseKey::new("net", format!("new-{i}"), "eth0"), meta("d", "n")).unwrap();
+        assert_ne!(got.lease.ip, ips[1]);
+    }
+    assert!(matches!(
+        ledger.allocate(LeaseKey::new("net", "one-more", "eth0"), meta("d", "n")),
+        Err(LedgerError::NoFreeAddress)
+    ));
+    ledger.check_invariants().unwrap();
+    drop(ledger);
+    let ledger = open(dir.path(), &clock);
+    assert_eq!(ledger.lease(&LeaseKey::new("net", "a", "eth0")).unwrap().ip, ips[1], "durable");
+}
+
+#[test]
+fn known_free_or_cooling_addresses_are_restored_to_their_pods_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = open(dir.path(), &clock);
+    let ips = ips_from(Ipv4Addr::new(10, 0, 0, 20), 4);
+    ledger.add_eni(eni("eni-1", 0, Ipv4Addr::new(10, 0, 0, 10), true), &ips).unwrap();
+    let held = ledger.allocate(LeaseKey::new("net", "held", "eth0"), meta("d", "held")).unwrap().lease;
+    let cooled = ledger.allocate(LeaseKey::new("net", "cooled", "eth0"), meta("d", "cooled")).unwrap().lease;
+    ledger.release(&cooled.key).unwrap();
+    let free = ips.iter().copied().find(|ip| *ip != held.ip && *ip != cooled.ip).unwrap();
+
+    let made = ledger
+        .restore_leases(vec![
+            pod("x", held.ip),                          // someone holds it: skipped
+            pod("cooled-pod", cooled.ip),               // we released it, yet a pod uses it
+            pod("free-pod", free),                      // free
+            pod("held", Ipv4Addr::new(10, 0, 0, 23)),   // the key holds a lease: skipped
+            pod("unknown", Ipv4Addr::new(10, 9, 9, 9)), // not ours: skipped
+        ])
+        .unwrap();
+    let keys: Vec<&str> = made.iter().map(|l| l.key.container_id.as_str()).collect();
+    assert_eq!(keys, ["cooled-pod", "free-pod"]);
+    assert_eq!(ledger.lease(&LeaseKey::new("net", "held", "eth0")).unwrap(), held);
+    assert_eq!(ledger.lease_by_ip(free).unwrap().key.container_id, "free-pod");
+    ledger.check_invariants().unwrap();
+    drop(ledger);
+    let ledger = open(dir.path(), &clock);
+    assert_eq!(ledger.lease_by_ip(cooled.ip).unwrap().key.container_id, "cooled-pod", "durable");
+}
