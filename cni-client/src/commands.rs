@@ -147,7 +147,7 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
     let pod = pod_netlink(&ns)?;
     net::ensure_absent_in_pod(&pod, a.ifname, netns_path).await?;
     let mut daemon = Daemon::new(&conf.socket);
-    let (host_veth, stale_veth) = choose_host_veth(&host, &mut daemon, conf, &a, network).await?;
+    let (host_veth, stale) = choose_host_veth(&host, &mut daemon, conf, &a, network).await?;
     request.host_veth = Some(host_veth.clone());
 
     let prepared = started.elapsed();
@@ -165,10 +165,21 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
             return Err(CniError::new(code::DAEMON, format!("enipoold sent an invalid MTU {}", lease.mtu)));
         }
         let snat = if lease.snat.enabled { Some(snat::SnatSpec::from_lease(&lease.snat)?) } else { None };
+        // The dead pod whose veth we replace must still be dead now that we hold a lease (its
+        // lease may have been rebuilt meanwhile by a daemon that was starting).
+        if let Some((_, alias)) = &stale
+            && !alias.names(network, a.container_id, a.ifname)
+            && !attachment_gone(&mut daemon, alias).await?
+        {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!("host veth {host_veth} belongs to a live pod after all; try again (another name is chosen)"),
+            ));
+        }
         let spec = PodSpec {
             ifname: a.ifname,
             host_veth: &host_veth,
-            stale_veth,
+            stale_veth: stale.as_ref().map(|(index, _)| *index),
             alias: net::host_veth_alias(network, a.container_id, a.ifname),
             ip,
             mtu: lease.mtu,
@@ -232,7 +243,7 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
 }
 
 /// The host veth name for this attachment, chosen before the lease so that the lease records it,
-/// and a dead veth of ours holding that name, to delete first. An interface holding the usual
+/// and a dead veth of ours holding that name (its index and alias), to delete first. An interface holding the usual
 /// name is replaced only when it is ours and its attachment is gone (the daemon holds no lease
 /// for it, or that lease's pod namespace is gone), or when it is this very attachment's (the
 /// runtime is adding it again, and its pod side is gone: `ensure_absent_in_pod` passed).
@@ -244,7 +255,7 @@ async fn choose_host_veth(
     conf: &NetConf,
     a: &Attachment<'_>,
     network: &str,
-) -> Result<(String, Option<u32>), CniError> {
+) -> Result<(String, Option<(u32, net::AliasInfo)>), CniError> {
     const ALTERNATES: u32 = 8;
     let usual = host_veth_for(conf, a);
     let alternates = (1..=ALTERNATES)
@@ -255,7 +266,7 @@ async fn choose_host_veth(
             net::NameHolder::Ours { index, alias } => {
                 if alias.names(network, a.container_id, a.ifname) || attachment_gone(daemon, &alias).await? {
                     log::info(&format!("host veth {name} is left by a pod that is gone; replacing it"));
-                    return Ok((name, Some(index)));
+                    return Ok((name, Some((index, alias))));
                 }
                 log::info(&format!("host veth name {name} is held by a live pod; trying another"));
             }
@@ -406,6 +417,8 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
         network: network.to_string(),
         valid: pairs.iter().map(|(c, i)| api::Attachment { container_id: c.clone(), ifname: i.clone() }).collect(),
     };
+    let host = host_netlink().await?;
+    let snapshot = net::gc_snapshot(&host, network).await?;
     let mut daemon = Daemon::new(&conf.socket);
     let daemon_result = daemon.gc(&request).await;
     // Attachments the daemon still leases are kept too: it spares leases younger than its grace
@@ -429,8 +442,7 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
         }
         Err(e) => log::warn(&format!("GC: {e}")),
     }
-    let host = host_netlink().await?;
-    for done in net::gc(&host, network, &keep).await? {
+    for done in net::gc(&host, &snapshot, &keep).await? {
         log::info(&format!("GC: {done}"));
     }
     daemon_result.map(|_| ())

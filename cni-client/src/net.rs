@@ -597,23 +597,41 @@ pub async fn check(host: &Handle, pod: &Handle, e: &Expected<'_>) -> Result<Vec<
     Ok(bad)
 }
 
-/// GC's kernel side: deletes host veths of `network` whose attachment tag is not in `keep`, then our
-/// pod rules (priorities 512 and 1536: the plugin's own; the daemon's ENI rules at 1535 carry the
-/// same protocol and are not ours to touch) whose IP has no host route of ours left (routes go
-/// with their veth). Returns what it did.
+/// GC's first step, before the daemon is asked: our host veths of `network` as they are now. A
+/// veth made after this snapshot belongs to an ADD whose lease the daemon's answer covers, so
+/// it is never among what `gc` deletes.
+pub async fn gc_snapshot(host: &Handle, network: &str) -> Result<Vec<(Link, AliasInfo)>, CniError> {
+    Ok(all_links(host)
+        .await
+        .map_err(kernel("listing links"))?
+        .into_iter()
+        .filter(|l| l.is_veth)
+        .filter_map(|l| {
+            let info = l.alias.as_deref().and_then(parse_alias)?;
+            info.in_network(network).then_some((l, info))
+        })
+        .collect())
+}
+
+/// GC's kernel side: deletes the veths of `snapshot` whose attachment tag is not in `keep`, then
+/// our pod rules (priorities 512 and 1536: the plugin's own; the daemon's ENI rules at 1535
+/// carry the same protocol and are not ours to touch) whose IP has no host route of ours left
+/// (routes go with their veth). Rules are listed before routes: an ADD adds its route before its
+/// rules, so a rule listed here whose route is not listed after is no ADD's in flight. Returns
+/// what it did.
 pub async fn gc(
     host: &Handle,
-    network: &str,
+    snapshot: &[(Link, AliasInfo)],
     keep: &std::collections::HashSet<String>,
 ) -> Result<Vec<String>, CniError> {
     let mut done = Vec::new();
-    for link in all_links(host).await.map_err(kernel("listing links"))? {
-        let Some(info) = link.alias.as_deref().and_then(parse_alias) else { continue };
-        if link.is_veth && info.in_network(network) && !keep.contains(&info.attachment_tag) {
+    for (link, info) in snapshot {
+        if !keep.contains(&info.attachment_tag) {
             delete_link(host, link.index).await.map_err(kernel("deleting a stale host veth"))?;
             done.push(format!("deleted host veth {}", link.name));
         }
     }
+    let listed_rules = rules(host).await.map_err(kernel("listing rules"))?;
     let live: Vec<Ipv4Addr> = routes(host)
         .await
         .map_err(kernel("listing routes"))?
@@ -624,7 +642,7 @@ pub async fn gc(
             _ => None,
         })
         .collect();
-    for (m, v) in rules(host).await.map_err(kernel("listing rules"))? {
+    for (m, v) in listed_rules {
         if let Some(v) = v
             && v.ours
             && (v.priority == RULE_TO_PRIORITY || v.priority == RULE_FROM_PRIORITY)

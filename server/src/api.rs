@@ -229,6 +229,24 @@ fn to_api_lease(app: &App, lease: &enipool_storage::Lease) -> api::Lease {
     }
 }
 
+/// Waits (at most `--allocation-wait`) until start-up has rebuilt from the node the leases the
+/// ledger lost; until then a lease's absence means nothing (the plugin's ADD would take a live
+/// pod's veth for a dead one's, a DEL's release could be undone), so lease calls answer 503.
+async fn rebuilt(app: &App) -> Result<(), ApiError> {
+    if app.wait_rebuilt(app.config.allocation_wait).await {
+        return Ok(());
+    }
+    Err(ApiError {
+        retry_after: Some(Duration::from_secs(1)),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            problem::NOT_READY,
+            "Not ready",
+            "starting: leases of the node's pods are being rebuilt from the node; try again shortly",
+        )
+    })
+}
+
 /// Runs a ledger call (which may wait on an fdatasync) off the async workers.
 async fn ledger_call<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
@@ -248,7 +266,7 @@ async fn ledger_call<T: Send + 'static>(
         (status = 413, description = "Body too large", body = api::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = api::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field is invalid", body = api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No IP free (Retry-After set), shutting down, or the ledger stopped taking writes", body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No IP free (Retry-After set), shutting down, starting (leases still being rebuilt from the node), or the ledger stopped taking writes", body = api::Problem, content_type = "application/problem+json"),
     ))]
 async fn create_lease(
     State(app): State<AppState>,
@@ -261,17 +279,7 @@ async fn create_lease(
     let started = Instant::now();
     let deadline = started + app.config.allocation_wait;
     // A live pod whose lease the ledger lost must get it back before its IP can go to another.
-    if !app.wait_rebuilt(app.config.allocation_wait).await {
-        return Err(ApiError {
-            retry_after: Some(Duration::from_secs(1)),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                problem::NOT_READY,
-                "Not ready",
-                "starting: leases of the node's pods are being rebuilt; try again shortly",
-            )
-        });
-    }
+    rebuilt(&app).await?;
     let key = LeaseKey::new(req.network, req.container_id, req.ifname);
     let meta = LeaseMeta {
         pod_namespace: req.pod_namespace,
@@ -360,16 +368,18 @@ fn no_free_address<T>(e: LedgerError) -> Result<Result<T, LedgerError>, LedgerEr
     responses(
         (status = 204, description = "Released (or there was no such lease); durable on disk"),
         (status = 400, description = "A path segment is invalid", body = api::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Shutting down, or the ledger stopped taking writes", body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, starting (leases still being rebuilt from the node), or the ledger stopped taking writes", body = api::Problem, content_type = "application/problem+json"),
     ))]
 async fn delete_lease(
     State(app): State<AppState>,
     Path((network, container_id, ifname)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let key = held_key(&app, lease_key(network, container_id, ifname)?);
+    let key = lease_key(network, container_id, ifname)?;
     if app.is_shutting_down() {
         return Err(ApiError::shutting_down());
     }
+    rebuilt(&app).await?;
+    let key = held_key(&app, key);
     let ledger = app.ledger.clone();
     ledger_call(move || ledger.release(&key)).await?;
     app.pool_wake.notify_one();
@@ -383,12 +393,14 @@ async fn delete_lease(
         (status = 200, body = api::Lease),
         (status = 400, description = "A path segment is invalid", body = api::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such lease", body = api::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Starting: leases are still being rebuilt from the node", body = api::Problem, content_type = "application/problem+json"),
     ))]
 async fn get_lease(
     State(app): State<AppState>,
     Path((network, container_id, ifname)): Path<(String, String, String)>,
 ) -> Result<Json<api::Lease>, ApiError> {
     let key = lease_key(network, container_id, ifname)?;
+    rebuilt(&app).await?;
     let lease = app
         .ledger
         .lease(&held_key(&app, key.clone()))

@@ -146,14 +146,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 ///    one node pass runs without cleanup (leases of gone pods are released, nothing is deleted);
 /// 3. the node pass with cleanup, then ready.
 async fn start_up(app: &Arc<App>) {
-    match node::read_attachments(app).await {
-        Ok(pods) => match node::rebuild(app, &pods).await {
-            Ok(r) => {
-                info!(pods = pods.len(), restored = r.restored.len(), ip_not_in_ledger = r.unknown_ip, "node read")
+    // Fails closed: until the node has been read, a lease's absence proves nothing, so nothing
+    // is leased (retried every pool tick, the reason in /readyz).
+    loop {
+        let rebuilt = async {
+            let pods = node::read_attachments(app).await.map_err(|e| format!("reading the node's pods failed: {e}"))?;
+            let r = node::rebuild(app, &pods)
+                .await
+                .map_err(|e| format!("rebuilding leases from the node failed: {e:#}"))?;
+            info!(pods = pods.len(), restored = r.restored.len(), ip_not_in_ledger = r.unknown_ip, "node read");
+            Ok::<_, String>(())
+        };
+        match rebuilt.await {
+            Ok(()) => break,
+            Err(why) => {
+                warn!(reason = %why, "start-up cannot go on until the node is read");
+                app.set_not_ready(format!("starting: {why}"));
             }
-            Err(e) => warn!(error = %e, "rebuilding leases from the node failed"),
-        },
-        Err(e) => warn!(error = %e, "reading the node's pods failed; nothing is rebuilt from it"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(app.config.pool_tick) => {}
+            _ = app.shutdown.notified() => return,
+        }
     }
     app.set_rebuilt();
     app.set_not_ready("starting: syncing the ledger with the provider".into());

@@ -213,12 +213,21 @@ fn our_host_route(r: &RouteMessage) -> Option<(Ipv4Addr, u32)> {
 /// `/run/netns`, to its path. Unreadable entries are skipped.
 async fn netns_paths_by_id(h: &Handle) -> std::collections::HashMap<i32, String> {
     let mut out = std::collections::HashMap::new();
+    let mut ambiguous = std::collections::HashMap::new();
     let Ok(dir) = std::fs::read_dir(NETNS_DIR) else { return out };
     for entry in dir.flatten() {
         let path = entry.path();
         let Ok(file) = std::fs::File::open(&path) else { continue };
         if let Ok(Some(id)) = netns_id(h, &file).await {
-            out.insert(id, path.to_string_lossy().into_owned());
+            ambiguous.entry(id).or_insert_with(Vec::new).push(path.to_string_lossy().into_owned());
+        }
+    }
+    // A namespace mounted under two names (`ip netns attach` while debugging): recording either
+    // could have its lease released when the other name goes, so record none (never released
+    // by node reconciliation).
+    for (id, paths) in ambiguous {
+        if let [only] = paths.as_slice() {
+            out.insert(id, only.clone());
         }
     }
     out
@@ -262,18 +271,36 @@ pub struct RebuildReport {
 }
 
 /// Gives pods found on the node (`attachments`) whose IP the ledger knows but has not leased
-/// their lease back (see the module's doc).
+/// their lease back (see the module's doc). An IP the ledger has leased to another attachment,
+/// older than the grace period, is a stale lease (our host route goes to this pod's veth, so no
+/// other pod on the node uses the IP): the lease moves to the pod, lest the stale one's release
+/// hand the IP out again.
 pub async fn rebuild(app: &App, attachments: &[NodeAttachment]) -> anyhow::Result<RebuildReport> {
     let now = app.clock_now();
+    let grace = app.config.node_reconcile_grace.as_millis() as u64;
     let mut wanted = Vec::new();
     let mut report = RebuildReport::default();
     for a in attachments {
         match app.ledger.address(a.ip) {
             None => report.unknown_ip += 1,
-            Some(addr) if matches!(addr.state, AddressState::Free | AddressState::Cooling { .. }) => {
-                wanted.push(a.lease(now))
-            }
-            Some(_) => {}
+            Some(addr) => match addr.state {
+                AddressState::Free | AddressState::Cooling { .. } => wanted.push(a.lease(now)),
+                AddressState::Leased { key } | AddressState::Lost { key } => {
+                    let same =
+                        a.alias.attachment_tag == key_attachment_tag(&key.network, &key.container_id, &key.ifname);
+                    let stale = app.ledger.lease(&key).is_some_and(|l| now.saturating_sub(l.created_at) >= grace);
+                    if same || !stale {
+                        continue;
+                    }
+                    let lease = a.lease(now);
+                    let (ledger, old, new) = (app.ledger.clone(), key.clone(), lease.clone());
+                    if app.blocking(move || ledger.rekey_lease(&old, new)).await? {
+                        warn!(stale = %key, key = %lease.key, ip = %a.ip, host_veth = %a.host_veth,
+                            "lease moved from a stale key to the live pod the node shows using its IP");
+                        report.restored.push(lease);
+                    }
+                }
+            },
         }
     }
     if !wanted.is_empty() {

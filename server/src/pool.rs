@@ -340,7 +340,14 @@ pub async fn sync_with_provider(app: &App) -> Result<(), ProviderError> {
     // use one (the ledger lost its lease): that one is adopted leased to it, in the same ledger
     // operation, so it is never handed out first (see `node`).
     let lacking = enis.iter().any(|e| e.secondary_ips.iter().any(|ip| app.ledger.address(*ip).is_none()));
-    let on_node = if lacking { pods_on_node(app).await } else { Vec::new() };
+    // Fails closed: without the node, an adopted IP a pod uses would cool and then go to another.
+    let on_node = if lacking {
+        crate::node::read_attachments(app)
+            .await
+            .map_err(|e| ProviderError::Failed(format!("reading the node's pods before adopting IPs: {e}")))?
+    } else {
+        Vec::new()
+    };
     let adopt = |eni_id: String, ips: Vec<Ipv4Addr>| {
         let now = app.clock_now();
         let in_use: Vec<_> = on_node.iter().filter(|a| ips.contains(&a.ip)).map(|a| a.lease(now)).collect();
@@ -409,18 +416,6 @@ pub async fn sync_with_provider(app: &App) -> Result<(), ProviderError> {
         }
     }
     Ok(())
-}
-
-/// Pods of ours the node shows; none when the node cannot be read (logged): adoption then
-/// cools every adopted IP, and cleanup still spares routed veths.
-async fn pods_on_node(app: &App) -> Vec<crate::node::NodeAttachment> {
-    match crate::node::read_attachments(app).await {
-        Ok(found) => found,
-        Err(e) => {
-            warn!(error = %e, "reading the node's pods failed; adopted IPs only cool down");
-            Vec::new()
-        }
-    }
 }
 
 #[cfg(test)]

@@ -221,3 +221,28 @@ async fn while_the_provider_is_unreachable_nothing_is_cleaned_up() {
     )
     .await;
 }
+
+/// Until the node has been read, a lease's absence proves nothing: a daemon that cannot read it
+/// leases nothing, answers lease lookups 503, and says why in /readyz.
+#[tokio::test]
+async fn a_node_that_cannot_be_read_fails_closed() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let missing = tmp.path().join("no-such-netns");
+    let flags = [("--host-netns", missing.to_str().unwrap()), ("--allocation-wait", "100ms")];
+    let d = Daemon::start_in_unready(&tmp.path().join("data"), &flags).await;
+    let api = d.unix();
+    eventually("/readyz to say the node cannot be read", async || {
+        let r = api.get("/readyz").await;
+        match r.json()["reason"].as_str() {
+            Some(why) if r.status == 503 && why.contains("reading the node's pods failed") => Ok(()),
+            _ => Err(format!("{} {}", r.status, r.text())),
+        }
+    })
+    .await;
+    api.post_unchecked("/v1/leases", &request("pod", None, None)).await.assert_problem(
+        503,
+        enipool_api::problem::NOT_READY,
+        None,
+    );
+    api.get(&lease_path("pod")).await.assert_problem(503, enipool_api::problem::NOT_READY, None);
+}

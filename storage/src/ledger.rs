@@ -939,6 +939,24 @@ impl Ledger {
         })
     }
 
+    /// Moves the lease of `old` to `new.key` (same IP): the ledger holds a stale lease for an
+    /// address that a live pod is seen using (an old copy of the ledger restored). Nothing
+    /// happens, and false is returned, unless `old` holds exactly `new.ip` and `new.key` holds no
+    /// lease. The address never passes through free or cooling.
+    pub fn rekey_lease(&self, old: &LeaseKey, new: Lease) -> Result<bool, LedgerError> {
+        check_key(&new.key)?;
+        self.run(|_, st| {
+            let Some(stale) = st.leases.get(old) else { return Ok((false, vec![])) };
+            if stale.ip != new.ip || st.leases.contains_key(&new.key) {
+                return Ok((false, vec![]));
+            }
+            let Some(addr) = st.addrs.get(&new.ip) else { return Ok((false, vec![])) };
+            let lease = Lease { eni_id: stale.eni_id.clone(), ..new };
+            let leased = AddressRecord { state: AddressState::Leased { key: lease.key.clone() }, ..addr.clone() };
+            Ok((true, vec![Change::DelLease(old.clone()), Change::PutAddr(leased), Change::PutLease(lease)]))
+        })
+    }
+
     /// Rewrites every address whose cooldown has ended as free; returns how many.
     pub fn expire_cooldowns(&self) -> Result<usize, LedgerError> {
         self.run(|inner, st| {

@@ -90,3 +90,23 @@ fn known_free_or_cooling_addresses_are_restored_to_their_pods_and_nothing_else()
     let ledger = open(dir.path(), &clock);
     assert_eq!(ledger.lease_by_ip(cooled.ip).unwrap().key.container_id, "cooled-pod", "durable");
 }
+
+#[test]
+fn a_stale_lease_moves_to_the_pod_seen_using_its_address_without_passing_through_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = open(dir.path(), &clock);
+    let ips = ips_from(Ipv4Addr::new(10, 0, 0, 20), 2);
+    ledger.add_eni(eni("eni-1", 0, Ipv4Addr::new(10, 0, 0, 10), true), &ips).unwrap();
+    let stale = ledger.allocate(LeaseKey::new("net", "stale", "eth0"), meta("d", "stale")).unwrap().lease;
+    let other = ledger.allocate(LeaseKey::new("net", "other", "eth0"), meta("d", "other")).unwrap().lease;
+    // Refused: another address, or a key that holds a lease.
+    assert!(!ledger.rekey_lease(&stale.key, pod("live", other.ip)).unwrap());
+    assert!(!ledger.rekey_lease(&stale.key, pod("other", stale.ip)).unwrap());
+    assert!(ledger.rekey_lease(&stale.key, pod("live", stale.ip)).unwrap());
+    assert_eq!(ledger.lease(&stale.key), None);
+    let moved = ledger.lease_by_ip(stale.ip).unwrap();
+    assert_eq!((moved.key.container_id.as_str(), moved.eni_id.as_str()), ("live", "eni-1"));
+    assert_eq!(ledger.stats().addresses.leased, 2, "never free or cooling on the way");
+    ledger.check_invariants().unwrap();
+}
