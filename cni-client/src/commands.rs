@@ -59,11 +59,18 @@ fn run_command(env: &Env, stdin: &[u8], fail_at: Option<FailAt>) -> Result<Optio
     }
     let conf = config::parse(stdin)?;
     let container = env.optional("CNI_CONTAINERID").ok().flatten().unwrap_or("-");
-    log::init(conf.log_file.clone(), conf.log_level, env.required("CNI_COMMAND")?, container);
+    log::init(conf.log_file.clone(), conf.log_max_bytes, conf.log_level, env.required("CNI_COMMAND")?, container);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CniError::new(code::INTERNAL, format!("cannot start the async runtime: {e}")))?;
+    match (command, &conf.prev_result_error) {
+        (Command::Add | Command::Check, _) => {
+            conf.checked_prev_result()?;
+        }
+        (Command::Del, Some(why)) => log::warn(&format!("DEL: ignoring prevResult, which {why}")),
+        _ => {}
+    }
     rt.block_on(async {
         match command {
             Command::Add => add(env, &conf, fail_at).await.map(Some),
@@ -193,7 +200,7 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
         }
         if let Some(s) = &snat {
             let before = started.elapsed();
-            snat::ensure(s, &conf.state_dir)?;
+            snat::ensure(s, &conf.state_dir, conf.lock_timeout)?;
             log::debug(&format!("SNAT ensured in {:?}", started.elapsed() - before));
         }
         Ok((ip, wired))
@@ -361,6 +368,7 @@ async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     }
     let (prev_ip, prev_veth) = from_prev_result(conf, a.ifname);
     let prev_ip = prev_ip.ok_or_else(|| CniError::config("prevResult", "holds no IPv4 address of this interface"))?;
+    let ns = NetNs::open(netns_path)?;
     let mut daemon = Daemon::new(&conf.socket);
     let Some(lease) = daemon.get_lease(network, a.container_id, a.ifname).await? else {
         return Err(CniError::new(
@@ -374,7 +382,6 @@ async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     if ip != prev_ip {
         bad.push(format!("prevResult has {prev_ip}, enipoold's lease has {ip}"));
     }
-    let ns = NetNs::open(netns_path)?;
     let host = host_netlink().await?;
     let pod = pod_netlink(&ns)?;
     let expected = net::Expected {
@@ -493,6 +500,50 @@ mod tests {
         bad_id[1] = ("CNI_CONTAINERID", "../etc");
         let (v, _) = out(&bad_id, conf);
         assert_eq!(v["code"], 4, "{v}");
+    }
+
+    /// A CNI_NETNS that is a FIFO (opening it would wait for a writer forever), a directory or a
+    /// plain file: ADD and CHECK fail at once with code 4, DEL carries on and exits 0.
+    #[test]
+    fn a_netns_that_is_not_a_namespace_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "").unwrap();
+        let prev = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.0.0.7/32","interface":0}]}"#;
+        let conf =
+            format!(r#"{{"cniVersion":"1.0.0","name":"net","socket":"/nonexistent/s.sock","prevResult":{prev}}}"#);
+        for path in [&fifo, dir.path(), &plain] {
+            let path = path.to_str().unwrap();
+            for command in ["ADD", "CHECK", "DEL"] {
+                let env =
+                    [("CNI_COMMAND", command), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", path)];
+                let (v, exit) = out(&env, &conf);
+                if command == "DEL" {
+                    assert_eq!((&v, exit), (&Value::Null, 0), "DEL with {path}");
+                } else {
+                    assert_eq!(v["code"], 4, "{command} with {path}: {v}");
+                    assert!(v["msg"].as_str().unwrap().contains("not a network namespace"), "{v}");
+                }
+            }
+        }
+    }
+
+    /// DEL must clean up whatever prevResult holds; ADD and CHECK refuse a malformed one.
+    #[test]
+    fn a_malformed_prev_result_fails_add_but_not_del() {
+        let conf = r#"{"cniVersion":"1.0.0","name":"net","socket":"/nonexistent/s.sock","prevResult":[1,2]}"#;
+        let env = |cmd| {
+            [("CNI_COMMAND", cmd), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/nonexistent")]
+        };
+        let (v, exit) = out(&env("DEL"), conf);
+        assert_eq!((v, exit), (Value::Null, 0), "DEL carries on (the daemon is unreachable: nothing to do)");
+        let (v, _) = out(&env("ADD"), conf);
+        assert_eq!(v["code"], 7, "{v}");
+        assert!(v["msg"].as_str().unwrap().contains("prevResult"), "{v}");
     }
 
     #[test]

@@ -12,6 +12,10 @@ use crate::protocol::{self, CniError, code};
 pub const DEFAULT_SOCKET: &str = "/run/enipool/enipool.sock";
 pub const DEFAULT_STATE_DIR: &str = "/run/enipool";
 pub const DEFAULT_VETH_PREFIX: &str = "eni";
+/// 10 MiB, then one rotation to `<logFile>.1`: at most ~20 MiB on the node.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
+/// A runtime's ADD times out after minutes; a lock held this long is a stuck process.
+pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest stdin we read: configs are a few KiB; a runaway writer must not exhaust memory.
 pub const MAX_STDIN_BYTES: usize = 4 * 1024 * 1024;
 
@@ -51,10 +55,17 @@ pub struct NetConf {
     /// Host veth names are this plus 11 hex digits; at most 4 characters.
     pub veth_prefix: String,
     pub log_file: Option<PathBuf>,
+    /// `logMaxBytes`: past this size the log is rotated to `<logFile>.1` (one old file kept).
+    pub log_max_bytes: u64,
     pub log_level: LogLevel,
+    /// `lockTimeout` (seconds): the longest wait for a node-wide lock (the plugin's SNAT lock,
+    /// the iptables lock); past it the command fails with code 11.
+    pub lock_timeout: std::time::Duration,
     /// Where node-wide markers and locks live (the SNAT marker and lock). A tmpfs, so a reboot clears it.
     pub state_dir: PathBuf,
     pub prev_result: Option<Value>,
+    /// Why `prevResult` was dropped, when it was given but not an object.
+    pub prev_result_error: Option<String>,
     pub valid_attachments: Option<Vec<ValidAttachment>>,
 }
 
@@ -100,6 +111,21 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
     let socket = absolute_path(&obj, "socket")?.unwrap_or_else(|| DEFAULT_SOCKET.into());
     let state_dir = absolute_path(&obj, "stateDir")?.unwrap_or_else(|| DEFAULT_STATE_DIR.into());
     let log_file = absolute_path(&obj, "logFile")?;
+    let log_max_bytes = match obj.get("logMaxBytes") {
+        None | Some(Value::Null) => DEFAULT_LOG_MAX_BYTES,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (4096..=1 << 30).contains(n))
+            .ok_or_else(|| CniError::config("logMaxBytes", "must be a whole number from 4096 to 1073741824"))?,
+    };
+    let lock_timeout = match obj.get("lockTimeout") {
+        None | Some(Value::Null) => DEFAULT_LOCK_TIMEOUT,
+        Some(v) => {
+            v.as_f64().filter(|s| *s > 0.0 && *s <= 300.0).map(std::time::Duration::from_secs_f64).ok_or_else(|| {
+                CniError::config("lockTimeout", "must be a number of seconds, more than 0 and at most 300")
+            })?
+        }
+    };
     let veth_prefix = match string(&obj, "vethPrefix")? {
         None => DEFAULT_VETH_PREFIX.to_string(),
         Some(p) => {
@@ -122,10 +148,12 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             return Err(CniError::config("logLevel", format!("must be error, warn, info or debug, not {other:?}")));
         }
     };
-    let prev_result = match obj.get("prevResult") {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => Some(v.clone()),
-        Some(_) => return Err(CniError::config("prevResult", "must be an object")),
+    // A malformed prevResult fails ADD and CHECK (`NetConf::checked_prev_result`), but DEL must
+    // still clean up, so it is not refused here.
+    let (prev_result, prev_result_error) = match obj.get("prevResult") {
+        None | Some(Value::Null) => (None, None),
+        Some(v @ Value::Object(_)) => (Some(v.clone()), None),
+        Some(other) => (None, Some(format!("must be an object, not {}", json_kind(other)))),
     };
     let valid_attachments = match obj.get("cni.dev/valid-attachments") {
         None | Some(Value::Null) => None,
@@ -154,9 +182,12 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         socket,
         veth_prefix,
         log_file,
+        log_max_bytes,
+        lock_timeout,
         log_level,
         state_dir,
         prev_result,
+        prev_result_error,
         valid_attachments,
     })
 }
@@ -167,7 +198,27 @@ pub fn sniff_version(stdin: &[u8]) -> Option<String> {
     v.get("cniVersion")?.as_str().map(str::to_string)
 }
 
+/// "an object", "an array", ... for error messages.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 impl NetConf {
+    /// `prevResult`, refusing a malformed one (ADD and CHECK; DEL logs it and carries on).
+    pub fn checked_prev_result(&self) -> Result<Option<&Value>, CniError> {
+        match &self.prev_result_error {
+            Some(why) => Err(CniError::config("prevResult", why.clone())),
+            None => Ok(self.prev_result.as_ref()),
+        }
+    }
+
     pub fn network(&self) -> Result<&str, CniError> {
         self.name.as_deref().ok_or_else(|| CniError::config("name", "is required"))
     }
@@ -198,7 +249,6 @@ mod tests {
             (r#"{"cniVersion":"1.0.0","logLevel":"loud"}"#, "logLevel"),
             (r#"{"cniVersion":"1.0.0","logFile":"x.log"}"#, "logFile"),
             (r#"{"cniVersion":"1.0.0","name":"bad name"}"#, "name"),
-            (r#"{"cniVersion":"1.0.0","prevResult":[]}"#, "prevResult"),
             (
                 r#"{"cniVersion":"1.1.0","cni.dev/valid-attachments":[{"containerID":"a"}]}"#,
                 "cni.dev/valid-attachments",
@@ -229,5 +279,14 @@ mod tests {
             c.valid_attachments.unwrap(),
             vec![ValidAttachment { container_id: "c1".into(), ifname: "eth0".into() }]
         );
+    }
+
+    #[test]
+    fn a_malformed_prev_result_is_kept_as_an_error_not_refused() {
+        let conf = parse(br#"{"cniVersion":"1.0.0","name":"n","prevResult":[]}"#).unwrap();
+        assert_eq!(conf.prev_result, None);
+        let e = conf.checked_prev_result().unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("prevResult") && e.msg.contains("an array"), "{e}");
     }
 }

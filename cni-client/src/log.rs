@@ -9,15 +9,16 @@ use crate::config::LogLevel;
 
 struct Logger {
     file: PathBuf,
+    max_bytes: u64,
     level: LogLevel,
     prefix: String,
 }
 
 static LOGGER: Mutex<Option<Logger>> = Mutex::new(None);
 
-pub fn init(file: Option<PathBuf>, level: LogLevel, command: &str, container: &str) {
+pub fn init(file: Option<PathBuf>, max_bytes: u64, level: LogLevel, command: &str, container: &str) {
     let mut g = LOGGER.lock().unwrap_or_else(|e| e.into_inner());
-    *g = file.map(|file| Logger { file, level, prefix: format!("{command} {container}") });
+    *g = file.map(|file| Logger { file, max_bytes, level, prefix: format!("{command} {container}") });
 }
 
 pub fn log(level: LogLevel, msg: &str) {
@@ -29,9 +30,18 @@ pub fn log(level: LogLevel, msg: &str) {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let line = format!("{ms} {} {} {msg}\n", level.as_str(), l.prefix);
     // A log that cannot be written must not fail the pod.
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&l.file) {
-        let _ = f.write_all(line.as_bytes());
+    let open = || std::fs::OpenOptions::new().create(true).append(true).open(&l.file);
+    let Ok(mut f) = open() else { return };
+    if f.metadata().is_ok_and(|m| m.len() + line.len() as u64 > l.max_bytes) {
+        // Size-capped: the full log becomes `<file>.1` (replacing the older one). Plugins run
+        // concurrently; two rotating at once lose at most the lines between, never grow it.
+        let mut rotated = l.file.clone().into_os_string();
+        rotated.push(".1");
+        let _ = std::fs::rename(&l.file, rotated);
+        let Ok(fresh) = open() else { return };
+        f = fresh;
     }
+    let _ = f.write_all(line.as_bytes());
 }
 
 pub fn info(msg: &str) {
@@ -44,4 +54,25 @@ pub fn warn(msg: &str) {
 
 pub fn debug(msg: &str) {
     log(LogLevel::Debug, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_is_size_capped_with_one_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cni.log");
+        init(Some(file.clone()), 4096, LogLevel::Debug, "ADD", "c1");
+        for i in 0..1000 {
+            info(&format!("line {i} {}", "x".repeat(40)));
+        }
+        let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+        assert!(size(&file) <= 4096, "{}", size(&file));
+        let old = dir.path().join("cni.log.1");
+        assert!(size(&old) <= 4096 && size(&old) > 3000, "{}", size(&old));
+        assert!(std::fs::read_to_string(&file).unwrap().contains("line 999"));
+        init(None, 4096, LogLevel::Debug, "ADD", "c1");
+    }
 }

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             format!("stdin is larger than {} bytes", config::MAX_STDIN_BYTES),
         )),
         Ok(_) => {
-            let fail_at = std::env::var("ENIPOOL_CNI_TEST_FAIL_AT").ok().and_then(|s| commands::FailAt::parse(&s));
+            let fail_at = test_fault();
             std::panic::catch_unwind(|| commands::run(&env, &stdin, fail_at)).unwrap_or_else(|_| {
                 error_outcome(protocol::CniError::new(protocol::code::INTERNAL, "enipool-cni panicked (a bug)"))
             })
@@ -41,4 +41,16 @@ fn error_outcome(e: protocol::CniError) -> commands::Outcome {
     let mut stdout = serde_json::to_vec(&e.to_json(protocol::LATEST_VERSION)).unwrap_or_default();
     stdout.push(b'\n');
     commands::Outcome { stdout, exit: 1 }
+}
+
+/// The test-only fault point (`ENIPOOL_CNI_TEST_FAIL_AT=after-wire`), read only in builds with
+/// debug assertions (the test profile): a release plugin has no hook an environment can pull.
+#[cfg(debug_assertions)]
+fn test_fault() -> Option<commands::FailAt> {
+    std::env::var("ENIPOOL_CNI_TEST_FAIL_AT").ok().and_then(|s| commands::FailAt::parse(&s))
+}
+
+#[cfg(not(debug_assertions))]
+fn test_fault() -> Option<commands::FailAt> {
+    None
 }

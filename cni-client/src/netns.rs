@@ -23,14 +23,21 @@ pub struct NetNs {
 impl NetNs {
     /// Opens CNI_NETNS. A path that does not exist is code 3 (the container is gone); a path that
     /// is not a network namespace is code 4 (CNI_NETNS is invalid).
+    /// Never blocks: opened non-blocking (a FIFO would otherwise wait for a writer forever), and
+    /// anything but a namespace file (a FIFO, a directory, a plain file) is refused at once.
     pub fn open(path: &str) -> Result<NetNs, CniError> {
-        let file = File::open(path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                CniError::new(code::UNKNOWN_CONTAINER, format!("CNI_NETNS {path}: no such network namespace"))
-            } else {
-                CniError::env(format!("CNI_NETNS {path}: cannot open: {e}"))
-            }
-        })?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    CniError::new(code::UNKNOWN_CONTAINER, format!("CNI_NETNS {path}: no such network namespace"))
+                } else {
+                    CniError::env(format!("CNI_NETNS {path}: cannot open: {e}"))
+                }
+            })?;
         // SAFETY: fstatfs writes into the zeroed struct we own; the fd is valid while `file` lives.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };

@@ -50,7 +50,15 @@ impl SnatSpec {
     pub fn from_lease(s: &enipool_api::SnatSettings) -> Result<SnatSpec, CniError> {
         let bad =
             |what: &str, v: &str| CniError::new(code::DAEMON, format!("enipoold sent an invalid SNAT {what}: {v:?}"));
-        let node_ip = s.node_ip.parse().map_err(|_| bad("node_ip", &s.node_ip))?;
+        let node_ip: std::net::Ipv4Addr = s.node_ip.parse().map_err(|_| bad("node_ip", &s.node_ip))?;
+        // Never program the node-wide chain from settings that cannot be the node's: SNAT to
+        // 0.0.0.0, or every destination (the VPC's too) SNATed.
+        if node_ip.is_unspecified() || node_ip.is_broadcast() || node_ip.is_multicast() {
+            return Err(bad("node_ip", &s.node_ip));
+        }
+        if s.excluded_cidrs.is_empty() {
+            return Err(bad("exclusion list (empty: the VPC's own CIDRs must be in it)", ""));
+        }
         let mut excluded = Vec::new();
         for c in &s.excluded_cidrs {
             let net: Ipv4Net = c.parse().map_err(|_| bad("excluded CIDR", c))?;
@@ -192,7 +200,9 @@ struct Lock {
 }
 
 impl Lock {
-    fn take(dir: &Path) -> Result<Lock, CniError> {
+    /// Waits at most `timeout` for the lock; then code 11 (a process holding it that long is
+    /// stuck; the runtime retries the ADD).
+    fn take(dir: &Path, timeout: std::time::Duration) -> Result<Lock, CniError> {
         let path = dir.join("snat.lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -201,12 +211,25 @@ impl Lock {
             .open(&path)
             .map_err(|e| CniError::new(code::IO_FAILURE, format!("opening {}: {e}", path.display())))?;
         use std::os::fd::AsRawFd;
-        // SAFETY: flock on an fd we own; the lock is released when the file closes.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        let started = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on an fd we own; the lock is released when the file closes.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Lock { _file: file });
+            }
             let e = std::io::Error::last_os_error();
-            return Err(CniError::new(code::IO_FAILURE, format!("locking {}: {e}", path.display())));
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(CniError::new(code::IO_FAILURE, format!("locking {}: {e}", path.display())));
+            }
+            if started.elapsed() >= timeout {
+                return Err(CniError::new(
+                    code::TRY_AGAIN_LATER,
+                    format!("{} is held by another process for more than {timeout:?} (lockTimeout)", path.display()),
+                ));
+            }
+            // flock has no timed wait; the lock is held for milliseconds when all is well.
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        Ok(Lock { _file: file })
     }
 }
 
@@ -230,7 +253,7 @@ fn write_marker(path: &Path, content: &str) -> Result<(), CniError> {
 }
 
 /// Makes the node's nat table hold exactly our chain for `spec` and one jump to it.
-pub fn ensure(spec: &SnatSpec, state_dir: &Path) -> Result<(), CniError> {
+pub fn ensure(spec: &SnatSpec, state_dir: &Path, lock_timeout: std::time::Duration) -> Result<(), CniError> {
     let want = spec.chain_rules().join("\n");
     let marker = marker_path(state_dir)?;
     if marker_is_fresh(&marker, &want) {
@@ -238,14 +261,19 @@ pub fn ensure(spec: &SnatSpec, state_dir: &Path) -> Result<(), CniError> {
     }
     std::fs::create_dir_all(state_dir)
         .map_err(|e| CniError::new(code::IO_FAILURE, format!("creating {}: {e}", state_dir.display())))?;
-    let _lock = Lock::take(state_dir)?;
+    let _lock = Lock::take(state_dir, lock_timeout)?;
     // Another ADD may have done it while we waited for the lock.
     if marker_is_fresh(&marker, &want) {
         return Ok(());
     }
     let cur = read_current()?;
     if let Some(input) = restore_input(spec, &cur) {
-        run("iptables-restore", &["--noflush", "--wait"], Some(&input))?;
+        // A bounded wait for the xtables lock (iptables-legacy; nf_tables has none): exit
+        // status 4 with the lock named is "held too long", code 11.
+        let secs = lock_timeout.as_secs_f64().ceil().max(1.0).to_string();
+        run("iptables-restore", &["--noflush", "--wait", &secs], Some(&input)).map_err(|e| {
+            if e.msg.contains("xtables lock") { CniError::new(code::TRY_AGAIN_LATER, e.msg) } else { e }
+        })?;
     }
     write_marker(&marker, &want)
 }
@@ -306,6 +334,28 @@ mod tests {
             randomize: "prng".into(),
         };
         assert_eq!(SnatSpec::from_lease(&bad).unwrap_err().code, code::DAEMON);
+    }
+
+    /// What a daemon with a placeholder identity sent before it learnt to send nothing: a node IP
+    /// of 0.0.0.0 and no VPC CIDRs. Programming that would SNAT every pod's traffic, the VPC's
+    /// included, to 0.0.0.0.
+    #[test]
+    fn settings_that_cannot_be_the_nodes_are_refused() {
+        let good = enipool_api::SnatSettings {
+            enabled: true,
+            node_ip: "10.0.0.10".into(),
+            excluded_cidrs: vec!["10.0.0.0/16".into()],
+            randomize: "prng".into(),
+        };
+        assert!(SnatSpec::from_lease(&good).is_ok());
+        for node_ip in ["0.0.0.0", "255.255.255.255", "224.0.0.1"] {
+            let s = enipool_api::SnatSettings { node_ip: node_ip.into(), ..good.clone() };
+            let e = SnatSpec::from_lease(&s).unwrap_err();
+            assert_eq!(e.code, code::DAEMON, "{node_ip}");
+            assert!(e.msg.contains("node_ip"), "{}", e.msg);
+        }
+        let none_excluded = enipool_api::SnatSettings { excluded_cidrs: vec![], ..good };
+        assert_eq!(SnatSpec::from_lease(&none_excluded).unwrap_err().code, code::DAEMON);
     }
 
     #[test]

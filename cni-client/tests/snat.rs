@@ -61,3 +61,30 @@ fn external_snat_leaves_iptables_alone() {
     assert_eq!(node.iptables_save(), "", "no SNAT chain when SNAT is external");
     node.del(&pod, Some(&r));
 }
+
+/// A process stuck holding the plugin's SNAT lock does not hang ADD: after `lockTimeout` it
+/// fails with code 11 and releases its lease; once the lock is free, ADD works.
+#[test]
+fn a_held_snat_lock_is_a_bounded_wait_ending_in_try_again() {
+    use std::os::fd::AsRawFd;
+    let node = Node::new(&[]);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(node.state.path().join("snat.lock"))
+        .unwrap();
+    // SAFETY: flock on a file this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let pod = Pod::new("waits");
+    let mut conf = node.conf("1.0.0");
+    conf["lockTimeout"] = serde_json::json!(0.3);
+    let r = node.cni("ADD", &pod, &conf);
+    assert_eq!((r.exit, r.out["code"].as_u64()), (1, Some(11)), "{}", r.raw);
+    assert!(r.out["msg"].as_str().unwrap().contains("lockTimeout"), "{}", r.raw);
+    assert_eq!(node.daemon.leases().len(), 0, "the lease was released");
+    drop(lock);
+    let r = node.cni("ADD", &pod, &conf);
+    assert_eq!(r.exit, 0, "{}", r.raw);
+    node.del(&pod, Some(&r.out));
+}

@@ -50,7 +50,9 @@ pub struct LeaseRequest {
 /// How the node source-NATs pod traffic leaving the VPC.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SnatSettings {
-    /// False when SNAT is done outside the node (AWS_VPC_K8S_CNI_EXTERNALSNAT).
+    /// False when SNAT is done outside the node (AWS_VPC_K8S_CNI_EXTERNALSNAT), and while the
+    /// daemon does not know the node's identity yet (first start with EC2 unreachable): the
+    /// plugin then leaves the node's SNAT chain as it is.
     pub enabled: bool,
     /// The node's primary IP: the SNAT source.
     pub node_ip: String,

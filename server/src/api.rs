@@ -221,7 +221,9 @@ fn to_api_lease(app: &App, lease: &enipool_storage::Lease) -> api::Lease {
         gateway: api::POD_GATEWAY.into(),
         mtu: c.pod_mtu,
         snat: api::SnatSettings {
-            enabled: !c.external_snat,
+            // A placeholder identity (first start, provider unreachable) knows neither the node
+            // IP nor the VPC: the plugin then leaves the node's SNAT chain as it is.
+            enabled: !c.external_snat && app.identity_is_real(),
             node_ip: info.primary_ip.to_string(),
             excluded_cidrs: excluded,
             randomize: c.randomize_snat.as_str().into(),

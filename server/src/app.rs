@@ -37,6 +37,17 @@ impl Events {
     }
 }
 
+/// Where the instance identity `App` starts with came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// The provider's `init`.
+    Provider,
+    /// What the last run cached (`identity.rs`).
+    Cached,
+    /// Only what the flags say (`identity::placeholder`).
+    Placeholder,
+}
+
 /// Growth is paused (the subnet ran out of addresses) until `until`.
 #[derive(Clone, Debug)]
 pub struct GrowthPause {
@@ -54,6 +65,8 @@ pub struct App {
     /// placeholder), see `provider_initialised`.
     info: RwLock<InstanceInfo>,
     provider_initialised: AtomicBool,
+    /// `info` came from the provider or from its cache, not from the placeholder.
+    identity_real: AtomicBool,
     pub metrics: Arc<Metrics>,
     /// Wakes the pool manager (after allocations, and when one found no free IP).
     pub pool_wake: Notify,
@@ -80,13 +93,14 @@ pub struct App {
 }
 
 impl App {
-    /// `initialised`: whether `info` came from the provider's `init` (else the sync retries it).
+    /// `identity`: where `info` came from (unless from the provider's `init`, the sync retries
+    /// that).
     pub fn new(
         config: Config,
         ledger: Ledger,
         provider: Arc<dyn Provider>,
         info: InstanceInfo,
-        initialised: bool,
+        identity: Identity,
         metrics: Arc<Metrics>,
     ) -> App {
         let host = config.eni_host_setup.then(|| crate::host::HostNet { netns: config.host_netns.clone() });
@@ -95,7 +109,8 @@ impl App {
             ledger,
             provider,
             info: RwLock::new(info),
-            provider_initialised: AtomicBool::new(initialised),
+            provider_initialised: AtomicBool::new(identity == Identity::Provider),
+            identity_real: AtomicBool::new(identity != Identity::Placeholder),
             metrics,
             pool_wake: Notify::new(),
             pool_generation: watch::channel(0).0,
@@ -126,7 +141,15 @@ impl App {
     /// The provider's `init` succeeded with `info`.
     pub fn set_info(&self, info: InstanceInfo) {
         *self.info.write().unwrap_or_else(|e| e.into_inner()) = info;
+        self.identity_real.store(true, Ordering::Release);
         self.provider_initialised.store(true, Ordering::Release);
+    }
+
+    /// Whether `info` is the node's (from the provider or its cache), not the placeholder a first
+    /// start with the provider unreachable has: its node IP (0.0.0.0) and VPC CIDRs (none) must
+    /// never reach the node's SNAT.
+    pub fn identity_is_real(&self) -> bool {
+        self.identity_real.load(Ordering::Acquire)
     }
 
     /// Remembers the MACs of ENIs the provider reported.

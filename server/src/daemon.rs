@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tracing::{info, warn};
 
 use crate::api;
-use crate::app::App;
+use crate::app::{App, Identity};
 use crate::config::{Config, ProviderKind};
 use crate::identity;
 use crate::metrics::Metrics;
@@ -47,15 +47,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.static_latency,
             )?);
             let info = provider.init().await.context("initialising the provider")?;
-            App::new(config.clone(), ledger, provider, info, true, metrics)
+            App::new(config.clone(), ledger, provider, info, Identity::Provider, metrics)
         }
         ProviderKind::Ec2 => {
             // EC2 may be unreachable now: start anyway with what the last run learnt (or a
             // placeholder), serve what the ledger holds, and let the sync task initialise it.
             let observer: Arc<dyn CallObserver> = metrics.clone();
             let provider: Arc<dyn Provider> = Arc::new(Ec2Provider::new(ec2_config(&config), Some(observer)));
-            let info = identity::load(&config.data_dir).unwrap_or_else(|| identity::placeholder(&config));
-            App::new(config.clone(), ledger, provider, info, false, metrics)
+            let (info, identity) = match identity::load(&config.data_dir) {
+                Some(info) => (info, Identity::Cached),
+                None => (identity::placeholder(&config), Identity::Placeholder),
+            };
+            App::new(config.clone(), ledger, provider, info, identity, metrics)
         }
     };
     let app = Arc::new(app);

@@ -101,3 +101,31 @@ async fn sigterm_answers_the_request_in_flight_and_refuses_new_ones_at_once() {
     assert!(status.success(), "exit status {status}");
     assert!(signalled.elapsed() < Duration::from_secs(5));
 }
+
+/// A first start with EC2 unreachable has only a placeholder identity (node IP 0.0.0.0, no VPC
+/// CIDRs): leases answered then must not carry it into the node's SNAT. (Before, they carried
+/// `node_ip 0.0.0.0` and no exclusions with SNAT enabled, and the plugin rewrote the node-wide
+/// chain with them.)
+#[tokio::test]
+async fn a_placeholder_identity_never_reaches_the_nodes_snat() {
+    let tmp = tempfile::TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    // A ledger with addresses to hand out, and no identity cache (the static provider keeps none).
+    let mut d = Daemon::start_in(&data, &[]).await;
+    assert_eq!(d.unix().lease("before").await["snat"]["enabled"], true);
+    assert!(d.terminate(Duration::from_secs(5)).await.success());
+    assert!(!data.join("instance.json").exists());
+
+    // Nothing listens here.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = format!("http://{closed}");
+    let flags = [
+        ("--provider", "ec2"),
+        ("--ec2-endpoint", dead.as_str()),
+        ("--instance-id", "i-0123456789abcdef0"),
+        ("--ec2-max-attempts", "1"),
+    ];
+    let d = Daemon::start_in_unready(&data, &flags).await;
+    let lease = d.unix().post("/v1/leases", &lease_request(NET, "during-outage", "eth0")).await.expect(201).json();
+    assert_eq!(lease["snat"]["enabled"], false, "{lease}");
+}
