@@ -193,6 +193,15 @@ pub struct DaemonArgs {
     /// How often the ledger checkpoints into sled and trims its log. [default: 1s]
     #[arg(long, env = "ENIPOOL_CHECKPOINT_INTERVAL")]
     pub checkpoint_interval: Option<String>,
+    /// Most connections each listener (socket, loopback TCP, metrics) holds open at once; past it the daemon stops accepting on that listener. [default: 256]
+    #[arg(long, env = "ENIPOOL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// A connection must send a request's head within this. [default: 10s]
+    #[arg(long, env = "ENIPOOL_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// A connection with no request in flight and nothing sent for this long is closed. [default: 60s]
+    #[arg(long, env = "ENIPOOL_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
     /// How long SIGTERM waits for in-flight requests. [default: 5s]
     #[arg(long, env = "ENIPOOL_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -271,6 +280,7 @@ pub struct Config {
     pub allocation_wait: Duration,
     pub checkpoint_interval: Duration,
     pub shutdown_grace: Duration,
+    pub listener_limits: crate::serve::Limits,
     pub log: String,
     pub wal_segment_bytes: u64,
     /// Off when None (see `cni_conf`).
@@ -369,6 +379,9 @@ impl DaemonArgs {
             allocation_wait,
             checkpoint_interval,
             shutdown_grace,
+            max_connections,
+            header_read_timeout,
+            idle_timeout,
             log,
             wal_segment_bytes,
             cni_conf_dir,
@@ -495,6 +508,11 @@ impl DaemonArgs {
             allocation_wait: duration("allocation-wait", a.allocation_wait, "2s")?,
             checkpoint_interval: duration("checkpoint-interval", a.checkpoint_interval, "1s")?,
             shutdown_grace: duration("shutdown-grace", a.shutdown_grace, "5s")?,
+            listener_limits: crate::serve::Limits {
+                max_connections: a.max_connections.unwrap_or(256).max(1),
+                header_read_timeout: duration("header-read-timeout", a.header_read_timeout, "10s")?,
+                idle_timeout: duration("idle-timeout", a.idle_timeout, "60s")?,
+            },
             log: a.log.unwrap_or_else(|| "info".into()),
             wal_segment_bytes: a.wal_segment_bytes.unwrap_or(4 << 20).max(4096),
             cni_conf_dir: a.cni_conf_dir.filter(|d| !d.as_os_str().is_empty()),

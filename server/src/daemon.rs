@@ -18,11 +18,19 @@ use crate::node;
 use crate::pool;
 use crate::provider::Provider;
 use crate::provider::static_provider::StaticProvider;
+use crate::serve::{self, Listener};
 
 /// Opens the ledger, initialises the provider, binds every listener, and serves until SIGTERM or
 /// SIGINT; then finishes in-flight requests (bounded by the shutdown grace), flushes the ledger
 /// and returns.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Every connection, ledger file and netlink socket is a file descriptor: take all the
+    // kernel allows this process (a soft limit of 1,024 is a common default).
+    match serve::raise_nofile_limit() {
+        Ok((before, after)) if before != after => info!(before, after, "raised the open-files limit"),
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not raise the open-files limit"),
+    }
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let ledger_config = LedgerConfig {
@@ -98,40 +106,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let serve_socket = {
-        let stop = Arc::clone(&stop);
-        axum::serve(socket, api::router(Arc::clone(&app))).with_graceful_shutdown(async move { stop.notified().await })
-    };
-    let serve_tcp = {
-        let stop = Arc::clone(&stop);
-        axum::serve(tcp, api::read_only_router(Arc::clone(&app)))
-            .with_graceful_shutdown(async move { stop.notified().await })
-    };
-    let serve_metrics = {
-        let stop = Arc::clone(&stop);
-        let app = Arc::clone(&app);
-        async move {
-            match metrics_tcp {
-                Some(l) => {
-                    axum::serve(l, api::metrics_router(app))
-                        .with_graceful_shutdown(async move { stop.notified().await })
-                        .await
-                }
-                None => Ok(()),
+    // Each listener has its own connection cap and timeouts (serve.rs), so TCP clients never
+    // take what the unix socket needs.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let limits = config.listener_limits;
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(serve::serve(Listener::Unix(socket), api::router(Arc::clone(&app)), limits, stopped.clone()));
+    servers.spawn(serve::serve(Listener::Tcp(tcp), api::read_only_router(Arc::clone(&app)), limits, stopped.clone()));
+    if let Some(l) = metrics_tcp {
+        servers.spawn(serve::serve(Listener::Tcp(l), api::metrics_router(Arc::clone(&app)), limits, stopped));
+    }
+    shutdown.await;
+    stop.send_replace(true);
+    let finished = async {
+        while let Some(r) = servers.join_next().await {
+            if let Err(e) = r {
+                warn!(error = %e, "a listener's task failed");
             }
         }
     };
-    let servers = async { tokio::try_join!(serve_socket.into_future(), serve_tcp.into_future(), serve_metrics) };
-    tokio::pin!(servers);
-    tokio::select! {
-        r = &mut servers => { r?; }
-        () = shutdown => {
-            stop.notify_waiters();
-            if tokio::time::timeout(config.shutdown_grace, &mut servers).await.is_err() {
-                warn!(grace = ?config.shutdown_grace, "in-flight requests did not finish in time");
-            }
-        }
+    if tokio::time::timeout(config.shutdown_grace, finished).await.is_err() {
+        warn!(grace = ?config.shutdown_grace, "in-flight requests did not finish in time");
     }
     pool_task.abort();
     let ledger = app.ledger.clone();

@@ -16,4 +16,5 @@ pub mod metrics;
 pub mod node;
 pub mod pool;
 pub mod provider;
+pub mod serve;
 pub mod status_page;

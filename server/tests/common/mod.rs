@@ -139,8 +139,17 @@ impl Daemon {
         d
     }
 
+    /// Like `start_in_unready`, under an open-files limit (soft, hard) of the test's choosing.
+    pub async fn start_in_with_nofile(data_dir: &Path, flags: &[(&str, &str)], nofile: (u64, u64)) -> Daemon {
+        Daemon::launch_with(data_dir, flags, Some(nofile)).await
+    }
+
     /// Spawns the daemon and waits for its listening lines.
     async fn launch(data_dir: &Path, flags: &[(&str, &str)]) -> Daemon {
+        Daemon::launch_with(data_dir, flags, None).await
+    }
+
+    async fn launch_with(data_dir: &Path, flags: &[(&str, &str)], nofile: Option<(u64, u64)>) -> Daemon {
         let socket = data_dir.join("enipool.sock");
         let mut args: Vec<(String, String)> = [
             ("--data-dir", data_dir.to_str().expect("UTF-8 temp path")),
@@ -172,6 +181,19 @@ impl Daemon {
             cmd.arg(k).arg(v);
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("spawning enipoold");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut child = ChildGuard(child);
