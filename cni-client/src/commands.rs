@@ -200,7 +200,7 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
         }
         if let Some(s) = &snat {
             let before = started.elapsed();
-            snat::ensure(s, &conf.state_dir, conf.lock_timeout)?;
+            snat::ensure(s, &conf.state_dir, conf.iptables, conf.lock_timeout)?;
             log::debug(&format!("SNAT ensured in {:?}", started.elapsed() - before));
         }
         Ok((ip, wired))
@@ -393,7 +393,7 @@ async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     };
     bad.extend(net::check(&host, &pod, &expected).await?);
     if lease.snat.enabled {
-        bad.extend(snat::check(&snat::SnatSpec::from_lease(&lease.snat)?)?);
+        bad.extend(snat::check(&snat::SnatSpec::from_lease(&lease.snat)?, conf.iptables)?);
     }
     if bad.is_empty() {
         return Ok(());

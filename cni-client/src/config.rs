@@ -45,6 +45,28 @@ pub struct ValidAttachment {
     pub ifname: String,
 }
 
+/// Which iptables the node's rules live in (`iptablesMode`): the one the node's `iptables`
+/// alternative points at, or the legacy or nf_tables one by name (a node whose kube-proxy uses
+/// the other backend than the default alternative).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Iptables {
+    #[default]
+    Auto,
+    Legacy,
+    Nft,
+}
+
+impl Iptables {
+    pub fn parse(s: &str) -> Option<Iptables> {
+        match s {
+            "auto" => Some(Iptables::Auto),
+            "legacy" => Some(Iptables::Legacy),
+            "nft" => Some(Iptables::Nft),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct NetConf {
     pub cni_version: String,
@@ -61,6 +83,8 @@ pub struct NetConf {
     /// `lockTimeout` (seconds): the longest wait for a node-wide lock (the plugin's SNAT lock,
     /// the iptables lock); past it the command fails with code 11.
     pub lock_timeout: std::time::Duration,
+    /// `iptablesMode`: `auto` (the node's `iptables` alternative), `legacy` or `nft`.
+    pub iptables: Iptables,
     /// Where node-wide markers and locks live (the SNAT marker and lock). A tmpfs, so a reboot clears it.
     pub state_dir: PathBuf,
     pub prev_result: Option<Value>,
@@ -117,6 +141,11 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             .as_u64()
             .filter(|n| (4096..=1 << 30).contains(n))
             .ok_or_else(|| CniError::config("logMaxBytes", "must be a whole number from 4096 to 1073741824"))?,
+    };
+    let iptables = match string(&obj, "iptablesMode")? {
+        None => Iptables::default(),
+        Some(m) => Iptables::parse(m)
+            .ok_or_else(|| CniError::config("iptablesMode", format!("must be auto, legacy or nft, not {m:?}")))?,
     };
     let lock_timeout = match obj.get("lockTimeout") {
         None | Some(Value::Null) => DEFAULT_LOCK_TIMEOUT,
@@ -184,6 +213,7 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         log_file,
         log_max_bytes,
         lock_timeout,
+        iptables,
         log_level,
         state_dir,
         prev_result,
@@ -247,6 +277,10 @@ mod tests {
             (r#"{"cniVersion":"1.0.0","socket":"relative.sock"}"#, "socket"),
             (r#"{"cniVersion":"1.0.0","socket":5}"#, "socket"),
             (r#"{"cniVersion":"1.0.0","logLevel":"loud"}"#, "logLevel"),
+            (r#"{"cniVersion":"1.0.0","iptablesMode":"ebtables"}"#, "iptablesMode"),
+            (r#"{"cniVersion":"1.0.0","lockTimeout":0}"#, "lockTimeout"),
+            (r#"{"cniVersion":"1.0.0","lockTimeout":"10"}"#, "lockTimeout"),
+            (r#"{"cniVersion":"1.0.0","logMaxBytes":100}"#, "logMaxBytes"),
             (r#"{"cniVersion":"1.0.0","logFile":"x.log"}"#, "logFile"),
             (r#"{"cniVersion":"1.0.0","name":"bad name"}"#, "name"),
             (

@@ -190,8 +190,26 @@ fn run(name: &str, args: &[&str], stdin: Option<&str>) -> Result<String, CniErro
     String::from_utf8(out.stdout).map_err(|e| fail(e.to_string()))
 }
 
-pub fn read_current() -> Result<Current, CniError> {
-    Ok(parse_save(&run("iptables-save", &["-t", "nat"], None)?))
+pub use crate::config::Iptables;
+
+fn save_tool(iptables: Iptables) -> &'static str {
+    match iptables {
+        Iptables::Auto => "iptables-save",
+        Iptables::Legacy => "iptables-legacy-save",
+        Iptables::Nft => "iptables-nft-save",
+    }
+}
+
+fn restore_tool(iptables: Iptables) -> &'static str {
+    match iptables {
+        Iptables::Auto => "iptables-restore",
+        Iptables::Legacy => "iptables-legacy-restore",
+        Iptables::Nft => "iptables-nft-restore",
+    }
+}
+
+pub fn read_current(iptables: Iptables) -> Result<Current, CniError> {
+    Ok(parse_save(&run(save_tool(iptables), &["-t", "nat"], None)?))
 }
 
 /// The file lock that serialises SNAT changes on the node.
@@ -253,7 +271,12 @@ fn write_marker(path: &Path, content: &str) -> Result<(), CniError> {
 }
 
 /// Makes the node's nat table hold exactly our chain for `spec` and one jump to it.
-pub fn ensure(spec: &SnatSpec, state_dir: &Path, lock_timeout: std::time::Duration) -> Result<(), CniError> {
+pub fn ensure(
+    spec: &SnatSpec,
+    state_dir: &Path,
+    iptables: Iptables,
+    lock_timeout: std::time::Duration,
+) -> Result<(), CniError> {
     let want = spec.chain_rules().join("\n");
     let marker = marker_path(state_dir)?;
     if marker_is_fresh(&marker, &want) {
@@ -266,12 +289,12 @@ pub fn ensure(spec: &SnatSpec, state_dir: &Path, lock_timeout: std::time::Durati
     if marker_is_fresh(&marker, &want) {
         return Ok(());
     }
-    let cur = read_current()?;
+    let cur = read_current(iptables)?;
     if let Some(input) = restore_input(spec, &cur) {
         // A bounded wait for the xtables lock (iptables-legacy; nf_tables has none): exit
         // status 4 with the lock named is "held too long", code 11.
         let secs = lock_timeout.as_secs_f64().ceil().max(1.0).to_string();
-        run("iptables-restore", &["--noflush", "--wait", &secs], Some(&input)).map_err(|e| {
+        run(restore_tool(iptables), &["--noflush", "--wait", &secs], Some(&input)).map_err(|e| {
             if e.msg.contains("xtables lock") { CniError::new(code::TRY_AGAIN_LATER, e.msg) } else { e }
         })?;
     }
@@ -279,8 +302,8 @@ pub fn ensure(spec: &SnatSpec, state_dir: &Path, lock_timeout: std::time::Durati
 }
 
 /// CHECK: what differs between the nat table and `spec`.
-pub fn check(spec: &SnatSpec) -> Result<Vec<String>, CniError> {
-    let cur = read_current()?;
+pub fn check(spec: &SnatSpec, iptables: Iptables) -> Result<Vec<String>, CniError> {
+    let cur = read_current(iptables)?;
     let mut bad = Vec::new();
     if !cur.chain_exists {
         bad.push(format!("iptables nat chain {CHAIN} is missing"));

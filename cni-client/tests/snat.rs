@@ -88,3 +88,34 @@ fn a_held_snat_lock_is_a_bounded_wait_ending_in_try_again() {
     assert_eq!(r.exit, 0, "{}", r.raw);
     node.del(&pod, Some(&r.out));
 }
+
+/// The iptables lock (iptables-legacy; nf_tables has none) is a bounded wait too: with
+/// `iptablesMode: legacy` and the xtables lock held (`XTABLES_LOCKFILE`, a file of the test's),
+/// ADD fails after `lockTimeout` with code 11 and releases its lease, instead of waiting forever.
+#[test]
+fn a_held_xtables_lock_is_a_bounded_wait_ending_in_try_again() {
+    use std::os::fd::AsRawFd;
+    let node = Node::new(&[]);
+    let lock_path = node.state.path().join("xtables.lock");
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).unwrap();
+    // SAFETY: flock on a file this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let pod = Pod::new("legacy");
+    let mut conf = node.conf("1.0.0");
+    conf["iptablesMode"] = serde_json::json!("legacy");
+    conf["lockTimeout"] = serde_json::json!(1);
+    let env = Node::cni_env("ADD", &pod);
+    let lockfile = lock_path.to_str().unwrap();
+    let r = node.exec_plugin(PLUGIN, &env, conf.to_string().as_bytes(), &[("XTABLES_LOCKFILE", lockfile)]);
+    assert_eq!((r.exit, r.out["code"].as_u64()), (1, Some(11)), "{}", r.raw);
+    assert!(r.out["msg"].as_str().unwrap().contains("xtables lock"), "{}", r.raw);
+    assert_eq!(node.daemon.leases().len(), 0, "the lease was released");
+    drop(lock);
+    let r = node.exec_plugin(PLUGIN, &env, conf.to_string().as_bytes(), &[("XTABLES_LOCKFILE", lockfile)]);
+    assert_eq!(r.exit, 0, "{}", r.raw);
+    assert!(node.ns.exec_ok(&["iptables-legacy-save", "-t", "nat"]).contains("ENIPOOL-SNAT"), "the chain is in legacy");
+    let mut del = conf.clone();
+    del["prevResult"] = r.out.clone();
+    let d = node.exec_plugin(PLUGIN, &Node::cni_env("DEL", &pod), del.to_string().as_bytes(), &[]);
+    assert_eq!(d.exit, 0, "{}", d.raw);
+}
