@@ -111,6 +111,32 @@ fn a_failure_after_the_lease_undoes_everything() {
     node.del(&pod, Some(&ok));
 }
 
+/// The fault hook above exists only in builds with debug assertions: a plugin built without
+/// them (the `nohooks` profile, the dev profile less debug assertions, as release has none)
+/// ignores ENIPOOL_CNI_TEST_FAIL_AT and wires the pod.
+#[test]
+fn builds_without_debug_assertions_have_no_fault_hook() {
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let manifest_dir = env!("CARGO_MANIFEST_DIR");
+    run(std::process::Command::new(cargo)
+        .args(["build", "--locked", "-p", "enipool-cni", "--bin", "enipool-cni", "--profile", "nohooks"])
+        .current_dir(manifest_dir));
+    // target/debug/deps/<test> -> target/nohooks/enipool-cni
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.parent().and_then(std::path::Path::parent).and_then(std::path::Path::parent).unwrap();
+    let hookless = target.join("nohooks").join("enipool-cni");
+    let node = Node::new(&[]);
+    let pod = Pod::new("hookless");
+    let r = node.exec_plugin(
+        hookless.to_str().unwrap(),
+        &Node::cni_env("ADD", &pod),
+        node.conf("1.0.0").to_string().as_bytes(),
+        &[("ENIPOOL_CNI_TEST_FAIL_AT", "after-wire")],
+    );
+    assert_eq!(r.exit, 0, "the hook was pulled: {}", r.raw);
+    node.del(&pod, Some(&r.out));
+}
+
 #[test]
 fn a_full_pool_is_try_again_later_and_secondary_enis_get_a_from_rule() {
     // t3.micro: 2 ENIs x 2 IPv4, so one pod IP per ENI, two in all.
