@@ -213,6 +213,17 @@ fn daemonset_gives_the_daemon_its_paths_ports_and_settings() {
     }
 }
 
+/// A cold cluster: CoreDNS runs in pods, which get their IPs from us. The daemon must not
+/// resolve names through cluster DNS (ClusterFirstWithHostNet), or the first nodes of a new
+/// cluster wait for a CoreDNS that waits for them: it uses the node's resolver.
+#[test]
+fn the_daemon_resolves_names_with_the_nodes_resolver_not_cluster_dns() {
+    let ds = daemonset();
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], Value::Bool(true));
+    assert_eq!(pod["dnsPolicy"].as_str(), Some("Default"), "dnsPolicy must be Default (the node's resolver)");
+}
+
 #[test]
 fn no_rbac_because_the_daemon_never_reads_the_kubernetes_api() {
     // No Kubernetes client is linked into the workspace...
