@@ -29,15 +29,20 @@ pub fn log(level: LogLevel, msg: &str) {
     }
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let line = format!("{ms} {} {} {msg}\n", level.as_str(), l.prefix);
-    // A log that cannot be written must not fail the pod.
-    let open = || std::fs::OpenOptions::new().create(true).append(true).open(&l.file);
+    append(&l.file, l.max_bytes, &line);
+}
+
+/// Appends `line` to `file`, size-capped at `max_bytes`: past it the full log becomes
+/// `<file>.1` (replacing the older one). Plugins run concurrently; two rotating at once lose at
+/// most the lines between, never grow the log. A log that cannot be written must not fail the
+/// pod, so errors are ignored.
+fn append(file: &std::path::Path, max_bytes: u64, line: &str) {
+    let open = || std::fs::OpenOptions::new().create(true).append(true).open(file);
     let Ok(mut f) = open() else { return };
-    if f.metadata().is_ok_and(|m| m.len() + line.len() as u64 > l.max_bytes) {
-        // Size-capped: the full log becomes `<file>.1` (replacing the older one). Plugins run
-        // concurrently; two rotating at once lose at most the lines between, never grow it.
-        let mut rotated = l.file.clone().into_os_string();
+    if f.metadata().is_ok_and(|m| m.len() + line.len() as u64 > max_bytes) {
+        let mut rotated = file.to_path_buf().into_os_string();
         rotated.push(".1");
-        let _ = std::fs::rename(&l.file, rotated);
+        let _ = std::fs::rename(file, rotated);
         let Ok(fresh) = open() else { return };
         f = fresh;
     }
@@ -64,15 +69,14 @@ mod tests {
     fn the_log_is_size_capped_with_one_rotation() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cni.log");
-        init(Some(file.clone()), 4096, LogLevel::Debug, "ADD", "c1");
+        // Straight to `append`: the logger is process-wide, and other tests in this process set it.
         for i in 0..1000 {
-            info(&format!("line {i} {}", "x".repeat(40)));
+            append(&file, 4096, &format!("line {i} {}\n", "x".repeat(40)));
         }
         let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
         assert!(size(&file) <= 4096, "{}", size(&file));
         let old = dir.path().join("cni.log.1");
         assert!(size(&old) <= 4096 && size(&old) > 3000, "{}", size(&old));
         assert!(std::fs::read_to_string(&file).unwrap().contains("line 999"));
-        init(None, 4096, LogLevel::Debug, "ADD", "c1");
     }
 }
