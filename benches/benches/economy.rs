@@ -88,6 +88,8 @@ const DAEMON_FLAGS: &[(&str, &str)] = &[
     ("--checkpoint-interval", "200ms"),
     ("--reconcile-interval", "60s"),
     ("--leaked-eni-interval", "1h"),
+    // The sweep (and its start-up Describe) runs only with a cluster name, as in production.
+    ("--cluster-name", "economy"),
     ("--ec2-detach-wait", "5s"),
     ("--listen", "127.0.0.1:0"),
     ("--metrics-listen", "off"),

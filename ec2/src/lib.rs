@@ -43,6 +43,8 @@ pub use call::{CallError, CallObserver, CallPolicy};
 pub const TAG_INSTANCE_ID: &str = "enipool.io/instance-id";
 pub const TAG_CREATED_AT: &str = "enipool.io/created-at";
 pub const TAG_CLUSTER: &str = "enipool.io/cluster-name";
+/// The description of every ENI we create: `enipool-<instance id>`.
+pub const DESCRIPTION_PREFIX: &str = "enipool-";
 
 /// How the provider finds its instance and talks to EC2.
 #[derive(Clone, Debug)]
@@ -56,7 +58,9 @@ pub struct Ec2Config {
     pub imds_endpoint: String,
     /// EC2 endpoint; when unset the SDK's own (AWS_ENDPOINT_URL_EC2, or the region's).
     pub ec2_endpoint: Option<String>,
-    /// Tagged on ENIs we create; when set, the leaked-ENI sweep only deletes ENIs with this tag.
+    /// Tagged on ENIs we create. The leaked-ENI sweep deletes only ENIs with this tag and our
+    /// description; without a cluster name it deletes none (another cluster's ENIs, or ENIs
+    /// someone else tagged, cannot be told from ours), except those this process detached.
     pub cluster_name: Option<String>,
     pub calls: CallPolicy,
     /// How long DeleteNetworkInterface is retried while the ENI is still detaching.
@@ -544,7 +548,7 @@ impl Provider for Ec2Provider {
         if cache.enis.values().any(|e| e.device_index == device_number) {
             return Err(failed(format!("device index {device_number} is in use")));
         }
-        let description = format!("enipool-{}", r.id.instance_id);
+        let description = format!("{DESCRIPTION_PREFIX}{}", r.id.instance_id);
         let tags = self.tags(r);
         let created = self
             .caller
@@ -773,13 +777,14 @@ impl Provider for Ec2Provider {
                 Err(e) => warn!(eni = %id, error = %e, "still cannot delete a detached ENI"),
             }
         }
-        let mut filters = vec![
+        // Without a cluster name nothing tells this cluster's ENIs from another's (or from one
+        // someone tagged to have it deleted): only what this process detached goes.
+        let Some(cluster) = &self.config.cluster_name else { return Ok(deleted) };
+        let filters = vec![
             Filter::builder().name("vpc-id").values(&r.id.vpc_id).build(),
             Filter::builder().name("tag-key").values(TAG_INSTANCE_ID).build(),
+            Filter::builder().name(format!("tag:{TAG_CLUSTER}")).values(cluster).build(),
         ];
-        if let Some(c) = &self.config.cluster_name {
-            filters.push(Filter::builder().name(format!("tag:{TAG_CLUSTER}")).values(c).build());
-        }
         let mut candidates = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -799,7 +804,9 @@ impl Provider for Ec2Provider {
                 let Some(id) = n.network_interface_id() else { continue };
                 let available = n.status().map(|s| s.as_str()) == Some("available")
                     && n.attachment().is_none_or(|a| a.instance_id().is_none());
-                if !available || deleted.iter().any(|d| d == id) {
+                // Our description too: a tag alone can be put on any ENI by whoever may tag.
+                let ours = n.description().is_some_and(|d| d.starts_with(DESCRIPTION_PREFIX));
+                if !available || !ours || deleted.iter().any(|d| d == id) {
                     continue;
                 }
                 let created = tag(n, TAG_CREATED_AT).and_then(|t| DateTime::from_str(t, DateTimeFormat::DateTime).ok());

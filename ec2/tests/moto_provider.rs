@@ -283,6 +283,63 @@ async fn the_sweep_deletes_our_detached_enis_and_nothing_else() {
     assert!(young.sweep_leaked_enis().await.unwrap().is_empty());
 }
 
+/// The sweep deletes only what this cluster made: with no cluster name, nothing (another
+/// cluster's ENIs carry our tag key too); with one, not an ENI that carries our tags without our
+/// description (anyone allowed to tag an ENI could otherwise get it deleted).
+#[tokio::test]
+async fn the_sweep_deletes_only_this_clusters_enis() {
+    let (ec2, world) = setup("m5.large").await;
+    let client = ec2.client();
+    let detached = |p: Ec2Provider| {
+        let (client, world) = (client.clone(), &world);
+        async move {
+            p.init().await.expect("init");
+            let eni = p.create_eni(1).await.expect("create");
+            let att = world
+                .enis(&client)
+                .await
+                .iter()
+                .find(|n| n.network_interface_id() == Some(eni.id.as_str()))
+                .and_then(|n| n.attachment().and_then(|a| a.attachment_id()).map(String::from))
+                .unwrap();
+            client.detach_network_interface().attachment_id(att).send().await.expect("detach");
+            eni.id
+        }
+    };
+    // Another cluster's leaked ENI, with our tag key.
+    let others =
+        detached(Ec2Provider::new(Ec2Config { cluster_name: Some("staging".into()), ..config(&world, &ec2) }, None))
+            .await;
+    // A nameless sweeper deletes nothing, not even what looks like its own.
+    let nameless = Ec2Provider::new(config(&world, &ec2), None);
+    let own = detached(Ec2Provider::new(config(&world, &ec2), None)).await;
+    nameless.init().await.unwrap();
+    assert!(nameless.sweep_leaked_enis().await.unwrap().is_empty());
+    // Someone tags an ENI of theirs with our tags, cluster included: not ours by description.
+    let planted =
+        client.create_network_interface().subnet_id(&world.subnet_id).description("theirs").send().await.unwrap();
+    let planted = planted.network_interface().unwrap().network_interface_id().unwrap().to_string();
+    client
+        .create_tags()
+        .resources(&planted)
+        .tags(aws_sdk_ec2::types::Tag::builder().key(enipool_ec2::TAG_INSTANCE_ID).value("i-0").build())
+        .tags(aws_sdk_ec2::types::Tag::builder().key(enipool_ec2::TAG_CLUSTER).value("prod").build())
+        .tags(aws_sdk_ec2::types::Tag::builder().key(enipool_ec2::TAG_CREATED_AT).value("2020-01-01T00:00:00Z").build())
+        .send()
+        .await
+        .unwrap();
+    let prod =
+        detached(Ec2Provider::new(Ec2Config { cluster_name: Some("prod".into()), ..config(&world, &ec2) }, None)).await;
+    let sweeper = Ec2Provider::new(Ec2Config { cluster_name: Some("prod".into()), ..config(&world, &ec2) }, None);
+    sweeper.init().await.unwrap();
+    assert_eq!(sweeper.sweep_leaked_enis().await.unwrap(), vec![prod.clone()]);
+    let left: Vec<String> =
+        world.enis(&client).await.iter().filter_map(|n| n.network_interface_id().map(String::from)).collect();
+    for kept in [&others, &own, &planted] {
+        assert!(left.contains(kept), "{kept} was swept: {left:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_stale_listing_neither_re_adds_what_we_removed_nor_drops_what_we_added() {
     let (ec2, world) = setup("m5.large").await;

@@ -200,6 +200,10 @@ pub struct Pool {
     /// Set while growth is paused because the provider reported the subnet out of addresses.
     #[serde(default)]
     pub growth_paused: Option<GrowthPause>,
+    /// Whether the leaked-ENI sweep runs: only with the EC2 provider, a cluster name
+    /// (`--cluster-name`: without one, this cluster's ENIs cannot be told from another's, so none
+    /// is swept) and a non-zero `--leaked-eni-interval`.
+    pub leaked_eni_sweep: bool,
 }
 
 /// Growth is paused: the provider said the subnet has no free addresses left.

@@ -522,6 +522,9 @@ async fn get_pool(State(app): State<AppState>) -> Json<api::Pool> {
         last_provider_error: events.last_error.clone(),
         lost: stats.lost as u32,
         growth_paused: app.growth_pause().map(|p| api::GrowthPause { reason: p.reason, until: p.until_ms }),
+        leaked_eni_sweep: c.provider == crate::config::ProviderKind::Ec2
+            && c.ec2.cluster_name.is_some()
+            && !c.leaked_eni_interval.is_zero(),
     })
 }
 

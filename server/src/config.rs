@@ -93,7 +93,7 @@ pub struct DaemonArgs {
     /// ec2: the EC2 API endpoint. [default: AWS_ENDPOINT_URL_EC2, else the region's]
     #[arg(long, env = "ENIPOOL_EC2_ENDPOINT")]
     pub ec2_endpoint: Option<String>,
-    /// ec2: cluster name, tagged on the ENIs we create; the leaked-ENI sweep then only deletes ENIs with it. [default: none]
+    /// ec2: cluster name, tagged on the ENIs we create. The leaked-ENI sweep runs only with it, and deletes only ENIs with this tag and our description; without it the sweep is off (start-up warns, `/v1/pool` says `leaked_eni_sweep: false`). [default: none]
     #[arg(long, env = "ENIPOOL_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
     /// ec2: attempts per EC2 call, the first included; throttling, 5xx and timeouts are retried. [default: 8]

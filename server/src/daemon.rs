@@ -60,6 +60,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ProviderKind::Ec2 => {
             // EC2 may be unreachable now: start anyway with what the last run learnt (or a
             // placeholder), serve what the ledger holds, and let the sync task initialise it.
+            if config.ec2.cluster_name.is_none() {
+                warn!(
+                    "no --cluster-name: the leaked-ENI sweep is off (this cluster's ENIs cannot be told from another's); ENIs a killed node leaves behind are not deleted"
+                );
+            }
             let observer: Arc<dyn CallObserver> = metrics.clone();
             let provider: Arc<dyn Provider> = Arc::new(Ec2Provider::new(ec2_config(&config), Some(observer)));
             let (info, identity) = match identity::load(&config.data_dir) {

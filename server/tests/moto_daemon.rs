@@ -45,6 +45,8 @@ impl Node {
             ("--subnet-exhausted-pause", "120s"),
             ("--leaked-eni-age", "0"),
             ("--leaked-eni-interval", "100ms"),
+            // The sweep runs only with a cluster name.
+            ("--cluster-name", "test-cluster"),
             ("--reconcile-interval", "200ms"),
             // The node side of ENIs has its own test (moto_host.rs), in a namespace it made.
             ("--eni-host-setup", "false"),
