@@ -83,8 +83,13 @@ pub async fn serve(listener: Listener, router: Router, limits: Limits, mut stop:
             }
         });
     }
-    while open.load(Ordering::Acquire) > 0 {
+    // Nothing new is accepted: let go of the address (or the socket) at once.
+    drop(listener);
+    loop {
+        // Registered before the count is read, so a last close in between is not missed.
         let closed = all_closed.notified();
+        tokio::pin!(closed);
+        closed.as_mut().enable();
         if open.load(Ordering::Acquire) == 0 {
             break;
         }
