@@ -182,19 +182,14 @@ async fn while_the_provider_is_unreachable_nothing_is_cleaned_up() {
     node.ip(&["link", "set", "dev", "eniorphan", "alias", &host_veth_alias(NET, "dead-pod", "eth0")]);
     node.ip(&["rule", "add", "to", "10.9.9.9", "lookup", "main", "priority", "512", "protocol", "211"]);
 
-    // Nothing listens here.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let dead = format!("http://{closed}");
-    let flags = [
-        ("--provider", "ec2"),
-        ("--ec2-endpoint", dead.as_str()),
-        ("--instance-id", "i-0123456789abcdef0"),
-        ("--ec2-max-attempts", "1"),
+    let dead = common::unreachable_endpoint();
+    let mut flags = common::unreachable_ec2(&dead);
+    flags.extend([
         ("--host-netns", node_path.as_str()),
         ("--node-cleanup", "true"),
         ("--node-reconcile-grace", "0"),
         ("--node-reconcile-interval", "20ms"),
-    ];
+    ]);
     let d = Daemon::start_in_unready(&data, &flags).await;
     let api = d.unix();
     eventually("the dead pod's lease to be released", async || {

@@ -116,16 +116,8 @@ async fn a_placeholder_identity_never_reaches_the_nodes_snat() {
     assert!(d.terminate(Duration::from_secs(5)).await.success());
     assert!(!data.join("instance.json").exists());
 
-    // Nothing listens here.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let dead = format!("http://{closed}");
-    let flags = [
-        ("--provider", "ec2"),
-        ("--ec2-endpoint", dead.as_str()),
-        ("--instance-id", "i-0123456789abcdef0"),
-        ("--ec2-max-attempts", "1"),
-    ];
-    let d = Daemon::start_in_unready(&data, &flags).await;
+    let dead = common::unreachable_endpoint();
+    let d = Daemon::start_in_unready(&data, &common::unreachable_ec2(&dead)).await;
     let lease = d.unix().post("/v1/leases", &lease_request(NET, "during-outage", "eth0")).await.expect(201).json();
     assert_eq!(lease["snat"]["enabled"], false, "{lease}");
 }

@@ -32,6 +32,23 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// The static provider's m5.large: IPs a pod can get per ENI.
 pub const M5_LARGE_PER_ENI: u64 = 9;
 
+/// The flags of a daemon on the EC2 provider whose EC2 endpoint answers nothing (a port nothing
+/// listens on), with one attempt per call; `endpoint` is from [`unreachable_endpoint`].
+pub fn unreachable_ec2(endpoint: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("--provider", "ec2"),
+        ("--ec2-endpoint", endpoint),
+        ("--instance-id", "i-0123456789abcdef0"),
+        ("--ec2-max-attempts", "1"),
+    ]
+}
+
+/// An http:// URL on loopback where nothing listens.
+pub fn unreachable_endpoint() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    format!("http://{closed}")
+}
+
 /// Every environment variable the daemon reads, cleared so the test's flags alone decide.
 const DAEMON_ENV: &[&str] = &[
     "ENIPOOL_CONFIG",
