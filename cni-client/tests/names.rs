@@ -9,21 +9,10 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-fn veth_of(result: &Value) -> String {
-    result["interfaces"][0]["name"].as_str().unwrap().to_string()
-}
-
 fn lease_veth(node: &Node, pod: &Pod) -> Value {
     let (status, lease) = node.daemon.get(&format!("/v1/leases/{NETWORK}/{}/{}", pod.container_id, pod.ifname));
     assert_eq!(status, 200, "{lease}");
     lease["host_veth"].clone()
-}
-
-fn check(node: &Node, pod: &Pod, result: &Value) {
-    let mut conf = node.conf("1.0.0");
-    conf["prevResult"] = result.clone();
-    let c = node.cni("CHECK", pod, &conf);
-    assert_eq!(c.exit, 0, "CHECK {}: {}", pod.name, c.raw);
 }
 
 /// Two live sandboxes of one pod name (the old one still runs): the second ADD wires under another
@@ -35,17 +24,17 @@ fn a_second_pod_with_the_same_name_does_not_unplug_the_first() {
     let second = Pod::new("web-0");
     let r1 = node.add(&first);
     let r2 = node.add(&second);
-    let (v1, v2) = (veth_of(&r1), veth_of(&r2));
+    let (v1, v2) = (host_veth_of(&r1), host_veth_of(&r2));
     assert_ne!(v1, v2, "the second pod got a name of its own");
     assert!(node.host_veths().contains(&v1), "the first pod's veth is still there");
     assert_eq!(lease_veth(&node, &second), json!(v2), "the lease records the name actually used");
     assert!(first.ns().ping(NODE_IP), "the first pod still answers");
     assert!(second.ns().ping(&result_ip(&r1)), "and the pods reach each other");
-    check(&node, &first, &r1);
-    check(&node, &second, &r2);
+    node.check_ok(&first, &r1);
+    node.check_ok(&second, &r2);
 
     node.del(&second, Some(&r2));
-    check(&node, &first, &r1);
+    node.check_ok(&first, &r1);
     assert!(first.ns().ping(NODE_IP));
     node.del(&first, Some(&r1));
 }
@@ -58,11 +47,11 @@ fn a_dead_pods_veth_of_the_same_name_is_replaced() {
     let old = Pod::new("sts-0");
     let r_old = node.add(&old);
     node.del(&old, Some(&r_old));
-    assert!(node.host_veths().contains(&veth_of(&r_old)), "our DEL leaves the veth to the netns deletion");
+    assert!(node.host_veths().contains(&host_veth_of(&r_old)), "our DEL leaves the veth to the netns deletion");
     let new = Pod::new("sts-0");
     let r_new = node.add(&new);
-    assert_eq!(veth_of(&r_new), veth_of(&r_old), "the usual name, taken back from the dead pod");
-    check(&node, &new, &r_new);
+    assert_eq!(host_veth_of(&r_new), host_veth_of(&r_old), "the usual name, taken back from the dead pod");
+    node.check_ok(&new, &r_new);
     assert!(new.ns().ping(NODE_IP));
     node.del(&new, Some(&r_new));
 }
@@ -72,15 +61,15 @@ fn a_dead_pods_veth_of_the_same_name_is_replaced() {
 fn an_interface_not_ours_keeps_its_name() {
     let node = Node::new(&[]);
     let probe = Pod::new("probe");
-    let usual = veth_of(&node.add(&probe));
+    let usual = host_veth_of(&node.add(&probe));
     node.del(&probe, None);
     drop(probe);
     node.wait_no_host_veths();
     node.ns.ip(&["link", "add", &usual, "type", "veth", "peer", "name", "othersp"]);
     let pod = Pod::new("probe");
     let r = node.add(&pod);
-    assert_ne!(veth_of(&r), usual);
+    assert_ne!(host_veth_of(&r), usual);
     assert!(node.host_veths().contains(&usual), "someone else's interface is still there");
-    check(&node, &pod, &r);
+    node.check_ok(&pod, &r);
     node.del(&pod, Some(&r));
 }

@@ -9,17 +9,6 @@ use common::*;
 use enipool_api::node::{attachment_tag, network_tag};
 use serde_json::{Value, json};
 
-fn veth_of(result: &Value) -> String {
-    result["interfaces"][0]["name"].as_str().unwrap().to_string()
-}
-
-fn check(node: &Node, pod: &Pod, result: &Value) {
-    let mut conf = node.conf("1.0.0");
-    conf["prevResult"] = result.clone();
-    let c = node.cni("CHECK", pod, &conf);
-    assert_eq!(c.exit, 0, "CHECK {}: {}", pod.name, c.raw);
-}
-
 fn lease_with_ip<'a>(leases: &'a [Value], ip: &str) -> &'a Value {
     leases.iter().find(|l| l["ip"] == ip).unwrap_or_else(|| panic!("no lease of {ip} in {leases:?}"))
 }
@@ -32,7 +21,7 @@ fn an_empty_ledger_rebuilds_the_leases_of_live_pods() {
     let (ip_a, ip_b) = (result_ip(&ra), result_ip(&rb));
     // beta was wired by a plugin from before the alias named the attachment in clear.
     let old_alias = format!("enipool {} {}", network_tag(NETWORK), attachment_tag(NETWORK, &b.container_id, &b.ifname));
-    node.ns.ip(&["link", "set", "dev", &veth_of(&rb), "alias", &old_alias]);
+    node.ns.ip(&["link", "set", "dev", &host_veth_of(&rb), "alias", &old_alias]);
 
     node.daemon.stop();
     // The operator moves the ledger aside; the provider's own state stays, as EC2's would.
@@ -40,7 +29,10 @@ fn an_empty_ledger_rebuilds_the_leases_of_live_pods() {
     node.daemon.restart(&[]);
 
     let veths = node.host_veths();
-    assert!(veths.contains(&veth_of(&ra)) && veths.contains(&veth_of(&rb)), "no pod was unplugged: {veths:?}");
+    assert!(
+        veths.contains(&host_veth_of(&ra)) && veths.contains(&host_veth_of(&rb)),
+        "no pod was unplugged: {veths:?}"
+    );
     assert!(a.ns().ping(NODE_IP), "alpha still answers");
     assert!(b.ns().ping(&ip_a), "and beta reaches alpha");
     let leases = node.daemon.leases();
@@ -52,13 +44,13 @@ fn an_empty_ledger_rebuilds_the_leases_of_live_pods() {
         "alpha's lease is back under its own key"
     );
     assert_eq!(la["netns"], json!(a.netns_path), "with its pod's namespace");
-    assert_eq!(la["host_veth"], json!(veth_of(&ra)));
+    assert_eq!(la["host_veth"], json!(host_veth_of(&ra)));
     let lb = lease_with_ip(&leases, &ip_b);
     assert_eq!(lb["container_id"], json!(format!("sha1-{}", attachment_tag(NETWORK, &b.container_id, "eth0"))));
     assert_eq!(lb["netns"], json!(b.netns_path));
     // CHECK finds both, beta's through its hashed key.
-    check(&node, &a, &ra);
-    check(&node, &b, &rb);
+    node.check_ok(&a, &ra);
+    node.check_ok(&b, &rb);
 
     // A churn of new pods never gets their IPs (the m5.large's 27 IPs, cycled through).
     for i in 0..30 {

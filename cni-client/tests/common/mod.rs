@@ -373,6 +373,14 @@ impl Node {
         r.out
     }
 
+    /// CHECK with `result` as prevResult must pass.
+    pub fn check_ok(&self, pod: &Pod, result: &Value) {
+        let mut conf = self.conf("1.0.0");
+        conf["prevResult"] = result.clone();
+        let c = self.cni("CHECK", pod, &conf);
+        assert_eq!(c.exit, 0, "CHECK {}: {}", pod.name, c.raw);
+    }
+
     pub fn del(&self, pod: &Pod, prev: Option<&Value>) {
         let mut conf = self.conf("1.0.0");
         if let Some(p) = prev {
@@ -468,4 +476,9 @@ impl Pod {
 /// The pod IP in a result.
 pub fn result_ip(result: &Value) -> String {
     result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+}
+
+/// The host veth's name in an ADD result.
+pub fn host_veth_of(result: &Value) -> String {
+    result["interfaces"][0]["name"].as_str().unwrap().to_string()
 }
