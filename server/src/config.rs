@@ -36,6 +36,17 @@ pub enum Command {
     Leases(ClientArgs),
     /// Print the OpenAPI document this build serves (the source of openapi/openapi.json).
     Openapi,
+    /// Set the node-wide sysctls pods need: net.ipv4.ip_forward=1 and rp_filter=2 (loose) on the
+    /// primary interface. Run as root in the node's network namespace with a writable /proc/sys,
+    /// as the DaemonSet's privileged init container does; the daemon itself only checks them.
+    NodeSysctls(NodeSysctlsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NodeSysctlsArgs {
+    /// The primary interface. [default: the interface of the main table's IPv4 default route]
+    #[arg(long)]
+    pub interface: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -133,7 +144,7 @@ pub struct DaemonArgs {
     #[arg(long, env = "ENIPOOL_RECONCILE_INTERVAL")]
     pub reconcile_interval: Option<String>,
 
-    /// Set up the node side of each secondary ENI (interface by MAC, MTU, up, route table, rule; rp_filter=2, ip_forward=1). [default: true with ec2, false with static]
+    /// Set up the node side of each secondary ENI (interface by MAC, MTU, up, route table, rule) and check the node's ip_forward and rp_filter (not ready while they are wrong). [default: true with ec2, false with static]
     #[arg(long, env = "ENIPOOL_ENI_HOST_SETUP")]
     pub eni_host_setup: Option<bool>,
     /// Network namespace (a path like /run/netns/node) to do the ENIs' node side in, instead of the daemon's own. [default: the daemon's]

@@ -147,7 +147,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// 2. initialise and list the provider (retried every pool tick), which adopts the IPs the
 ///    ledger lacks, leased to the node's pods that use them; while the provider is unreachable,
 ///    one node pass runs without cleanup (leases of gone pods are released, nothing is deleted);
-/// 3. the node pass with cleanup, then ready.
+/// 3. the node pass with cleanup;
+/// 4. with ENI host setup, the node's sysctls checked (written where the daemon can), then ready.
 async fn start_up(app: &Arc<App>) {
     // Fails closed: until the node has been read, a lease's absence proves nothing, so nothing
     // is leased (retried every pool tick, the reason in /readyz).
@@ -207,6 +208,21 @@ async fn start_up(app: &Arc<App>) {
     // Before anything is cleaned: the provider is listed and the leases are rebuilt.
     log_node_pass(&node::reconcile(app).await, app.config.node_cleanup);
     tokio::spawn(node::run(Arc::clone(app)));
+    // Pods get no traffic on a node that does not forward: not ready (so no conflist) until the
+    // node's sysctls are right, which the DaemonSet's init container sees to (host.rs).
+    loop {
+        match pool::prepare_node(app).await {
+            Ok(()) => break,
+            Err(why) => {
+                warn!(reason = %why, "start-up waits for the node to be prepared");
+                app.set_not_ready(why);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(app.config.pool_tick) => {}
+            _ = app.shutdown.notified() => return,
+        }
+    }
     app.set_ready();
     crate::cni_conf::install_when_ready(app);
     app.pool_wake.notify_one();

@@ -1,8 +1,13 @@
 //! The node side of secondary ENIs, done when an ENI appears: find its interface by MAC, set the
 //! MTU and bring it up, give it the ENI's primary IP (/32), a route table of its own (device
 //! number + 1) with `default via <subnet gateway>`, and `rule from <ENI primary IP> lookup
-//! <table>`; node-wide, rp_filter=2 on the primary interface (replies to pods on secondary ENIs
-//! leave by another interface) and ip_forward=1.
+//! <table>`. Needs CAP_NET_ADMIN only.
+//!
+//! Node-wide, two sysctls: ip_forward=1 and rp_filter not strict on the primary interface (replies
+//! to pods on secondary ENIs leave by another interface). In a DaemonSet the daemon's /proc/sys
+//! is read-only: `enipoold node-sysctls` ([`apply_node_sysctls`]) writes them from the
+//! privileged init container, and the daemon only checks them ([`NodeSysctls`]), writing them
+//! itself only where it can (a daemon run as root on a plain host).
 //!
 //! Everything runs on a dedicated thread that has entered the host network namespace (the
 //! daemon's own, or `--host-netns` in tests), with its own netlink socket: the namespace of a
@@ -30,6 +35,13 @@ pub enum HostError {
     NotFound(String),
     #[error("{what}: {detail}")]
     Failed { what: String, detail: String },
+    /// The node-wide sysctls are wrong and this process cannot write them (a container's
+    /// read-only /proc/sys): the node is not prepared, and pods would get no traffic.
+    #[error(
+        "the node is not prepared: {0}. Run `enipoold node-sysctls` as root on the node (the DaemonSet's \
+         init container does)"
+    )]
+    NodeNotPrepared(String),
 }
 
 pub(crate) fn failed(what: &str, e: impl std::fmt::Display) -> HostError {
@@ -89,18 +101,129 @@ impl HostNet {
         rx.await.map_err(|_| failed("the host thread", "ended without an answer"))?
     }
 
-    /// ip_forward=1, and rp_filter=2 on the interface with `primary_mac`.
+    /// Checks the node-wide sysctls with the interface that has `primary_mac` as the primary one;
+    /// writes what is wrong if it can. Returns the interface's name.
     pub async fn setup_node(&self, primary_mac: &str) -> Result<String, HostError> {
         let mac = primary_mac.to_string();
         self.run(move |h| async move {
             let (_, name) = link_by_mac(&h, &mac).await?.ok_or(HostError::NotFound(mac.clone()))?;
-            write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-            write_sysctl(&format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"), "2")?;
+            let sysctls = NodeSysctls::read(&name)?;
+            if !sysctls.is_ready() {
+                sysctls.apply().map_err(|e| HostError::NodeNotPrepared(format!("{sysctls}; {e}")))?;
+            }
             Ok(name)
         })
         .await
     }
+}
 
+/// `enipoold node-sysctls`: ip_forward=1 and rp_filter=2 on `interface`, or, unset, on the
+/// interface of the main table's IPv4 default route (the primary ENI's on EC2). Runs in the
+/// calling thread's network namespace; returns what it found and set.
+pub async fn apply_node_sysctls(interface: Option<String>) -> Result<NodeSysctls, HostError> {
+    let name = match interface {
+        Some(name) => name,
+        None => {
+            let (conn, h, _) = rtnetlink::new_connection().map_err(|e| failed("opening a netlink socket", e))?;
+            tokio::spawn(conn);
+            default_route_interface(&h).await?
+        }
+    };
+    let before = NodeSysctls::read(&name)?;
+    before.apply()?;
+    Ok(before)
+}
+
+/// The node-wide sysctls pods need, as read: forwarding on, and reverse-path filtering on the
+/// primary interface not strict. The kernel applies the larger of `conf/all` and the
+/// interface's own rp_filter, so both are read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSysctls {
+    pub interface: String,
+    pub ip_forward: String,
+    pub rp_filter_all: String,
+    pub rp_filter: String,
+}
+
+impl NodeSysctls {
+    pub fn read(interface: &str) -> Result<NodeSysctls, HostError> {
+        if interface.is_empty() || interface.contains('/') || interface == "." || interface == ".." {
+            return Err(failed("the primary interface", format!("{interface:?} is not an interface name")));
+        }
+        Ok(NodeSysctls {
+            interface: interface.to_string(),
+            ip_forward: read_sysctl(IP_FORWARD)?,
+            rp_filter_all: read_sysctl(&rp_filter_path("all"))?,
+            rp_filter: read_sysctl(&rp_filter_path(interface))?,
+        })
+    }
+
+    /// Forwarding on, and the effective rp_filter (the larger of the two) not 1 (strict).
+    pub fn is_ready(&self) -> bool {
+        let effective = self.rp_filter_all.parse::<u8>().unwrap_or(1).max(self.rp_filter.parse::<u8>().unwrap_or(1));
+        self.ip_forward == "1" && effective != 1
+    }
+
+    /// Writes ip_forward=1 and rp_filter=2 (loose) on the interface.
+    fn apply(&self) -> Result<(), HostError> {
+        write_sysctl(IP_FORWARD, "1")?;
+        write_sysctl(&rp_filter_path(&self.interface), "2")
+    }
+}
+
+impl std::fmt::Display for NodeSysctls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "net.ipv4.ip_forward={} (want 1), net.ipv4.conf.{}.rp_filter={} with conf.all.rp_filter={} (want loose: 2)",
+            self.ip_forward, self.interface, self.rp_filter, self.rp_filter_all
+        )
+    }
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+fn rp_filter_path(interface: &str) -> String {
+    format!("/proc/sys/net/ipv4/conf/{interface}/rp_filter")
+}
+
+fn read_sysctl(path: &str) -> Result<String, HostError> {
+    std::fs::read_to_string(path).map(|v| v.trim().to_string()).map_err(|e| failed(&format!("reading {path}"), e))
+}
+
+/// The output interface of the main table's IPv4 default route.
+async fn default_route_interface(h: &Handle) -> Result<String, HostError> {
+    use netlink_packet_route::route::{RouteAttribute, RouteMessage};
+    let routes: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().table_id(254).build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| failed("listing routes", e))?;
+    let index = routes
+        .iter()
+        .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
+        .find_map(|r| r.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None }))
+        .ok_or_else(|| {
+            failed("finding the primary interface", "no IPv4 default route in the main table; give --interface")
+        })?;
+    let links: Vec<LinkMessage> = h
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| failed("reading an interface", e))?;
+    links
+        .iter()
+        .flat_map(|m| m.attributes.iter())
+        .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
+        .ok_or_else(|| failed("finding the primary interface", format!("interface {index} has no name")))
+}
+
+impl HostNet {
     /// Sets up one secondary ENI; returns its interface name.
     pub async fn setup_eni(&self, eni: EniHost) -> Result<String, HostError> {
         self.run(move |h| async move {

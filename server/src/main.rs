@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use enipool_server::config::{Cli, Command};
-use enipool_server::{api, cli, daemon};
+use enipool_server::{api, cli, daemon, host};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -21,6 +21,12 @@ fn main() -> ExitCode {
             }
             Some(Command::Status(c)) => cli::status(&c).await.map(|s| print!("{s}")),
             Some(Command::Leases(c)) => cli::leases(&c).await.map(|s| print!("{s}")),
+            Some(Command::NodeSysctls(c)) => {
+                let before = host::apply_node_sysctls(c.interface).await?;
+                let after = host::NodeSysctls::read(&before.interface)?;
+                println!("enipoold node-sysctls: was {before}; now {after}");
+                Ok(())
+            }
             None => {
                 let config = args.daemon.resolve()?;
                 let filter = tracing_subscriber::EnvFilter::try_new(&config.log)

@@ -112,6 +112,28 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
+/// The node-wide sysctls (see `host.rs`), checked once the primary ENI's interface is there:
+/// `Err` with the reason while they are wrong and cannot be written; `Ok` when they are right,
+/// when there is no host setup, or when the interface has not appeared yet (`host_side` checks
+/// it again each tick).
+pub async fn prepare_node(app: &App) -> Result<(), String> {
+    let Some(host) = &app.host else { return Ok(()) };
+    let primary = app.info().primary_eni_id;
+    if app.host_done.lock().unwrap_or_else(|e| e.into_inner()).contains(&primary) {
+        return Ok(());
+    }
+    let Some(mac) = app.macs.lock().unwrap_or_else(|e| e.into_inner()).get(&primary).cloned() else { return Ok(()) };
+    match host.setup_node(&mac).await {
+        Ok(ifname) => {
+            info!(%ifname, "node prepared: ip_forward=1, rp_filter not strict on the primary interface");
+            app.host_done.lock().unwrap_or_else(|e| e.into_inner()).insert(primary);
+            Ok(())
+        }
+        Err(HostError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The node side of every attached secondary ENI not done yet, and the node-wide settings once
 /// (see `host.rs`). An interface that has not appeared yet is tried again next tick.
 async fn host_side(app: &App) {
@@ -119,17 +141,8 @@ async fn host_side(app: &App) {
     let info = app.info();
     let done = |id: &str| app.host_done.lock().unwrap_or_else(|e| e.into_inner()).contains(id);
     let mac_of = |id: &str| app.macs.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
-    if !done(&info.primary_eni_id)
-        && let Some(mac) = mac_of(&info.primary_eni_id)
-    {
-        match host.setup_node(&mac).await {
-            Ok(ifname) => {
-                info!(%ifname, "node set up: ip_forward=1, rp_filter=2 on the primary interface");
-                app.host_done.lock().unwrap_or_else(|e| e.into_inner()).insert(info.primary_eni_id.clone());
-            }
-            Err(HostError::NotFound(_)) => {}
-            Err(e) => warn!(error = %e, "setting up the node failed"),
-        }
+    if let Err(why) = prepare_node(app).await {
+        warn!(reason = %why, "the node's sysctls are wrong");
     }
     for eni in app.ledger.enis() {
         if !eni.attached || eni.id == info.primary_eni_id || done(&eni.id) {

@@ -11,7 +11,7 @@ use std::process::Command;
 use clap::{CommandFactory, Parser};
 use enipool_server::config::{Cli, Config};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The Kubernetes version the manifests are validated against (the oldest we support).
 const KUBERNETES_VERSION: &str = "1.31.0";
@@ -213,6 +213,48 @@ fn daemonset_gives_the_daemon_its_paths_ports_and_settings() {
     }
 }
 
+/// The long-running daemon is not privileged: CAP_NET_ADMIN is its one capability
+/// (tests/privileges.rs runs it so confined); the sysctls, which need a writable /proc/sys, are
+/// set by the init container (`enipoold node-sysctls`), which exits before the daemon starts.
+/// docs/security.md says what each capability is for.
+#[test]
+fn the_daemon_holds_net_admin_alone_and_the_init_container_sets_the_sysctls() {
+    let ds = daemonset();
+    let pod = &ds["spec"]["template"]["spec"];
+    for shared in ["hostPID", "hostIPC"] {
+        assert!(pod[shared].is_null() || pod[shared] == false, "{shared}: the daemon needs no other node namespace");
+    }
+    let daemon = container(pod, "containers", "enipoold");
+    let sc = &daemon["securityContext"];
+    assert_eq!(sc["privileged"], false, "the daemon is not privileged");
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "it writes only to its hostPath volumes");
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    let added: Vec<&str> = sc["capabilities"]["add"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(added, ["NET_ADMIN"]);
+
+    let init = container(pod, "initContainers", "install-cni");
+    assert_eq!(init["securityContext"]["privileged"], true, "the init container writes /proc/sys");
+    let script = init["command"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect::<Vec<_>>().join(" ");
+    let dockerfile = read("deploy/Dockerfile");
+    assert!(dockerfile.contains("/out/enipoold") && dockerfile.contains("/usr/local/bin/"), "the image has enipoold");
+    let first = script.lines().find(|l| !l.trim().is_empty() && !l.starts_with('-')).unwrap_or_default();
+    assert!(
+        script.contains("/usr/local/bin/enipoold node-sysctls\n") && first.contains("enipoold node-sysctls"),
+        "the init container sets the sysctls first: {script}"
+    );
+    assert!(Cli::command().find_subcommand("node-sysctls").is_some(), "enipoold has the node-sysctls command");
+
+    // Each capability granted is explained in docs/security.md, and the init's privilege too.
+    let security = read("docs/security.md");
+    let section = security.split("## Capabilities").nth(1).expect("docs/security.md has '## Capabilities'");
+    let section = section.split("\n## ").next().unwrap();
+    for cap in &added {
+        assert!(section.contains(&format!("`CAP_{cap}`")), "docs/security.md explains CAP_{cap}");
+    }
+    assert!(section.contains("node-sysctls"), "docs/security.md explains the privileged init container");
+}
+
 /// A cold cluster: CoreDNS runs in pods, which get their IPs from us. The daemon must not
 /// resolve names through cluster DNS (ClusterFirstWithHostNet), or the first nodes of a new
 /// cluster wait for a CoreDNS that waits for them: it uses the node's resolver.
@@ -357,6 +399,143 @@ fn iam_policy_allows_exactly_what_the_provider_calls_and_the_documented_implied_
     // Tagging on create needs ec2:CreateTags; it is implied exactly when the code does it.
     let tags_on_create = read("ec2/src/lib.rs").contains(".tag_specifications(");
     assert_eq!(implied.contains("CreateTags"), tags_on_create);
+}
+
+const ENI: &str = "arn:aws:ec2:*:*:network-interface/*";
+const INSTANCE: &str = "arn:aws:ec2:*:*:instance/*";
+const SUBNET: &str = "arn:aws:ec2:*:*:subnet/*";
+const SECURITY_GROUP: &str = "arn:aws:ec2:*:*:security-group/*";
+
+/// Every (action, resource, condition) the policy allows; "Resource" as a list.
+fn grants(policy: &Value) -> Vec<(String, String, Value)> {
+    let mut out = Vec::new();
+    for st in policy["Statement"].as_array().expect("Statement") {
+        let resources: Vec<String> = match &st["Resource"] {
+            Value::String(r) => vec![r.clone()],
+            Value::Array(rs) => rs.iter().map(|r| r.as_str().unwrap().to_string()).collect(),
+            other => panic!("Resource {other}"),
+        };
+        for action in st["Action"].as_array().expect("Action") {
+            let action = action.as_str().unwrap().trim_start_matches("ec2:").to_string();
+            for r in &resources {
+                out.push((action.clone(), r.clone(), st["Condition"].clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Least privilege, statement by statement (IAM itself is not run here: docs/security.md):
+/// - ENIs are changed (attach, detach, modify, delete) only when they carry our tag, the one
+///   the code puts on every ENI it creates; on an instance resource (the node) without condition;
+/// - an ENI is created only with our tag in the request; the subnet and security groups it goes
+///   in are not conditioned (they are not ours);
+/// - addresses are assigned and unassigned on any ENI of the node (pods use the primary ENI too,
+///   which EC2 made without our tag);
+/// - reads on everything (EC2's Describe* take no resource-level permissions);
+/// - no allow-list of tag keys (`aws:TagKeys`): operators will add their own tags to ENIs.
+fn policy_is_least_privilege(policy: &Value, our_tag: &str) -> Result<(), String> {
+    let resource_tag = json!({ "Null": { format!("aws:ResourceTag/{our_tag}"): "false" } });
+    let request_tag = json!({ "Null": { format!("aws:RequestTag/{our_tag}"): "false" } });
+    let create_action = json!({ "StringEquals": { "ec2:CreateAction": "CreateNetworkInterface" } });
+    if serde_json::to_string(policy).unwrap().contains("aws:TagKeys") {
+        return Err("an allow-list of tag keys (aws:TagKeys)".into());
+    }
+    for (action, resource, condition) in grants(policy) {
+        let ok = match action.as_str() {
+            a if a.starts_with("Describe") => resource == "*" && condition.is_null(),
+            "AssignPrivateIpAddresses" | "UnassignPrivateIpAddresses" => resource == "*" && condition.is_null(),
+            "CreateNetworkInterface" => {
+                (resource == ENI && condition == request_tag)
+                    || ([SUBNET, SECURITY_GROUP].contains(&resource.as_str()) && condition.is_null())
+            }
+            "DeleteNetworkInterface" => resource == ENI && condition == resource_tag,
+            "AttachNetworkInterface" | "DetachNetworkInterface" | "ModifyNetworkInterfaceAttribute" => {
+                (resource == ENI && condition == resource_tag) || (resource == INSTANCE && condition.is_null())
+            }
+            "CreateTags" => resource == ENI && condition == create_action,
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("ec2:{action} on {resource} with condition {condition}"));
+        }
+    }
+    // Each ENI-changing action is allowed on our ENIs at all (else the daemon cannot work).
+    let all = grants(policy);
+    for action in
+        ["CreateNetworkInterface", "AttachNetworkInterface", "DetachNetworkInterface", "DeleteNetworkInterface"]
+    {
+        if !all.iter().any(|(a, r, _)| a == action && r == ENI) {
+            return Err(format!("ec2:{action} is not allowed on network interfaces"));
+        }
+    }
+    Ok(())
+}
+
+/// A change to a copy of the policy's statements.
+type Mutation<'a> = Box<dyn Fn(&mut Vec<Value>) + 'a>;
+
+#[test]
+fn iam_policy_changes_only_our_enis_and_creates_them_only_with_our_tag() {
+    let policy: Value = serde_json::from_str(&read("deploy/iam-policy.json")).unwrap();
+    let our_tag = enipool_ec2::TAG_INSTANCE_ID;
+    // The tag the conditions name is the one the code puts on every ENI it creates.
+    let code = read("ec2/src/lib.rs");
+    let tags_fn = code.split("fn tags(&self").nth(1).expect("the provider's tags()");
+    let always = tags_fn.split("];").next().unwrap();
+    assert!(always.contains("key(TAG_INSTANCE_ID)"), "every ENI we create carries {our_tag}: {always}");
+    policy_is_least_privilege(&policy, our_tag).unwrap_or_else(|e| panic!("deploy/iam-policy.json allows {e}"));
+
+    // The check refuses each way the policy could be too wide.
+    let statements = policy["Statement"].as_array().unwrap().clone();
+    let sid = |s: &Value, name: &str| s["Sid"].as_str() == Some(name);
+    let mutations: Vec<(&str, Mutation)> = vec![
+        (
+            "deletes untagged ENIs",
+            Box::new(|st| {
+                st.iter_mut()
+                    .filter(|s| sid(s, "EnipoolChangeOnlyEnisWithOurTag"))
+                    .for_each(|s| s["Condition"] = Value::Null)
+            }),
+        ),
+        (
+            "creates ENIs without our tag",
+            Box::new(|st| {
+                st.iter_mut()
+                    .filter(|s| sid(s, "EnipoolCreateEnisOnlyWithOurTag"))
+                    .for_each(|s| s["Resource"] = "*".into())
+            }),
+        ),
+        (
+            "an allow-list of tag keys",
+            Box::new(|st| {
+                st.iter_mut()
+                    .filter(|s| sid(s, "EnipoolCreateEnisOnlyWithOurTag"))
+                    .for_each(|s| s["Condition"]["ForAllValues:StringEquals"] = json!({ "aws:TagKeys": [our_tag] }))
+            }),
+        ),
+        (
+            "Delete on any resource",
+            Box::new(|st| {
+                st.push(json!({ "Effect": "Allow", "Action": ["ec2:DeleteNetworkInterface"], "Resource": "*" }))
+            }),
+        ),
+        (
+            "tags anything",
+            Box::new(|st| {
+                st.iter_mut()
+                    .filter(|s| sid(s, "ImpliedTagOnCreateNetworkInterface"))
+                    .for_each(|s| s["Condition"] = Value::Null)
+            }),
+        ),
+    ];
+    for (what, mutate) in mutations {
+        let mut wider = statements.clone();
+        mutate(&mut wider);
+        assert_ne!(wider, statements, "the mutation '{what}' changed the policy");
+        let wider = json!({ "Version": policy["Version"], "Statement": wider });
+        assert!(policy_is_least_privilege(&wider, our_tag).is_err(), "the check lets through a policy that {what}");
+    }
 }
 
 #[test]

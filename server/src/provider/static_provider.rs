@@ -109,13 +109,21 @@ impl StaticProvider {
             subnet_gateway: Ipv4Addr::from(u32::from(s.subnet_cidr.network()) + 1),
             primary_ip: e.primary_ip,
             secondary_ips: e.secondary_ips.clone(),
-            mac: None,
+            mac: Some(eni_mac(&e.id)),
         }
     }
 }
 
 fn eni_id(serial: u64) -> String {
     format!("eni-{serial:017x}")
+}
+
+/// Every ENI has a MAC, as on EC2: a locally administered one from the ENI's serial, so a test
+/// (or a developer) can give an interface that MAC and watch the daemon set up its node side.
+fn eni_mac(id: &str) -> String {
+    let serial = id.strip_prefix("eni-").and_then(|hex| u64::from_str_radix(hex, 16).ok()).unwrap_or(0);
+    let b = serial.to_be_bytes();
+    format!("02:e0:{:02x}:{:02x}:{:02x}:{:02x}", b[4], b[5], b[6], b[7])
 }
 
 fn save(path: &Path, s: &SimInstance) -> std::io::Result<()> {

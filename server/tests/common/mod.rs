@@ -4,6 +4,7 @@
 //! openapi/openapi.json; and bounded polling of observable state.
 #![allow(dead_code)]
 
+pub mod container;
 pub mod netns;
 pub mod spec;
 
@@ -113,6 +114,9 @@ pub fn enipoold() -> Command {
 /// SIGKILLs and reaps the daemon when dropped (also when the test panics).
 struct ChildGuard(Child);
 
+/// Run in the forked child before exec.
+type PreExec = Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>;
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -158,7 +162,26 @@ impl Daemon {
 
     /// Like `start_in_unready`, under an open-files limit (soft, hard) of the test's choosing.
     pub async fn start_in_with_nofile(data_dir: &Path, flags: &[(&str, &str)], nofile: (u64, u64)) -> Daemon {
-        Daemon::launch_with(data_dir, flags, Some(nofile)).await
+        let (soft, hard) = nofile;
+        let hook = move || {
+            let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        Daemon::launch_with(data_dir, flags, Some(Box::new(hook))).await
+    }
+
+    /// Like `start_in_unready`, with the process confined as a container runtime starts the
+    /// DaemonSet's main container (see [`container::Confinement`]).
+    pub async fn start_in_confined(
+        data_dir: &Path,
+        flags: &[(&str, &str)],
+        confinement: container::Confinement,
+    ) -> Daemon {
+        Daemon::launch_with(data_dir, flags, Some(Box::new(move || confinement.enter()))).await
     }
 
     /// Spawns the daemon and waits for its listening lines.
@@ -166,7 +189,8 @@ impl Daemon {
         Daemon::launch_with(data_dir, flags, None).await
     }
 
-    async fn launch_with(data_dir: &Path, flags: &[(&str, &str)], nofile: Option<(u64, u64)>) -> Daemon {
+    /// `before_exec` runs in the forked child, before exec: async-signal-safe calls only.
+    async fn launch_with(data_dir: &Path, flags: &[(&str, &str)], before_exec: Option<PreExec>) -> Daemon {
         let socket = data_dir.join("enipool.sock");
         let mut args: Vec<(String, String)> = [
             ("--data-dir", data_dir.to_str().expect("UTF-8 temp path")),
@@ -198,17 +222,11 @@ impl Daemon {
             cmd.arg(k).arg(v);
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        if let Some((soft, hard)) = nofile {
+        if let Some(hook) = before_exec {
             use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            // SAFETY: the hooks make async-signal-safe system calls only, in the child.
             unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+                cmd.pre_exec(hook);
             }
         }
         let mut child = cmd.spawn().expect("spawning enipoold");
