@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use rand::Rng;
+use rand::RngExt;
 use tokio::sync::Mutex;
 
 /// Retries, backoff, timeout and rate limit of EC2 calls. Every period is configurable.

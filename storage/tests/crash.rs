@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use enipool_storage::*;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 const CHILD_DIR_ENV: &str = "ENIPOOL_CRASH_CHILD_DIR";
 const CHILD_TEST: &str = "crash_child";
