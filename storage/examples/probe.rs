@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use enipool_storage::*;
 
 fn main() {
-    let dir = tempfile::tempdir_in(".").unwrap();
+    // In the system temp dir: a killed run must not leave a ledger in the checkout.
+    let dir = tempfile::tempdir().unwrap();
     let cfg = LedgerConfig { cooldown: Duration::ZERO, ..Default::default() };
     {
         let l = Ledger::open(dir.path(), cfg.clone(), Arc::new(SystemClock)).unwrap();

@@ -7,8 +7,10 @@
 //! Guarantees:
 //! - Every mutating call returns only once its effect is on disk (an fdatasync of the
 //!   write-ahead log covers it); concurrent callers share syncs.
-//! - Each operation is one sled transaction across the trees, so the key->IP index (leases) and
-//!   the IP->key index (address states) always agree.
+//! - Each operation is one write-ahead log record, applied to the in-memory mirror under one lock,
+//!   so the key->IP index (leases) and the IP->key index (address states) always agree; a
+//!   checkpoint writes every key changed since the last one into sled in one transaction across
+//!   the trees.
 //! - A released address cools down for the configured period, persisted, and is never handed out
 //!   while cooling. Among free addresses the one released longest ago goes first.
 //! - Opening checks the schema version and every invariant, and reports a corrupt, foreign or
