@@ -359,3 +359,29 @@ async fn ensure_rule(h: &Handle, ip: Ipv4Addr, table: u32) -> Result<(), HostErr
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::NodeSysctls;
+
+    fn node(ip_forward: &str, all: &str, interface: &str) -> NodeSysctls {
+        NodeSysctls {
+            interface: "eth0".into(),
+            ip_forward: ip_forward.into(),
+            rp_filter_all: all.into(),
+            rp_filter: interface.into(),
+        }
+    }
+
+    #[test]
+    fn the_kernel_applies_the_stricter_of_all_and_the_interfaces_rp_filter() {
+        // max(all, interface): 2 (loose) wins over 1 (strict), 1 over 0 (off).
+        assert!(node("1", "1", "2").is_ready());
+        assert!(node("1", "2", "0").is_ready());
+        assert!(node("1", "0", "0").is_ready());
+        assert!(!node("1", "0", "1").is_ready());
+        assert!(!node("1", "1", "0").is_ready());
+        assert!(!node("0", "2", "2").is_ready(), "no forwarding");
+        assert!(!node("1", "?", "?").is_ready(), "values that are not numbers count as strict");
+    }
+}

@@ -283,6 +283,38 @@ fn no_rbac_because_the_daemon_never_reads_the_kubernetes_api() {
     }
 }
 
+/// One HTTP and TLS stack: the versions of each crate of it in Cargo.lock. aws-sdk-ec2's
+/// default features add a second, older one (hyper 0.14, rustls 0.21: the root Cargo.toml says
+/// why they are off); cargo-deny (deny.toml, run by scripts/test) bans duplicates in general,
+/// this names the ones that matter most and fails whoever turns those features back on.
+#[test]
+fn one_http_and_tls_stack_in_the_lock_file() {
+    let lock: toml::Value = toml::from_str(&read("Cargo.lock")).expect("Cargo.lock is TOML");
+    let packages = lock["package"].as_array().expect("packages");
+    let versions = |name: &str| -> Vec<String> {
+        packages
+            .iter()
+            .filter(|p| p["name"].as_str() == Some(name))
+            .map(|p| p["version"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(versions("hyper").len(), 1, "the server's hyper is in the lock file");
+    for name in ["hyper", "http", "http-body", "h2", "rustls", "rustls-webpki", "tokio-rustls", "hyper-rustls"] {
+        let v = versions(name);
+        assert!(v.len() <= 1, "{name} {v:?}: a second HTTP/TLS stack");
+    }
+    for name in ["openssl", "openssl-sys", "native-tls"] {
+        assert!(versions(name).is_empty(), "{name}: one TLS stack (rustls)");
+    }
+    // The config cargo-deny runs with exists and bans duplicates.
+    let deny: toml::Value = toml::from_str(&read("deny.toml")).expect("deny.toml is TOML");
+    assert_eq!(deny["bans"]["multiple-versions"].as_str(), Some("deny"));
+    for skip in deny["bans"]["skip"].as_array().expect("bans.skip") {
+        assert!(skip["reason"].as_str().is_some_and(|r| !r.is_empty()), "every allowed duplicate says why: {skip}");
+    }
+    assert!(read("scripts/test").contains("cargo deny --offline"), "scripts/test runs cargo deny offline");
+}
+
 /// `create_network_interface` -> `CreateNetworkInterface`.
 fn pascal(snake: &str) -> String {
     snake
