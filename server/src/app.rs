@@ -86,6 +86,8 @@ pub struct App {
     /// `--cni-conf-dir`: where the conflist was installed, or why it was not (yet).
     pub cni_conflist: Mutex<Option<Result<std::path::PathBuf, String>>>,
     ready: AtomicBool,
+    /// Start-up has finished; from then on the pool manager's node check owns readiness.
+    started: AtomicBool,
     /// Start-up has rebuilt from the node the leases the ledger lacked; allocations wait for it.
     rebuilt: watch::Sender<bool>,
     not_ready_reason: Mutex<Option<String>>,
@@ -123,6 +125,7 @@ impl App {
             host_done: Mutex::new(HashSet::new()),
             cni_conflist: Mutex::new(None),
             ready: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             rebuilt: watch::channel(false).0,
             not_ready_reason: Mutex::new(Some("starting".into())),
             shutting_down: AtomicBool::new(false),
@@ -194,6 +197,15 @@ impl App {
             return (false, Some(format!("the ledger stopped taking writes: {why}")));
         }
         (self.is_ready(), self.not_ready_reason.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    /// Start-up is done (`daemon::start_up`): readiness now follows the node's state.
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
     }
 
     pub fn set_ready(&self) {

@@ -44,8 +44,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct NodeSysctlsArgs {
-    /// The primary interface. [default: the interface of the main table's IPv4 default route]
-    #[arg(long)]
+    /// The primary interface. [default: the interface of the main table's IPv4 default route with the lowest metric]
+    #[arg(long, env = "ENIPOOL_PRIMARY_INTERFACE")]
     pub interface: Option<String>,
 }
 

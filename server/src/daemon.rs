@@ -224,6 +224,7 @@ async fn start_up(app: &Arc<App>) {
         }
     }
     app.set_ready();
+    app.set_started();
     crate::cni_conf::install_when_ready(app);
     app.pool_wake.notify_one();
 }

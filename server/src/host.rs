@@ -38,10 +38,11 @@ pub enum HostError {
     /// The node-wide sysctls are wrong and this process cannot write them (a container's
     /// read-only /proc/sys): the node is not prepared, and pods would get no traffic.
     #[error(
-        "the node is not prepared: {0}. Run `enipoold node-sysctls` as root on the node (the DaemonSet's \
-         init container does)"
+        "the node is not prepared: {detail}. Run `enipoold node-sysctls --interface {interface}` as root \
+         on the node (the DaemonSet's init container runs `enipoold node-sysctls`, which takes the \
+         interface of the default route unless ENIPOOL_PRIMARY_INTERFACE is set)"
     )]
-    NodeNotPrepared(String),
+    NodeNotPrepared { interface: String, detail: String },
 }
 
 pub(crate) fn failed(what: &str, e: impl std::fmt::Display) -> HostError {
@@ -109,7 +110,10 @@ impl HostNet {
             let (_, name) = link_by_mac(&h, &mac).await?.ok_or(HostError::NotFound(mac.clone()))?;
             let sysctls = NodeSysctls::read(&name)?;
             if !sysctls.is_ready() {
-                sysctls.apply().map_err(|e| HostError::NodeNotPrepared(format!("{sysctls}; {e}")))?;
+                sysctls.apply().map_err(|e| HostError::NodeNotPrepared {
+                    interface: name.clone(),
+                    detail: format!("{sysctls}; {e}"),
+                })?;
             }
             Ok(name)
         })
@@ -147,7 +151,8 @@ pub struct NodeSysctls {
 
 impl NodeSysctls {
     pub fn read(interface: &str) -> Result<NodeSysctls, HostError> {
-        if interface.is_empty() || interface.contains('/') || interface == "." || interface == ".." {
+        // `all` and `default` are not interfaces: writing them would change every interface.
+        if interface.is_empty() || interface.contains('/') || [".", "..", "all", "default"].contains(&interface) {
             return Err(failed("the primary interface", format!("{interface:?} is not an interface name")));
         }
         Ok(NodeSysctls {
@@ -201,12 +206,25 @@ async fn default_route_interface(h: &Handle) -> Result<String, HostError> {
         .try_collect()
         .await
         .map_err(|e| failed("listing routes", e))?;
+    // The default route the kernel uses: the lowest metric. A multipath or nexthop-object route
+    // names no single interface: then the operator says which (--interface).
     let index = routes
         .iter()
         .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
-        .find_map(|r| r.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None }))
+        .filter_map(|r| {
+            let oif = r.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })?;
+            let metric =
+                r.attributes.iter().find_map(|a| if let RouteAttribute::Priority(p) = a { Some(*p) } else { None });
+            Some((metric.unwrap_or(0), oif))
+        })
+        .min()
+        .map(|(_, oif)| oif)
         .ok_or_else(|| {
-            failed("finding the primary interface", "no IPv4 default route in the main table; give --interface")
+            failed(
+                "finding the primary interface",
+                "no IPv4 default route through a single interface in the main table; give --interface \
+                 (ENIPOOL_PRIMARY_INTERFACE)",
+            )
         })?;
     let links: Vec<LinkMessage> = h
         .link()
@@ -374,8 +392,10 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_applies_the_stricter_of_all_and_the_interfaces_rp_filter() {
+    fn the_kernel_applies_the_larger_of_all_and_the_interfaces_rp_filter() {
         // max(all, interface): 2 (loose) wins over 1 (strict), 1 over 0 (off).
+        // `all` and `default` are refused as interfaces (they would change every interface).
+        assert!(NodeSysctls::read("all").is_err() && NodeSysctls::read("default").is_err());
         assert!(node("1", "1", "2").is_ready());
         assert!(node("1", "2", "0").is_ready());
         assert!(node("1", "0", "0").is_ready());

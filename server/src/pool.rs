@@ -80,6 +80,9 @@ pub async fn run(app: Arc<App>) {
         if app.is_shutting_down() {
             return;
         }
+        if app.is_started() {
+            watch_node(&app).await;
+        }
         if app.is_ready() {
             if last_reconcile.elapsed() >= app.config.reconcile_interval {
                 last_reconcile = Instant::now();
@@ -112,25 +115,38 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
-/// The node-wide sysctls (see `host.rs`), checked once the primary ENI's interface is there:
-/// `Err` with the reason while they are wrong and cannot be written; `Ok` when they are right,
-/// when there is no host setup, or when the interface has not appeared yet (`host_side` checks
-/// it again each tick).
+/// The node-wide sysctls (see `host.rs`), read on the primary ENI's interface (found by its
+/// MAC) and written where the daemon can: `Err` with the reason while they are wrong and
+/// cannot be written, or while no interface has the primary ENI's MAC; `Ok` when they are
+/// right or there is no host setup. Cheap (three small reads), so it runs every pool tick.
 pub async fn prepare_node(app: &App) -> Result<(), String> {
     let Some(host) = &app.host else { return Ok(()) };
     let primary = app.info().primary_eni_id;
-    if app.host_done.lock().unwrap_or_else(|e| e.into_inner()).contains(&primary) {
+    let Some(mac) = app.macs.lock().unwrap_or_else(|e| e.into_inner()).get(&primary).cloned() else {
+        // A provider that reports no MACs: nothing to find the interface by.
         return Ok(());
-    }
-    let Some(mac) = app.macs.lock().unwrap_or_else(|e| e.into_inner()).get(&primary).cloned() else { return Ok(()) };
+    };
     match host.setup_node(&mac).await {
-        Ok(ifname) => {
-            info!(%ifname, "node prepared: ip_forward=1, rp_filter not strict on the primary interface");
-            app.host_done.lock().unwrap_or_else(|e| e.into_inner()).insert(primary);
-            Ok(())
-        }
-        Err(HostError::NotFound(_)) => Ok(()),
+        Ok(_) => Ok(()),
+        Err(HostError::NotFound(mac)) => Err(format!("no interface has the primary ENI's MAC {mac}")),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// After start-up, readiness follows the node: not ready while its sysctls are wrong (someone
+/// reset them), ready again once they are right. Logs only when that changes.
+async fn watch_node(app: &App) {
+    match prepare_node(app).await {
+        Ok(()) if !app.is_ready() => {
+            info!("the node is prepared again: ready");
+            app.set_ready();
+        }
+        Err(why) if app.is_ready() => {
+            warn!(reason = %why, "the node's sysctls went wrong: not ready");
+            app.set_not_ready(why);
+        }
+        Err(why) => app.set_not_ready(why),
+        Ok(()) => {}
     }
 }
 
@@ -141,9 +157,6 @@ async fn host_side(app: &App) {
     let info = app.info();
     let done = |id: &str| app.host_done.lock().unwrap_or_else(|e| e.into_inner()).contains(id);
     let mac_of = |id: &str| app.macs.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
-    if let Err(why) = prepare_node(app).await {
-        warn!(reason = %why, "the node's sysctls are wrong");
-    }
     for eni in app.ledger.enis() {
         if !eni.attached || eni.id == info.primary_eni_id || done(&eni.id) {
             continue;

@@ -492,13 +492,24 @@ fn policy_is_least_privilege(policy: &Value, our_tag: &str) -> Result<(), String
             return Err(format!("ec2:{action} on {resource} with condition {condition}"));
         }
     }
-    // Each ENI-changing action is allowed on our ENIs at all (else the daemon cannot work).
+    // Each action is allowed on every resource type EC2 authorises it on (the Service
+    // Authorization Reference's required types), else the daemon cannot work.
     let all = grants(policy);
-    for action in
-        ["CreateNetworkInterface", "AttachNetworkInterface", "DetachNetworkInterface", "DeleteNetworkInterface"]
-    {
-        if !all.iter().any(|(a, r, _)| a == action && r == ENI) {
-            return Err(format!("ec2:{action} is not allowed on network interfaces"));
+    let required = [
+        ("CreateNetworkInterface", ENI),
+        ("CreateNetworkInterface", SUBNET),
+        ("CreateNetworkInterface", SECURITY_GROUP),
+        ("AttachNetworkInterface", ENI),
+        ("AttachNetworkInterface", INSTANCE),
+        ("DetachNetworkInterface", ENI),
+        ("DetachNetworkInterface", INSTANCE),
+        ("ModifyNetworkInterfaceAttribute", ENI),
+        ("DeleteNetworkInterface", ENI),
+        ("CreateTags", ENI),
+    ];
+    for (action, resource) in required {
+        if !all.iter().any(|(a, r, _)| a == action && (r == resource || r == "*")) {
+            return Err(format!("nothing: ec2:{action} is not allowed on {resource}"));
         }
     }
     Ok(())
@@ -518,7 +529,7 @@ fn iam_policy_changes_only_our_enis_and_creates_them_only_with_our_tag() {
     assert!(always.contains("key(TAG_INSTANCE_ID)"), "every ENI we create carries {our_tag}: {always}");
     policy_is_least_privilege(&policy, our_tag).unwrap_or_else(|e| panic!("deploy/iam-policy.json allows {e}"));
 
-    // The check refuses each way the policy could be too wide.
+    // The check refuses each way the policy could be too wide, or too narrow to work.
     let statements = policy["Statement"].as_array().unwrap().clone();
     let sid = |s: &Value, name: &str| s["Sid"].as_str() == Some(name);
     let mutations: Vec<(&str, Mutation)> = vec![
@@ -551,6 +562,14 @@ fn iam_policy_changes_only_our_enis_and_creates_them_only_with_our_tag() {
             Box::new(|st| {
                 st.push(json!({ "Effect": "Allow", "Action": ["ec2:DeleteNetworkInterface"], "Resource": "*" }))
             }),
+        ),
+        (
+            "cannot attach (no instance resource)",
+            Box::new(|st| st.retain(|s| !sid(s, "EnipoolAttachAndDetachOnInstances"))),
+        ),
+        (
+            "cannot create (no subnet resource)",
+            Box::new(|st| st.retain(|s| !sid(s, "EnipoolCreateEnisInSubnetsAndSecurityGroups"))),
         ),
         (
             "tags anything",

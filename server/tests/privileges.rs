@@ -64,7 +64,9 @@ async fn the_daemon_needs_only_net_admin_once_the_init_step_has_set_the_sysctls(
         }
     })
     .await;
-    for part in ["net.ipv4.ip_forward=0", "net.ipv4.conf.eth0.rp_filter=1", "enipoold node-sysctls", "Read-only"] {
+    for part in
+        ["net.ipv4.ip_forward=0", "net.ipv4.conf.eth0.rp_filter=1", "node-sysctls --interface eth0", "Read-only"]
+    {
         assert!(reason.contains(part), "the reason names {part:?}: {reason}");
     }
     assert_eq!(ns.read("/proc/sys/net/ipv4/ip_forward"), "0", "the confined daemon wrote nothing");
@@ -108,4 +110,24 @@ async fn the_daemon_needs_only_net_admin_once_the_init_step_has_set_the_sysctls(
     })
     .await;
     assert_eq!(capabilities(pid, "CapEff"), 1 << CAP_NET_ADMIN, "still CAP_NET_ADMIN alone");
+
+    // Readiness follows the node after start-up too: forwarding turned off underneath the
+    // daemon makes it not ready, and the init step's command makes it ready again.
+    sysctl(&ns, "net.ipv4.ip_forward", "0");
+    eventually("/readyz to turn 503 once forwarding is off", async || {
+        let r = api.get("/readyz").await;
+        let reason = r.json()["reason"].as_str().unwrap_or_default().to_string();
+        if r.status == 503 && reason.contains("net.ipv4.ip_forward=0") {
+            Ok(())
+        } else {
+            Err(format!("{} {reason}", r.status))
+        }
+    })
+    .await;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_enipoold"), "node-sysctls", "--interface", "eth0"])
+        .output()
+        .expect("running enipoold node-sysctls");
+    assert!(out.status.success(), "node-sysctls --interface eth0: {}", String::from_utf8_lossy(&out.stderr));
+    d.wait_ready().await;
 }
