@@ -32,6 +32,7 @@ pub fn ip(args: &[&str]) -> String {
 }
 
 /// A network namespace made here (`ip netns add`), deleted when dropped unless already deleted.
+#[derive(Debug)]
 pub struct Netns {
     pub name: String,
     deleted: bool,
@@ -90,6 +91,7 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// One exec, timed from spawn to exit (stdin written, stdout and stderr read).
+#[derive(Debug)]
 pub struct Exec {
     pub took: Duration,
     pub status: ExitStatus,
@@ -127,6 +129,7 @@ impl Exec {
     }
 }
 
+#[derive(Debug)]
 pub struct Binaries {
     pub plugin: PathBuf,
     pub daemon: PathBuf,

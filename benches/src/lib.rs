@@ -201,6 +201,7 @@ struct CheckpointData<'a> {
     allocations: Vec<&'a CheckpointEntry>,
 }
 
+#[derive(Debug)]
 struct JsonState {
     /// Free addresses, the one released longest ago first (as the ledger hands them out).
     free: VecDeque<Ipv4Addr>,
@@ -215,6 +216,7 @@ struct JsonState {
 ///
 /// It is, if anything, kinder to the peer than the original: the free address comes off a queue
 /// instead of a scan of every ENI's addresses, and the temp file is closed before the rename.
+#[derive(Debug)]
 pub struct JsonCheckpointStore {
     dir: PathBuf,
     path: PathBuf,
@@ -326,6 +328,7 @@ impl LeaseStore for JsonCheckpointStore {
 
 /// A file in `dir` that small records are appended to and fdatasync'ed, the way the ledger's
 /// write-ahead log does it: the cheapest durable write the disk offers.
+#[derive(Debug)]
 pub struct AppendFile {
     file: File,
     record: Vec<u8>,

@@ -40,6 +40,7 @@ impl NetNs {
             })?;
         // SAFETY: fstatfs writes into the zeroed struct we own; the fd is valid while `file` lives.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above: a valid fd and a struct we own.
         let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
         if rc != 0 {
             return Err(CniError::env(format!("CNI_NETNS {path}: fstatfs: {}", io::Error::last_os_error())));

@@ -194,6 +194,16 @@ pub struct Caller {
     observer: Option<Arc<dyn CallObserver>>,
 }
 
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("policy", &self.policy)
+            .field("limiter", &self.limiter)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
 impl Caller {
     pub fn new(policy: CallPolicy, observer: Option<Arc<dyn CallObserver>>) -> Caller {
         let limiter = RateLimiter::new(policy.rate_per_second, policy.burst);

@@ -101,6 +101,7 @@ struct Identity {
     vpc_cidrs: Vec<Ipv4Net>,
 }
 
+#[derive(Debug)]
 struct Ready {
     client: Client,
     id: Identity,
@@ -118,7 +119,7 @@ struct EniView {
     secondaries: BTreeSet<Ipv4Addr>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Cache {
     loaded: bool,
     enis: BTreeMap<String, EniView>,
@@ -132,6 +133,7 @@ struct Cache {
     pending_delete: BTreeSet<String>,
 }
 
+#[derive(Debug)]
 pub struct Ec2Provider {
     config: Ec2Config,
     caller: call::Caller,

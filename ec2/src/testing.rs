@@ -78,6 +78,7 @@ pub fn venv_python() -> PathBuf {
 }
 
 /// A child process killed and reaped on drop.
+#[derive(Debug)]
 pub struct ChildGuard(pub Child);
 
 impl Drop for ChildGuard {
@@ -169,6 +170,7 @@ impl Calls {
 }
 
 /// moto's EC2 server behind the fault layer (`tests/support/fake_ec2.py`).
+#[derive(Debug)]
 pub struct FakeEc2 {
     _child: ChildGuard,
     pub addr: String,
@@ -372,6 +374,7 @@ impl World {
 }
 
 /// The fake metadata service (`tests/support/fake_imds.py`), serving a `World`'s identity.
+#[derive(Debug)]
 pub struct FakeImds {
     _child: ChildGuard,
     _file: tempfile::NamedTempFile,

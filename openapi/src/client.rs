@@ -12,11 +12,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
 /// One keep-alive connection to the daemon.
+#[derive(Debug)]
 pub struct Client {
     socket: PathBuf,
     sender: Option<http1::SendRequest<Full<Bytes>>>,
 }
 
+#[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
     pub content_type: Option<String>,

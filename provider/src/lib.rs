@@ -80,7 +80,7 @@ pub enum ProviderError {
 }
 
 #[async_trait]
-pub trait Provider: Send + Sync {
+pub trait Provider: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// Identity and limits; called once at start-up.
     async fn init(&self) -> Result<InstanceInfo, ProviderError>;

@@ -107,6 +107,7 @@ impl IntoResponse for ApiError {
 
 /// A JSON body read strictly: size-capped (`LIMIT` bytes), JSON content type, and an error
 /// naming the field.
+#[derive(Debug)]
 pub struct ApiJson<T, const LIMIT: usize = { api::MAX_BODY_BYTES }>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync, const LIMIT: usize> FromRequest<S> for ApiJson<T, LIMIT> {
@@ -619,6 +620,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
     )),
     tags((name = "leases"), (name = "pool"), (name = "health"))
 )]
+#[derive(Debug)]
 pub struct ApiDoc;
 
 /// The OpenAPI document as committed in `openapi/openapi.json`.

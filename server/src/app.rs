@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::provider::{InstanceInfo, Provider, ProviderError};
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Events {
     pub last_action: Option<ProviderEvent>,
     pub last_error: Option<ProviderEvent>,
@@ -57,6 +57,7 @@ pub struct GrowthPause {
     pub reason: String,
 }
 
+#[derive(Debug)]
 pub struct App {
     pub config: Config,
     pub ledger: Ledger,

@@ -34,6 +34,7 @@ pub struct StateLabel {
     pub state: String,
 }
 
+#[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
     leases: Gauge,
@@ -247,6 +248,7 @@ impl Metrics {
 }
 
 /// See `Metrics::waiting_allocation`.
+#[derive(Debug)]
 pub struct WaitingAllocation(Gauge);
 
 impl Drop for WaitingAllocation {

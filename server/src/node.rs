@@ -77,6 +77,7 @@ pub fn netns_state(path: &Path) -> NetnsState {
     // SAFETY: statfs reads the NUL-terminated path and writes into the struct we own; zeroed is a
     // valid value of this plain C struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above: a NUL-terminated path and a struct we own.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
     if rc == 0 {
         #[allow(clippy::unnecessary_cast)] // f_type's type differs between libcs

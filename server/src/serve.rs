@@ -28,6 +28,7 @@ pub struct Limits {
     pub idle_timeout: Duration,
 }
 
+#[derive(Debug)]
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
@@ -203,6 +204,8 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
     let before = lim.rlim_cur as u64;
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct we own; raising the soft limit to the hard one
+        // needs no privilege.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             return Err(io::Error::last_os_error());
         }

@@ -35,6 +35,7 @@ struct SimInstance {
     enis: Vec<SimEni>,
 }
 
+#[derive(Debug)]
 pub struct StaticProvider {
     path: PathBuf,
     limits: Limits,
