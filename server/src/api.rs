@@ -496,7 +496,7 @@ async fn get_pool(State(app): State<AppState>) -> Json<api::Pool> {
     let c = &app.config;
     let info = app.info();
     let limits = info.limits;
-    let events = app.events.lock().unwrap_or_else(|e| e.into_inner());
+    let events = crate::lock(&app.events);
     Json(api::Pool {
         instance_id: info.instance_id.clone(),
         instance_type: info.instance_type.clone(),

@@ -158,7 +158,7 @@ impl App {
 
     /// Remembers the MACs of ENIs the provider reported.
     pub fn note_macs<'a>(&self, enis: impl IntoIterator<Item = &'a crate::provider::ProviderEni>) {
-        let mut macs = self.macs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut macs = crate::lock(&self.macs);
         for e in enis {
             if let Some(m) = &e.mac {
                 macs.insert(e.id.clone(), m.clone());
@@ -172,12 +172,12 @@ impl App {
         self.metrics.growth_paused();
         let pause =
             GrowthPause { until: Instant::now() + for_, until_ms: self.clock_now() + for_.as_millis() as u64, reason };
-        *self.growth_pause.lock().unwrap_or_else(|e| e.into_inner()) = Some(pause);
+        *crate::lock(&self.growth_pause) = Some(pause);
     }
 
     /// The pause in force, if any.
     pub fn growth_pause(&self) -> Option<GrowthPause> {
-        let mut p = self.growth_pause.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = crate::lock(&self.growth_pause);
         if p.as_ref().is_some_and(|p| p.until <= Instant::now()) {
             *p = None;
         }
@@ -197,7 +197,7 @@ impl App {
         if let Some(why) = self.ledger.health().write_failure {
             return (false, Some(format!("the ledger stopped taking writes: {why}")));
         }
-        (self.is_ready(), self.not_ready_reason.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        (self.is_ready(), crate::lock(&self.not_ready_reason).clone())
     }
 
     /// Start-up is done (`daemon::start_up`): readiness now follows the node's state.
@@ -210,7 +210,7 @@ impl App {
     }
 
     pub fn set_ready(&self) {
-        *self.not_ready_reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *crate::lock(&self.not_ready_reason) = None;
         self.ready.store(true, Ordering::Release);
     }
 
@@ -225,7 +225,7 @@ impl App {
     }
 
     pub fn set_not_ready(&self, reason: String) {
-        *self.not_ready_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        *crate::lock(&self.not_ready_reason) = Some(reason);
         self.ready.store(false, Ordering::Release);
     }
 
@@ -246,7 +246,7 @@ impl App {
     pub fn note_action(&self, action: &str, detail: String) {
         tracing::info!(action, %detail, "provider action");
         let event = ProviderEvent { action: action.into(), at: self.clock_now(), detail };
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).remember(false, event);
+        crate::lock(&self.events).remember(false, event);
     }
 
     /// Runs one provider call with metrics, and records its error as the last provider error.
@@ -261,7 +261,7 @@ impl App {
         if let Err(e) = &result {
             tracing::warn!(action, error = %e, "provider call failed");
             let event = ProviderEvent { action: action.into(), at: self.clock_now(), detail: e.to_string() };
-            self.events.lock().unwrap_or_else(|e| e.into_inner()).remember(true, event);
+            crate::lock(&self.events).remember(true, event);
         }
         result
     }

@@ -97,16 +97,15 @@ pub fn install_when_ready(app: &Arc<App>) {
             match outcome {
                 Ok(Ok(path)) => {
                     tracing::info!(path = %path.display(), "CNI conflist installed");
-                    *app.cni_conflist.lock().unwrap_or_else(|e| e.into_inner()) = Some(Ok(path));
+                    *crate::lock(&app.cni_conflist) = Some(Ok(path));
                     return;
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "installing the CNI conflist failed; the node stays NotReady");
-                    *app.cni_conflist.lock().unwrap_or_else(|e| e.into_inner()) = Some(Err(e.to_string()));
+                    *crate::lock(&app.cni_conflist) = Some(Err(e.to_string()));
                 }
                 Err(join) => {
-                    *app.cni_conflist.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(Err(format!("conflist task failed: {join}")));
+                    *crate::lock(&app.cni_conflist) = Some(Err(format!("conflist task failed: {join}")));
                 }
             }
             tokio::select! {

@@ -18,3 +18,10 @@ pub mod pool;
 pub mod provider;
 pub mod serve;
 pub mod status_page;
+
+/// Takes a std mutex even if a thread panicked while holding it. Every critical section in the
+/// daemon replaces or inserts whole values, so a poisoned lock still guards consistent data, and
+/// one panicked request must not take every later one down with it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

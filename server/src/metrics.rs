@@ -241,7 +241,7 @@ impl Metrics {
         self.ips_lost.set(stats.lost as i64);
         self.enis.set(stats.enis as i64);
         let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = crate::lock(&self.registry);
         encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
     }

@@ -122,7 +122,7 @@ pub async fn run(app: Arc<App>) {
 pub async fn prepare_node(app: &App) -> Result<(), String> {
     let Some(host) = &app.host else { return Ok(()) };
     let primary = app.info().primary_eni_id;
-    let Some(mac) = app.macs.lock().unwrap_or_else(|e| e.into_inner()).get(&primary).cloned() else {
+    let Some(mac) = crate::lock(&app.macs).get(&primary).cloned() else {
         // A provider that reports no MACs: nothing to find the interface by.
         return Ok(());
     };
@@ -155,8 +155,8 @@ async fn watch_node(app: &App) {
 async fn host_side(app: &App) {
     let Some(host) = &app.host else { return };
     let info = app.info();
-    let done = |id: &str| app.host_done.lock().unwrap_or_else(|e| e.into_inner()).contains(id);
-    let mac_of = |id: &str| app.macs.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+    let done = |id: &str| crate::lock(&app.host_done).contains(id);
+    let mac_of = |id: &str| crate::lock(&app.macs).get(id).cloned();
     for eni in app.ledger.enis() {
         if !eni.attached || eni.id == info.primary_eni_id || done(&eni.id) {
             continue;
@@ -174,7 +174,7 @@ async fn host_side(app: &App) {
         match host.setup_eni(spec).await {
             Ok(ifname) => {
                 info!(eni = %eni.id, %ifname, table = eni.route_table, "ENI's node side set up");
-                app.host_done.lock().unwrap_or_else(|e| e.into_inner()).insert(eni.id.clone());
+                crate::lock(&app.host_done).insert(eni.id.clone());
             }
             Err(HostError::NotFound(mac)) => {
                 tracing::debug!(eni = %eni.id, %mac, "ENI's interface has not appeared yet");

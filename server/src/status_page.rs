@@ -152,7 +152,7 @@ pub fn render(app: &App, refresh: u32) -> String {
         }
     }
     if c.cni_conf_dir.is_some() {
-        match &*app.cni_conflist.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*crate::lock(&app.cni_conflist) {
             Some(Ok(path)) => {
                 let _ = write!(
                     h,
@@ -285,7 +285,7 @@ pub fn render(app: &App, refresh: u32) -> String {
     }
 
     // Recent provider actions and errors, newest first.
-    let events = app.events.lock().unwrap_or_else(|e| e.into_inner());
+    let events = crate::lock(&app.events);
     h.push_str("<h2>Recent provider actions</h2><table id=\"provider-events\">");
     h.push_str("<tr><th>at</th><th>action</th><th>outcome</th><th>detail</th></tr>");
     if events.recent.is_empty() {
