@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::netns::Netns;
-use common::{Daemon, eventually, pool_settles};
+use common::{Daemon, eni_node_side_is_set_up, eventually, pool_settles};
 use enipool_ec2::testing::{FakeEc2, World};
 
 #[tokio::test]
@@ -59,21 +59,8 @@ async fn each_secondary_enis_node_side_is_set_up_when_its_interface_appears() {
         .expect("moto's MAC of the ENI");
     ns.ip(&["link", "add", "eth1", "address", &mac, "type", "veth", "peer", "name", "eth1-peer"]);
 
+    eni_node_side_is_set_up(&ns, "eth1", &eni_ip).await;
     let rule = format!("from {eni_ip} lookup 2");
-    eventually("the ENI's interface, table and rule", async || {
-        let link = ns.try_ip(&["link", "show", "eth1"]);
-        let routes = ns.try_ip(&["route", "show", "table", "2"]);
-        let rules = ns.try_ip(&["rule", "show"]);
-        let addrs = ns.try_ip(&["-4", "addr", "show", "dev", "eth1"]);
-        let ok = link.contains("mtu 9001")
-            && link.contains(",UP")
-            && routes.contains("default via 10.0.0.1 dev eth1")
-            && routes.contains("10.0.0.1 dev eth1")
-            && rules.contains(&rule)
-            && addrs.contains(&format!("{eni_ip}/32"));
-        if ok { Ok(()) } else { Err(format!("link {link}\nroutes {routes}\nrules {rules}\naddrs {addrs}")) }
-    })
-    .await;
 
     // A restart sets it up again without duplicating anything.
     let d = d.restart().await;

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::container::{CAP_NET_ADMIN, Confinement, capabilities, no_new_privs};
 use common::netns::Netns;
-use common::{M5_LARGE_PER_ENI, eventually};
+use common::{M5_LARGE_PER_ENI, eni_node_side_is_set_up, eventually};
 
 /// The static provider's MAC of its ENI with this serial (1 is the primary).
 fn static_mac(serial: u8) -> String {
@@ -95,20 +95,7 @@ async fn the_daemon_needs_only_net_admin_once_the_init_step_has_set_the_sysctls(
     assert_eq!(second["id"], "eni-00000000000000002");
     let eni_ip = second["primary_ip"].as_str().unwrap().to_string();
     ns.ip(&["link", "add", "eth1", "address", &static_mac(2), "type", "veth", "peer", "name", "eth1-peer"]);
-    let rule = format!("from {eni_ip} lookup 2");
-    eventually("the ENI's interface up, its address, table and rule", async || {
-        let link = ns.try_ip(&["link", "show", "eth1"]);
-        let routes = ns.try_ip(&["route", "show", "table", "2"]);
-        let rules = ns.try_ip(&["rule", "show"]);
-        let addrs = ns.try_ip(&["-4", "addr", "show", "dev", "eth1"]);
-        let ok = link.contains("mtu 9001")
-            && link.contains(",UP")
-            && routes.contains("default via 10.0.0.1 dev eth1")
-            && rules.contains(&rule)
-            && addrs.contains(&format!("{eni_ip}/32"));
-        if ok { Ok(()) } else { Err(format!("link {link}\nroutes {routes}\nrules {rules}\naddrs {addrs}")) }
-    })
-    .await;
+    eni_node_side_is_set_up(&ns, "eth1", &eni_ip).await;
     assert_eq!(capabilities(pid, "CapEff"), 1 << CAP_NET_ADMIN, "still CAP_NET_ADMIN alone");
 
     // Readiness follows the node after start-up too: forwarding turned off underneath the

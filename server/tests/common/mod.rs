@@ -659,6 +659,28 @@ pub async fn pool_settles(api: &Api, want: &[(&str, u64)], hold: Duration) -> Va
     reached
 }
 
+/// Waits until the node side of the secondary ENI at device 1 (interface `ifname`, primary IP
+/// `eni_ip`, subnet gateway 10.0.0.1, `--eni-mtu 9001`) is set up in `ns`: the link up with the
+/// MTU, the ENI's /32, table 2 with the gateway's link route and the default route through it,
+/// and `from <eni_ip> lookup 2`.
+pub async fn eni_node_side_is_set_up(ns: &netns::Netns, ifname: &str, eni_ip: &str) {
+    let rule = format!("from {eni_ip} lookup 2");
+    eventually("the ENI's interface up, its address, table and rule", async || {
+        let link = ns.try_ip(&["link", "show", ifname]);
+        let routes = ns.try_ip(&["route", "show", "table", "2"]);
+        let rules = ns.try_ip(&["rule", "show"]);
+        let addrs = ns.try_ip(&["-4", "addr", "show", "dev", ifname]);
+        let ok = link.contains("mtu 9001")
+            && link.contains(",UP")
+            && routes.contains(&format!("default via 10.0.0.1 dev {ifname}"))
+            && routes.contains(&format!("10.0.0.1 dev {ifname}"))
+            && rules.contains(&rule)
+            && addrs.contains(&format!("{eni_ip}/32"));
+        if ok { Ok(()) } else { Err(format!("link {link}\nroutes {routes}\nrules {rules}\naddrs {addrs}")) }
+    })
+    .await;
+}
+
 /// Every ENI id with its addresses.
 pub async fn eni_layout(api: &Api) -> Vec<(String, Vec<String>)> {
     api.enis()
