@@ -541,6 +541,60 @@ fn read_file(path: &Path) -> anyhow::Result<DaemonArgs> {
 mod tests {
     use super::*;
 
+    /// Every default the help text states as a value is the one `resolve()` uses: giving that
+    /// value explicitly resolves to the same configuration as giving nothing. (docs/operator.md
+    /// is checked against the help text in tests/operator_docs.rs.)
+    #[test]
+    fn every_default_the_help_states_is_the_one_resolve_uses() {
+        use clap::{CommandFactory, Parser};
+        // Defaults that are not one value: they depend on another setting or on the machine,
+        // or mean "unset"; their own tests cover them.
+        const NOT_A_VALUE: &[&str] = &[
+            "config",
+            "instance-type",
+            "instance-id",
+            "ec2-endpoint",
+            "cluster-name",
+            "eni-host-setup",
+            "host-netns",
+            "warm-ip-target",
+            "minimum-ip-target",
+            "max-eni",
+            "exclude-snat-cidrs",
+            "cni-conf-dir",
+            "wal-segment-bytes",
+        ];
+        let resolved = |argv: &[&str]| -> String {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            format!("{:?}", cli.daemon.resolve().unwrap_or_else(|e| panic!("{argv:?}: {e:#}")))
+        };
+        let nothing_given = resolved(&["enipoold"]);
+        let mut checked = Vec::new();
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let Some((_, default)) = help.rsplit_once("[default: ") else { continue };
+            let default = default.trim_end_matches(']');
+            if NOT_A_VALUE.contains(&long) {
+                continue;
+            }
+            let flag = format!("--{long}");
+            assert_eq!(
+                resolved(&["enipoold", &flag, default]),
+                nothing_given,
+                "{flag}: the help says [default: {default}], resolve() uses another"
+            );
+            checked.push(long.to_string());
+        }
+        assert!(checked.len() >= 30, "checked only {checked:?}");
+        // The exceptions are real flags (the list cannot hide a renamed one).
+        let longs: Vec<String> =
+            Cli::command().get_arguments().filter_map(|a| a.get_long().map(String::from)).collect();
+        for name in NOT_A_VALUE {
+            assert!(longs.iter().any(|l| l == name), "--{name} is not a flag any more");
+        }
+    }
+
     #[test]
     fn durations_accept_bare_seconds_and_units() {
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
