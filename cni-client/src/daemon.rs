@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use enipool_api::client::{Client, Reply};
+use enipool_api::client::{Client, ClientError, Reply};
 use enipool_api::{self as api, problem};
 
 use crate::protocol::{CniError, code};
@@ -137,10 +137,10 @@ impl Daemon {
         reply.json().map_err(|e| CniError::new(code::DAEMON, format!("{e:#}")))
     }
 
-    async fn timed(timeout: Duration, fut: impl Future<Output = anyhow::Result<Reply>>) -> Result<Reply, String> {
+    async fn timed(timeout: Duration, fut: impl Future<Output = Result<Reply, ClientError>>) -> Result<Reply, String> {
         match tokio::time::timeout(timeout, fut).await {
             Err(_) => Err(format!("no answer within {timeout:?}")),
-            Ok(Err(e)) => Err(format!("{e:#}")),
+            Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(r)) => Ok(r),
         }
     }

@@ -3,13 +3,27 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
+
+/// What went wrong talking to the daemon; each names what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to enipoold at {path}: {source}")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("the HTTP exchange with enipoold: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("building the request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("encoding the request body: {0}")]
+    Encode(serde_json::Error),
+    #[error("reply ({status}) is not the expected JSON: {source}: {body}")]
+    Decode { status: StatusCode, body: String, source: serde_json::Error },
+}
 
 /// One keep-alive connection to the daemon.
 #[derive(Debug)]
@@ -26,9 +40,11 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
-        serde_json::from_slice(&self.body).with_context(|| {
-            format!("reply ({}) is not the expected JSON: {}", self.status, String::from_utf8_lossy(&self.body))
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ClientError> {
+        serde_json::from_slice(&self.body).map_err(|source| ClientError::Decode {
+            status: self.status,
+            body: String::from_utf8_lossy(&self.body).into_owned(),
+            source,
         })
     }
 }
@@ -38,11 +54,11 @@ impl Client {
         Client { socket: socket.as_ref().to_path_buf(), sender: None }
     }
 
-    async fn connect(&mut self) -> anyhow::Result<&mut http1::SendRequest<Full<Bytes>>> {
+    async fn connect(&mut self) -> Result<&mut http1::SendRequest<Full<Bytes>>, ClientError> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             let stream = UnixStream::connect(&self.socket)
                 .await
-                .with_context(|| format!("connecting to enipoold at {}", self.socket.display()))?;
+                .map_err(|source| ClientError::Connect { path: self.socket.clone(), source })?;
             let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
@@ -53,7 +69,7 @@ impl Client {
     }
 
     /// Sends one request; `body` is sent as JSON when given.
-    pub async fn request(&mut self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Reply> {
+    pub async fn request(&mut self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Reply, ClientError> {
         let sender = self.connect().await?;
         sender.ready().await?;
         let mut req = Request::builder().method(method).uri(path).header("host", "enipoold");
@@ -74,15 +90,15 @@ impl Client {
         Ok(Reply { status, content_type, body })
     }
 
-    pub async fn get(&mut self, path: &str) -> anyhow::Result<Reply> {
+    pub async fn get(&mut self, path: &str) -> Result<Reply, ClientError> {
         self.request(Method::GET, path, None).await
     }
 
-    pub async fn post_json<T: serde::Serialize>(&mut self, path: &str, body: &T) -> anyhow::Result<Reply> {
-        self.request(Method::POST, path, Some(serde_json::to_vec(body)?)).await
+    pub async fn post_json<T: serde::Serialize>(&mut self, path: &str, body: &T) -> Result<Reply, ClientError> {
+        self.request(Method::POST, path, Some(serde_json::to_vec(body).map_err(ClientError::Encode)?)).await
     }
 
-    pub async fn delete(&mut self, path: &str) -> anyhow::Result<Reply> {
+    pub async fn delete(&mut self, path: &str) -> Result<Reply, ClientError> {
         self.request(Method::DELETE, path, None).await
     }
 }
