@@ -7,7 +7,7 @@ use enipool_api::{self as api, FieldError};
 use serde_json::Value;
 
 use crate::config::{self, LogLevel, NetConf};
-use crate::daemon::Daemon;
+use crate::daemon_client::Daemon;
 use crate::net::{self, PodSpec, Undo};
 use crate::netns::{self, NetNs};
 use crate::protocol::{self, CniArgs, CniError, CniResult, Command, Env, Interface, IpConfig, Route, code};

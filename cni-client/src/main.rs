@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 mod commands;
 mod config;
-mod daemon;
+mod daemon_client;
 mod log;
 mod net;
 mod netns;
