@@ -31,6 +31,21 @@ fn config(world: &World, ec2: &FakeEc2) -> Ec2Config {
     }
 }
 
+/// An ENI `p` (initialised) creates at device 1 and then leaves detached, as a node killed
+/// between Detach and Delete does; its id.
+async fn create_and_leave_detached(p: &Ec2Provider, world: &World, client: &aws_sdk_ec2::Client) -> String {
+    let eni = p.create_eni(1).await.expect("create");
+    let att = world
+        .enis(client)
+        .await
+        .iter()
+        .find(|n| n.network_interface_id() == Some(eni.id.as_str()))
+        .and_then(|n| n.attachment().and_then(|a| a.attachment_id()).map(String::from))
+        .expect("the new ENI is attached");
+    client.detach_network_interface().attachment_id(att).send().await.expect("detach");
+    eni.id
+}
+
 async fn setup(instance_type: &str) -> (FakeEc2, World) {
     set_aws_env();
     let ec2 = FakeEc2::start().await;
@@ -227,19 +242,7 @@ async fn the_sweep_deletes_our_detached_enis_and_nothing_else() {
     let p = Ec2Provider::new(Ec2Config { cluster_name: Some("prod".into()), ..config(&world, &ec2) }, None);
     p.init().await.expect("init");
     // Ours, left detached (a node killed between Detach and Delete).
-    let leaked = p.create_eni(1).await.expect("create");
-    let att = world
-        .enis(&client)
-        .await
-        .iter()
-        .find(|n| n.network_interface_id() == Some(leaked.id.as_str()))
-        .unwrap()
-        .attachment()
-        .unwrap()
-        .attachment_id()
-        .unwrap()
-        .to_string();
-    client.detach_network_interface().attachment_id(att).send().await.expect("detach");
+    let leaked = create_and_leave_detached(&p, &world, &client).await;
     // Ours and attached: kept.
     let live = p.create_eni(2).await.expect("create");
     // Someone else's, detached: kept.
@@ -251,10 +254,10 @@ async fn the_sweep_deletes_our_detached_enis_and_nothing_else() {
     let _ = other.list_enis().await.unwrap();
 
     let swept = p.sweep_leaked_enis().await.expect("sweep");
-    assert_eq!(swept, vec![leaked.id.clone()]);
+    assert_eq!(swept, vec![leaked.clone()]);
     let left: Vec<String> =
         world.enis(&client).await.iter().filter_map(|n| n.network_interface_id().map(String::from)).collect();
-    assert!(!left.contains(&leaked.id));
+    assert!(!left.contains(&leaked));
     assert!(left.contains(&live.id) && left.contains(&foreign), "{left:?}");
 
     // Younger than the age: kept.
@@ -294,16 +297,7 @@ async fn the_sweep_deletes_only_this_clusters_enis() {
         let (client, world) = (client.clone(), &world);
         async move {
             p.init().await.expect("init");
-            let eni = p.create_eni(1).await.expect("create");
-            let att = world
-                .enis(&client)
-                .await
-                .iter()
-                .find(|n| n.network_interface_id() == Some(eni.id.as_str()))
-                .and_then(|n| n.attachment().and_then(|a| a.attachment_id()).map(String::from))
-                .unwrap();
-            client.detach_network_interface().attachment_id(att).send().await.expect("detach");
-            eni.id
+            create_and_leave_detached(&p, world, &client).await
         }
     };
     // Another cluster's leaked ENI, with our tag key.
