@@ -30,9 +30,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use enipool_api::client::Client;
-use enipool_api::node::ALIAS_PREFIX;
 use enipool_benches::harness::{Exec, Netns, PATH, build_binaries, find_program};
 use enipool_benches::{fmt_duration, full_mode, load_average, percentile, scratch_dir};
+use enipool_nodenet::alias::ALIAS_PREFIX;
 use serde_json::{Value, json};
 
 const COMMAND: &str = "cargo bench -p enipool-benches --bench drill";

@@ -4,12 +4,15 @@
 use std::net::Ipv4Addr;
 
 use enipool_api::{self as api, FieldError};
+use enipool_nodenet::alias::{AliasInfo, attachment_tag, host_veth_alias, key_attachment_tag};
+use enipool_nodenet::format_mac;
+use enipool_nodenet::netlink;
+use enipool_nodenet::netns::{NetNs, NetnsState, OpenError, netns_state};
 use serde_json::Value;
 
 use crate::config::{self, LogLevel, NetConf};
 use crate::daemon_client::Daemon;
 use crate::net::{self, PodSpec, Undo};
-use crate::netns::{self, NetNs};
 use crate::protocol::{self, CniArgs, CniError, CniResult, Command, Env, Interface, IpConfig, Route, code};
 use crate::{log, snat};
 
@@ -111,17 +114,30 @@ fn host_veth_for(conf: &NetConf, a: &Attachment<'_>) -> String {
     net::host_veth_name(&conf.veth_prefix, pod, a.container_id)
 }
 
-async fn host_netlink() -> Result<rtnetlink::Handle, CniError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| CniError::kernel("opening a netlink socket", e))?;
-    tokio::spawn(conn);
-    Ok(handle)
+async fn host_netlink() -> Result<netlink::Handle, CniError> {
+    netlink::connect().map_err(|e| CniError::kernel("opening a netlink socket", e))
 }
 
-fn pod_netlink(ns: &NetNs) -> Result<rtnetlink::Handle, CniError> {
-    let (conn, handle) = netns::netlink_in(ns, &tokio::runtime::Handle::current())
-        .map_err(|e| CniError::kernel(format!("opening a netlink socket in {}", ns.path), e))?;
-    tokio::spawn(conn);
-    Ok(handle)
+fn pod_netlink(ns: &NetNs) -> Result<netlink::Handle, CniError> {
+    netlink::connect_in(ns)
+        .map_err(|e| CniError::kernel(format!("opening a netlink socket in {}", ns.path().display()), e))
+}
+
+/// Opens CNI_NETNS. A path that does not exist is code 3 (the container is gone); a path that
+/// is not a network namespace is code 4 (CNI_NETNS is invalid).
+fn open_netns(path: &str) -> Result<NetNs, CniError> {
+    NetNs::open(path).map_err(|e| match e {
+        OpenError::Missing(_) => CniError::new(code::UNKNOWN_CONTAINER, format!("CNI_NETNS {e}")),
+        _ => CniError::env(format!("CNI_NETNS {e}")),
+    })
+}
+
+/// The gateway the lease gives the pod (169.254.1.1).
+fn lease_gateway(lease: &api::Lease) -> Result<Ipv4Addr, CniError> {
+    lease
+        .gateway
+        .parse()
+        .map_err(|_| CniError::new(code::DAEMON, format!("enipoold leased an invalid gateway {:?}", lease.gateway)))
 }
 
 fn lease_ip(lease: &api::Lease) -> Result<Ipv4Addr, CniError> {
@@ -149,7 +165,7 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
 
     // Everything that can be refused without side effects comes before the lease.
     let started = std::time::Instant::now();
-    let ns = NetNs::open(netns_path)?;
+    let ns = open_netns(netns_path)?;
     let host = host_netlink().await?;
     let pod = pod_netlink(&ns)?;
     net::ensure_absent_in_pod(&pod, a.ifname, netns_path).await?;
@@ -168,6 +184,7 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
     let mut undo = Undo::default();
     let outcome = async {
         let ip = lease_ip(&lease)?;
+        let gateway = lease_gateway(&lease)?;
         if !(68..=65535).contains(&lease.mtu) {
             return Err(CniError::new(code::DAEMON, format!("enipoold sent an invalid MTU {}", lease.mtu)));
         }
@@ -187,8 +204,9 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
             ifname: a.ifname,
             host_veth: &host_veth,
             stale_veth: stale.as_ref().map(|(index, _)| *index),
-            alias: net::host_veth_alias(network, a.container_id, a.ifname),
+            alias: host_veth_alias(network, a.container_id, a.ifname),
             ip,
+            gateway,
             mtu: lease.mtu,
             route_table: lease.route_table,
             netns_fd: ns.fd(),
@@ -203,10 +221,10 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
             snat::ensure(s, &conf.state_dir, conf.iptables, conf.lock_timeout)?;
             log::debug(&format!("SNAT ensured in {:?}", started.elapsed() - before));
         }
-        Ok((ip, wired))
+        Ok((ip, gateway, wired))
     }
     .await;
-    let (ip, wired) = match outcome {
+    let (ip, gateway, wired) = match outcome {
         Ok(v) => v,
         Err(e) => {
             for problem in undo.run(&host).await {
@@ -228,23 +246,19 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
         interfaces: vec![
             Interface {
                 name: host_veth.clone(),
-                mac: net::format_mac(&wired.host_mac),
+                mac: format_mac(&wired.host_mac),
                 mtu: Some(lease.mtu),
                 sandbox: None,
             },
             Interface {
                 name: a.ifname.to_string(),
-                mac: net::format_mac(&wired.pod_mac),
+                mac: format_mac(&wired.pod_mac),
                 mtu: Some(lease.mtu),
                 sandbox: Some(netns_path.to_string()),
             },
         ],
-        ips: vec![IpConfig {
-            address: format!("{ip}/32"),
-            gateway: Some(net::POD_GATEWAY.to_string()),
-            interface: Some(1),
-        }],
-        routes: vec![Route { dst: "0.0.0.0/0".into(), gw: Some(net::POD_GATEWAY.to_string()) }],
+        ips: vec![IpConfig { address: format!("{ip}/32"), gateway: Some(gateway.to_string()), interface: Some(1) }],
+        routes: vec![Route { dst: "0.0.0.0/0".into(), gw: Some(gateway.to_string()) }],
     };
     Ok(protocol::encode_result(&ours, &conf.cni_version, conf.prev_result.as_ref()))
 }
@@ -257,12 +271,12 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
 /// Anything else (a live pod that shares the 44-bit name, another plugin's interface) keeps its
 /// name, and this pod gets another.
 async fn choose_host_veth(
-    host: &rtnetlink::Handle,
+    host: &netlink::Handle,
     daemon: &mut Daemon,
     conf: &NetConf,
     a: &Attachment<'_>,
     network: &str,
-) -> Result<(String, Option<(u32, net::AliasInfo)>), CniError> {
+) -> Result<(String, Option<(u32, AliasInfo)>), CniError> {
     const ALTERNATES: u32 = 8;
     let usual = host_veth_for(conf, a);
     let alternates = (1..=ALTERNATES)
@@ -289,14 +303,11 @@ async fn choose_host_veth(
 /// Whether the attachment a veth of ours names is gone: no lease, or a lease whose pod network
 /// namespace no longer exists. An alias without the attachment in clear (an older plugin's)
 /// cannot be judged: the veth is then treated as live.
-async fn attachment_gone(daemon: &mut Daemon, alias: &net::AliasInfo) -> Result<bool, CniError> {
+async fn attachment_gone(daemon: &mut Daemon, alias: &AliasInfo) -> Result<bool, CniError> {
     let Some((network, container_id, ifname)) = &alias.attachment else { return Ok(false) };
     Ok(match daemon.get_lease(network, container_id, ifname).await? {
         None => true,
-        Some(lease) => lease.netns.as_deref().is_some_and(|p| {
-            let p = std::path::Path::new(p);
-            !p.starts_with("/proc") && p.parent().is_some_and(|d| d.is_dir()) && !p.exists()
-        }),
+        Some(lease) => lease.netns.as_deref().is_some_and(|p| netns_state(std::path::Path::new(p)) == NetnsState::Gone),
     })
 }
 
@@ -368,7 +379,7 @@ async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     }
     let (prev_ip, prev_veth) = from_prev_result(conf, a.ifname);
     let prev_ip = prev_ip.ok_or_else(|| CniError::config("prevResult", "holds no IPv4 address of this interface"))?;
-    let ns = NetNs::open(netns_path)?;
+    let ns = open_netns(netns_path)?;
     let mut daemon = Daemon::new(&conf.socket);
     let Some(lease) = daemon.get_lease(network, a.container_id, a.ifname).await? else {
         return Err(CniError::new(
@@ -377,6 +388,7 @@ async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         ));
     };
     let ip = lease_ip(&lease)?;
+    let gateway = lease_gateway(&lease)?;
     let host_veth = lease.host_veth.clone().or(prev_veth).unwrap_or_else(|| host_veth_for(conf, &a));
     let mut bad = Vec::new();
     if ip != prev_ip {
@@ -388,6 +400,7 @@ async fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         ifname: a.ifname,
         host_veth: &host_veth,
         ip: prev_ip,
+        gateway,
         mtu: lease.mtu,
         route_table: lease.route_table,
     };
@@ -431,16 +444,14 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
     // Attachments the daemon still leases are kept too: it spares leases younger than its grace
     // period (an ADD the runtime has not listed yet), and their pods are wired.
     let mut keep: std::collections::HashSet<String> =
-        pairs.iter().map(|(c, i)| net::attachment_tag(network, c, i)).collect();
+        pairs.iter().map(|(c, i)| attachment_tag(network, c, i)).collect();
     match &daemon_result {
         Ok(reply) => {
             log::info(&format!("GC: enipoold released {} lease(s)", reply.released.len()));
             match daemon.leases(network).await {
-                Ok(leases) => keep.extend(
-                    leases
-                        .iter()
-                        .map(|l| enipool_api::node::key_attachment_tag(&l.network, &l.container_id, &l.ifname)),
-                ),
+                Ok(leases) => {
+                    keep.extend(leases.iter().map(|l| key_attachment_tag(&l.network, &l.container_id, &l.ifname)))
+                }
                 Err(e) => {
                     log::warn(&format!("GC: listing leases: {e}; leaving the kernel alone"));
                     return Err(e);
@@ -459,6 +470,31 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_pods_gateway_is_the_one_the_lease_names() {
+        let lease = |gateway: &str| -> api::Lease {
+            serde_json::from_value(serde_json::json!({
+                "network": "n", "container_id": "c", "ifname": "eth0", "pod_namespace": null,
+                "pod_name": null, "netns": null, "host_veth": null, "created_at": 0, "ip": "10.0.0.5",
+                "prefix_length": 32, "eni_id": "eni-1", "device_number": 1, "route_table": 2,
+                "subnet_cidr": "10.0.0.0/24", "subnet_gateway": "10.0.0.1", "vpc_cidrs": [],
+                "gateway": gateway, "mtu": 9001,
+                "snat": {"enabled": false, "node_ip": "", "excluded_cidrs": [], "randomize": "none"}
+            }))
+            .unwrap()
+        };
+        assert_eq!(lease_gateway(&lease("169.254.1.1")).unwrap(), Ipv4Addr::new(169, 254, 1, 1));
+        assert_eq!(lease_gateway(&lease("169.254.7.7")).unwrap(), Ipv4Addr::new(169, 254, 7, 7));
+        assert_eq!(lease_gateway(&lease("not an address")).unwrap_err().code, code::DAEMON);
+    }
+
+    #[test]
+    fn non_namespaces_are_refused_with_the_right_codes() {
+        assert_eq!(open_netns("/nonexistent/netns").err().unwrap().code, code::UNKNOWN_CONTAINER);
+        assert_eq!(open_netns("/etc/hostname").err().unwrap().code, code::INVALID_ENV);
+        assert!(open_netns("/proc/self/ns/net").is_ok());
+    }
 
     fn out(env: &[(&str, &str)], stdin: &str) -> (Value, u8) {
         let o = run(&Env::from_pairs(env.iter().copied()), stdin.as_bytes(), None);

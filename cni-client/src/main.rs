@@ -10,7 +10,6 @@ mod config;
 mod daemon_client;
 mod log;
 mod net;
-mod netns;
 mod protocol;
 mod snat;
 

@@ -252,7 +252,7 @@ impl Lock {
 }
 
 fn marker_path(dir: &Path) -> Result<PathBuf, CniError> {
-    let cookie = crate::netns::current_netns_cookie()
+    let cookie = enipool_nodenet::netns::current_netns_cookie()
         .map_err(|e| CniError::new(code::KERNEL, format!("reading this network namespace's cookie: {e}")))?;
     Ok(dir.join(format!("snat-{cookie:016x}")))
 }

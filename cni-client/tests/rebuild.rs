@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use enipool_api::node::{attachment_tag, network_tag};
+use enipool_nodenet::alias::{attachment_tag, network_tag};
 use serde_json::{Value, json};
 
 fn lease_with_ip<'a>(leases: &'a [Value], ip: &str) -> &'a Value {

@@ -8,11 +8,6 @@ use utoipa::ToSchema;
 
 #[cfg(feature = "client")]
 pub mod client;
-pub mod node;
-
-/// The address pods use as their default gateway (answered by the host veth through the static
-/// neighbour entry the plugin installs).
-pub const POD_GATEWAY: &str = "169.254.1.1";
 
 /// Largest request body the daemon reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

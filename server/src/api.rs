@@ -190,7 +190,7 @@ fn held_key(app: &App, key: LeaseKey) -> LeaseKey {
     if app.ledger.lease(&key).is_some() {
         return key;
     }
-    let (n, c, i) = enipool_api::node::hashed_key_of(&key.network, &key.container_id, &key.ifname);
+    let (n, c, i) = enipool_nodenet::alias::hashed_key_of(&key.network, &key.container_id, &key.ifname);
     let hashed = LeaseKey::new(n, c, i);
     if app.ledger.lease(&hashed).is_some() { hashed } else { key }
 }
@@ -219,7 +219,7 @@ fn to_api_lease(app: &App, lease: &enipool_storage::Lease) -> api::Lease {
         subnet_cidr: eni.as_ref().map_or_else(String::new, |e| e.subnet_cidr.to_string()),
         subnet_gateway: eni.as_ref().map_or_else(String::new, |e| e.subnet_gateway.to_string()),
         vpc_cidrs,
-        gateway: api::POD_GATEWAY.into(),
+        gateway: enipool_nodenet::POD_GATEWAY.to_string(),
         mtu: c.pod_mtu,
         snat: api::SnatSettings {
             // A placeholder identity (first start, provider unreachable) knows neither the node
@@ -551,11 +551,11 @@ async fn gc(
     }
     let valid: HashSet<(String, String)> = req.valid.into_iter().map(|a| (a.container_id, a.ifname)).collect();
     // Leases rebuilt under hashed keys are judged by the same list, hashed.
-    let (hashed_network, _, _) = enipool_api::node::hashed_key_of(&req.network, "", "");
+    let (hashed_network, _, _) = enipool_nodenet::alias::hashed_key_of(&req.network, "", "");
     let valid_hashed: HashSet<(String, String)> = valid
         .iter()
         .map(|(c, i)| {
-            let (_, c, i) = enipool_api::node::hashed_key_of(&req.network, c, i);
+            let (_, c, i) = enipool_nodenet::alias::hashed_key_of(&req.network, c, i);
             (c, i)
         })
         .collect();

@@ -14,19 +14,14 @@
 //! shared runtime thread is never switched. Every step is idempotent (replace semantics).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use futures_util::TryStreamExt;
+use enipool_nodenet::netlink::{self, Handle, ThreadError, add_rule, delete_rule, errno, link_by_mac};
+use enipool_nodenet::view::{RouteView, rule};
+use enipool_nodenet::{ENI_RULE_PRIORITY, MAIN_TABLE, PROTO};
 use ipnet::Ipv4Net;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{RouteProtocol, RouteScope};
-use netlink_packet_route::rule::{RuleAction, RuleAttribute};
-use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
-
-/// Priority of the `from <ENI primary IP>` rules (the pods' own `from` rules use 1536).
-pub const ENI_RULE_PRIORITY: u32 = 1535;
-/// Routing protocol tag of what we add (as the CNI plugin does).
-const PROTO: RouteProtocol = RouteProtocol::Other(211);
+use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -47,6 +42,12 @@ pub enum HostError {
 
 pub(crate) fn failed(what: &str, e: impl std::fmt::Display) -> HostError {
     HostError::Failed { what: what.to_string(), detail: e.to_string() }
+}
+
+impl From<ThreadError> for HostError {
+    fn from(e: ThreadError) -> HostError {
+        failed("the host netlink thread", e)
+    }
 }
 
 /// One secondary ENI's host side.
@@ -76,30 +77,7 @@ impl HostNet {
         F: FnOnce(Handle) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<T, HostError>>,
     {
-        let netns = self.netns.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("enipool-host".into())
-            .spawn(move || {
-                let result = (|| {
-                    if let Some(ns) = &netns {
-                        enter_netns(ns)?;
-                    }
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| failed("starting the host thread's runtime", e))?;
-                    rt.block_on(async move {
-                        let (conn, handle, _) =
-                            rtnetlink::new_connection().map_err(|e| failed("opening a netlink socket", e))?;
-                        tokio::spawn(conn);
-                        f(handle).await
-                    })
-                })();
-                let _ = tx.send(result);
-            })
-            .map_err(|e| failed("starting the host thread", e))?;
-        rx.await.map_err(|_| failed("the host thread", "ended without an answer"))?
+        netlink::on_own_thread(self.netns.as_deref(), f).await
     }
 
     /// Checks the node-wide sysctls with the interface that has `primary_mac` as the primary one;
@@ -107,7 +85,7 @@ impl HostNet {
     pub async fn setup_node(&self, primary_mac: &str) -> Result<String, HostError> {
         let mac = primary_mac.to_string();
         self.run(move |h| async move {
-            let (_, name) = link_by_mac(&h, &mac).await?.ok_or(HostError::NotFound(mac.clone()))?;
+            let name = host_link_by_mac(&h, &mac).await?.1;
             let sysctls = NodeSysctls::read(&name)?;
             if !sysctls.is_ready() {
                 sysctls.apply().map_err(|e| HostError::NodeNotPrepared {
@@ -128,8 +106,7 @@ pub async fn apply_node_sysctls(interface: Option<String>) -> Result<NodeSysctls
     let name = match interface {
         Some(name) => name,
         None => {
-            let (conn, h, _) = rtnetlink::new_connection().map_err(|e| failed("opening a netlink socket", e))?;
-            tokio::spawn(conn);
+            let h = netlink::connect().map_err(|e| failed("opening a netlink socket", e))?;
             default_route_interface(&h).await?
         }
     };
@@ -198,25 +175,14 @@ fn read_sysctl(path: &str) -> Result<String, HostError> {
 
 /// The output interface of the main table's IPv4 default route.
 async fn default_route_interface(h: &Handle) -> Result<String, HostError> {
-    use netlink_packet_route::route::{RouteAttribute, RouteMessage};
-    let routes: Vec<RouteMessage> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().table_id(254).build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| failed("listing routes", e))?;
+    let routes = netlink::routes(h).await.map_err(|e| failed("listing routes", e))?;
     // The default route the kernel uses: the lowest metric. A multipath or nexthop-object route
     // names no single interface: then the operator says which (--interface).
     let index = routes
         .iter()
-        .filter(|r| r.header.destination_prefix_length == 0 && r.header.table == 254)
-        .filter_map(|r| {
-            let oif = r.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })?;
-            let metric =
-                r.attributes.iter().find_map(|a| if let RouteAttribute::Priority(p) = a { Some(*p) } else { None });
-            Some((metric.unwrap_or(0), oif))
-        })
+        .map(RouteView::from_message)
+        .filter(|r| r.prefix_len == 0 && r.table == MAIN_TABLE)
+        .filter_map(|r| Some((r.metric.unwrap_or(0), r.oif?)))
         .min()
         .map(|(_, oif)| oif)
         .ok_or_else(|| {
@@ -226,26 +192,23 @@ async fn default_route_interface(h: &Handle) -> Result<String, HostError> {
                  (ENIPOOL_PRIMARY_INTERFACE)",
             )
         })?;
-    let links: Vec<LinkMessage> = h
-        .link()
-        .get()
-        .match_index(index)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| failed("reading an interface", e))?;
-    links
-        .iter()
-        .flat_map(|m| m.attributes.iter())
-        .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
+    let link = netlink::link_by_index(h, index).await.map_err(|e| failed("reading an interface", e))?;
+    link.map(|l| l.name)
+        .filter(|n| !n.is_empty())
         .ok_or_else(|| failed("finding the primary interface", format!("interface {index} has no name")))
+}
+
+/// The (index, name) of the interface with this MAC; `NotFound` while there is none.
+async fn host_link_by_mac(h: &Handle, mac: &str) -> Result<(u32, String), HostError> {
+    let link = link_by_mac(h, mac).await.map_err(|e| failed("listing interfaces", e))?;
+    link.map(|l| (l.index, l.name)).ok_or_else(|| HostError::NotFound(mac.to_string()))
 }
 
 impl HostNet {
     /// Sets up one secondary ENI; returns its interface name.
     pub async fn setup_eni(&self, eni: EniHost) -> Result<String, HostError> {
         self.run(move |h| async move {
-            let (index, name) = link_by_mac(&h, &eni.mac).await?.ok_or(HostError::NotFound(eni.mac.clone()))?;
+            let (index, name) = host_link_by_mac(&h, &eni.mac).await?;
             h.link()
                 .set(LinkUnspec::new_with_index(index).mtu(eni.mtu).up().build())
                 .execute()
@@ -262,7 +225,7 @@ impl HostNet {
                 .output_interface(index)
                 .scope(RouteScope::Link)
                 .table_id(eni.table)
-                .protocol(PROTO)
+                .protocol(RouteProtocol::Other(PROTO))
                 .build();
             h.route()
                 .add(gw)
@@ -274,7 +237,7 @@ impl HostNet {
                 .gateway(eni.gateway)
                 .output_interface(index)
                 .table_id(eni.table)
-                .protocol(PROTO)
+                .protocol(RouteProtocol::Other(PROTO))
                 .build();
             h.route()
                 .add(default)
@@ -289,93 +252,27 @@ impl HostNet {
     }
 }
 
-pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
-
-fn enter_netns(path: &Path) -> Result<(), HostError> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).map_err(|e| failed(&format!("opening {}", path.display()), e))?;
-    // SAFETY: setns(2) on an fd we own, on this dedicated thread only.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(failed(&format!("entering {}", path.display()), std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 fn write_sysctl(path: &str, value: &str) -> Result<(), HostError> {
     std::fs::write(path, value).map_err(|e| failed(&format!("writing {value} to {path}"), e))
 }
 
-fn mac_of(m: &LinkMessage) -> Option<String> {
-    m.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Address(b) if b.len() == 6 => {
-            Some(b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":"))
-        }
-        _ => None,
-    })
-}
-
-/// The (index, name) of the interface with this MAC.
-async fn link_by_mac(h: &Handle, mac: &str) -> Result<Option<(u32, String)>, HostError> {
-    let links: Vec<LinkMessage> =
-        h.link().get().execute().try_collect().await.map_err(|e| failed("listing interfaces", e))?;
-    let want = mac.to_ascii_lowercase();
-    Ok(links
-        .iter()
-        .find(|m| mac_of(m).as_deref() == Some(want.as_str()) && !m.header.flags.contains(LinkFlags::Loopback))
-        .map(|m| {
-            let name = m
-                .attributes
-                .iter()
-                .find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None })
-                .unwrap_or_default();
-            (m.header.index, name)
-        }))
-}
-
 /// `from <ip>/32 lookup <table>` at our priority, exactly once.
 async fn ensure_rule(h: &Handle, ip: Ipv4Addr, table: u32) -> Result<(), HostError> {
-    let rules: Vec<_> =
-        h.rule().get(IpVersion::V4).execute().try_collect().await.map_err(|e| failed("listing rules", e))?;
-    for m in rules {
-        let prio = m.attributes.iter().find_map(|a| if let RuleAttribute::Priority(p) = a { Some(*p) } else { None });
-        let from = m.attributes.iter().any(|a| matches!(a, RuleAttribute::Source(s) if *s == IpAddr::V4(ip)));
-        let tbl = m
-            .attributes
-            .iter()
-            .find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None })
-            .unwrap_or(u32::from(m.header.table));
-        if prio == Some(ENI_RULE_PRIORITY) && from {
-            if tbl == table {
+    let rules = netlink::rules(h).await.map_err(|e| failed("listing rules", e))?;
+    for (m, v) in rules {
+        let Some(v) = v else { continue };
+        if v.priority == ENI_RULE_PRIORITY && v.from && v.ip == ip {
+            if v.table == table {
                 return Ok(());
             }
             // A stale rule for this IP (an earlier ENI with another device number).
-            match h.rule().del(m).execute().await {
-                Err(e) if errno(&e) != Some(libc::ENOENT) => return Err(failed("deleting a stale rule", e)),
-                _ => {}
-            }
+            delete_rule(h, m).await.map_err(|e| failed("deleting a stale rule", e))?;
         }
     }
-    let mut req = h
-        .rule()
-        .add()
-        .v4()
-        .source_prefix(ip, 32)
-        .table_id(table)
-        .priority(ENI_RULE_PRIORITY)
-        .action(RuleAction::ToTable);
-    req.message_mut().attributes.push(RuleAttribute::Protocol(PROTO));
-    match req.execute().await {
-        Err(e) if errno(&e) != Some(libc::EEXIST) => {
-            Err(failed(&format!("adding the rule from {ip} lookup {table}"), e))
-        }
-        _ => Ok(()),
-    }
+    add_rule(h, rule(ENI_RULE_PRIORITY, ip, true, table))
+        .await
+        .map_err(|e| failed(&format!("adding the rule from {ip} lookup {table}"), e))?;
+    Ok(())
 }
 
 #[cfg(test)]

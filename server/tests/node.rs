@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::netns::Netns;
 use common::{Daemon, NET, eventually, metric};
-use enipool_api::node::host_veth_alias;
+use enipool_nodenet::alias::host_veth_alias;
 use serde_json::{Value, json};
 
 fn request(container_id: &str, netns: Option<&str>, host_veth: Option<&str>) -> Value {

@@ -1,16 +1,9 @@
-//! What the CNI plugin leaves on the node and the daemon reconciles, agreed between the two:
-//! the alias of a host veth (naming its attachment), and the priorities and routing protocol of
-//! the policy rules and routes. Neither side asks the other to recognise what is ours.
+//! The alias on a host veth of ours: it names the attachment the veth serves, so the plugin's
+//! GC and the daemon's node reconciliation recognise our veths, and whose they are, without
+//! asking each other.
 
 use sha1::{Digest, Sha1};
 
-/// Routing protocol number on our host routes and rules (`ip route ... proto 211`), so they can
-/// be told apart from anyone else's.
-pub const PROTO: u8 = 211;
-/// `rule to <pod IP> lookup main`: traffic to a pod stays on the node.
-pub const RULE_TO_PRIORITY: u32 = 512;
-/// `rule from <pod IP> lookup <ENI table>`: traffic from a pod on a secondary ENI leaves by it.
-pub const RULE_FROM_PRIORITY: u32 = 1536;
 /// Every host veth alias of ours starts with this.
 pub const ALIAS_PREFIX: &str = "enipool ";
 
@@ -149,8 +142,8 @@ mod tests {
         assert_eq!(key_attachment_tag(&n, &c, &i), attachment_tag("net", "cid", "eth0"));
         assert_eq!(key_attachment_tag("net", "cid", "eth0"), attachment_tag("net", "cid", "eth0"));
         // The parts are valid API path segments.
-        assert!(crate::check_network(&n).is_ok() && crate::check_container_id(&c).is_ok());
-        assert!(crate::check_ifname(&i).is_ok());
+        assert!(enipool_api::check_network(&n).is_ok() && enipool_api::check_container_id(&c).is_ok());
+        assert!(enipool_api::check_ifname(&i).is_ok());
     }
 
     #[test]
@@ -160,5 +153,14 @@ mod tests {
         // A clear attachment that does not hash to the tags is ignored, not believed.
         let a = host_veth_alias("net", "cid", "eth0").replace("net/cid/eth0", "net/other/eth0");
         assert_eq!(parse_alias(&a).unwrap().attachment, None);
+    }
+
+    #[test]
+    fn aliases_separate_networks_and_attachments() {
+        let a = host_veth_alias("net", "c1", "eth0");
+        assert!(a.starts_with(ALIAS_PREFIX));
+        assert_ne!(a, host_veth_alias("net", "c2", "eth0"));
+        assert_ne!(a, host_veth_alias("net2", "c1", "eth0"));
+        assert!(a.len() < 128);
     }
 }
