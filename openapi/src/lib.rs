@@ -120,6 +120,18 @@ pub enum AddressState {
     Lost,
 }
 
+impl AddressState {
+    /// The state's name, as it appears in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressState::Free => "free",
+            AddressState::Leased => "leased",
+            AddressState::Cooling => "cooling",
+            AddressState::Lost => "lost",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Address {
     pub ip: String,

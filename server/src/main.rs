@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use enipool_server::config::{Cli, Command};
-use enipool_server::{api, cli, daemon, host};
+use enipool_server::node::eni_setup;
+use enipool_server::{api, operator, startup};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -19,11 +20,11 @@ fn main() -> ExitCode {
                 print!("{}", api::openapi_json());
                 Ok(())
             }
-            Some(Command::Status(c)) => cli::status(&c).await.map(|s| print!("{s}")),
-            Some(Command::Leases(c)) => cli::leases(&c).await.map(|s| print!("{s}")),
+            Some(Command::Status(c)) => operator::status(&c).await.map(|s| print!("{s}")),
+            Some(Command::Leases(c)) => operator::leases(&c).await.map(|s| print!("{s}")),
             Some(Command::NodeSysctls(c)) => {
-                let before = host::apply_node_sysctls(c.interface).await?;
-                let after = host::NodeSysctls::read(&before.interface)?;
+                let before = eni_setup::apply_node_sysctls(c.interface).await?;
+                let after = eni_setup::NodeSysctls::read(&before.interface)?;
                 println!("enipoold node-sysctls: was {before}; now {after}");
                 Ok(())
             }
@@ -40,7 +41,7 @@ fn main() -> ExitCode {
                         .with_writer(std::io::stderr)
                         .init();
                 }
-                daemon::run(config).await
+                startup::run(config).await
             }
         }
     });

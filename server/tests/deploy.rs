@@ -174,7 +174,7 @@ fn daemonset_gives_the_daemon_its_paths_ports_and_settings() {
         .find_map(|l| l.strip_prefix("COPY deploy/10-enipool.conflist "))
         .expect("the Dockerfile copies deploy/10-enipool.conflist into the image");
     assert_eq!(Path::new(shipped.trim()), config.cni_conflist);
-    assert_eq!(config.cni_conflist, Path::new(enipool_server::cni_conf::DEFAULT_CONFLIST));
+    assert_eq!(config.cni_conflist, Path::new(enipool_server::config::DEFAULT_CONFLIST));
 
     // Probes on the read-only listener, which is on the node's loopback.
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {

@@ -1,5 +1,5 @@
 //! The pool manager reaches and holds each warm-target configuration on the static provider's
-//! simulated instances (server/src/pool.rs `plan`: WARM_ENI_TARGET keeps whole ENIs of free IPs,
+//! simulated instances (server/src/pool/plan.rs `plan`: WARM_ENI_TARGET keeps whole ENIs of free IPs,
 //! WARM_IP_TARGET / MINIMUM_IP_TARGET count single IPs, MAX_ENI caps, and cooling IPs count as
 //! in use, never as available).
 

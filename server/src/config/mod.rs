@@ -13,6 +13,8 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 pub const DEFAULT_SOCKET: &str = "/run/enipool/enipool.sock";
+/// Where the image ships the conflist (`deploy/10-enipool.conflist`).
+pub const DEFAULT_CONFLIST: &str = "/etc/enipool/10-enipool.conflist";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -527,7 +529,7 @@ impl DaemonArgs {
             log: a.log.unwrap_or_else(|| "info".into()),
             wal_segment_bytes: a.wal_segment_bytes.unwrap_or(4 << 20).max(4096),
             cni_conf_dir: a.cni_conf_dir.filter(|d| !d.as_os_str().is_empty()),
-            cni_conflist: a.cni_conflist.unwrap_or_else(|| crate::cni_conf::DEFAULT_CONFLIST.into()),
+            cni_conflist: a.cni_conflist.unwrap_or_else(|| DEFAULT_CONFLIST.into()),
         })
     }
 }

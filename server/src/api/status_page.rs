@@ -1,7 +1,7 @@
 //! `GET /status`: a read-only HTML page of the pool for operators (ENIs, their IPs and states,
-//! warm targets, readiness, recent provider actions). Server-rendered from the same state the
-//! JSON API reads, so it needs no JavaScript and shows exactly what `/v1/pool` and `/v1/enis`
-//! would at that instant. Every figure carries a `data-*` attribute so tests (and scripts) read
+//! warm targets, readiness, recent provider actions). Server-rendered from the very values
+//! `/v1/pool` and `/v1/enis` return ([`super::views`]), so it needs no JavaScript and shows
+//! exactly what they would at that instant. Every figure carries a `data-*` attribute so tests (and scripts) read
 //! the rendered DOM without scraping text.
 
 use std::fmt::Write;
@@ -10,13 +10,14 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use enipool_api::problem;
-use enipool_storage::{AddressState, EffectiveState, LeaseFilter};
+use enipool_api::{AddressState, problem};
+use enipool_storage::LeaseFilter;
 use serde::Deserialize;
 
-use crate::api::ApiError;
+use super::error::ApiError;
+use super::views;
 use crate::app::App;
-use crate::pool;
+use crate::provider::Limits;
 
 /// Seconds between reloads unless `?refresh=` says otherwise.
 pub const DEFAULT_REFRESH_SECONDS: u32 = 5;
@@ -99,15 +100,6 @@ pub fn utc(ms: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-fn state_name(s: EffectiveState) -> &'static str {
-    match s {
-        EffectiveState::Free => "free",
-        EffectiveState::Leased => "leased",
-        EffectiveState::Cooling => "cooling",
-        EffectiveState::Lost => "lost",
-    }
-}
-
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}\
 th{background:#f3f3f3}.free{color:#1a7f37}.leased{color:#0550ae}.cooling{color:#9a6700}.lost{color:#cf222e}\
@@ -117,17 +109,15 @@ code{font-size:.95em}";
 /// The whole page.
 pub fn render(app: &App, refresh: u32) -> String {
     let now = app.clock_now();
-    let stats = app.ledger.stats();
-    let plan = pool::plan_now(app, &stats);
-    let info = app.info();
-    let c = &app.config;
+    let pool = views::pool(app);
+    let enis = views::enis(app);
     let (ready, reason) = app.readiness();
     let mut h = String::new();
     // Writing into a String cannot fail: the results of write! are ignored below.
     let _ = write!(
         h,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>enipool: {}</title>",
-        esc(&info.instance_id)
+        esc(&pool.instance_id)
     );
     if refresh > 0 {
         let _ = write!(h, "<meta http-equiv=\"refresh\" content=\"{refresh}\">");
@@ -136,9 +126,9 @@ pub fn render(app: &App, refresh: u32) -> String {
     let _ = write!(
         h,
         "<h1>enipool on <span id=\"instance-id\">{}</span></h1><p>{} &middot; provider <b id=\"provider\">{}</b> &middot; rendered {} &middot; <a href=\"/docs/\">API docs</a> &middot; <a href=\"/v1/pool\">/v1/pool</a> &middot; <a href=\"/v1/enis\">/v1/enis</a></p>",
-        esc(&info.instance_id),
-        esc(&info.instance_type),
-        esc(app.provider.name()),
+        esc(&pool.instance_id),
+        esc(&pool.instance_type),
+        esc(&pool.provider),
         utc(now)
     );
     match (ready, &reason) {
@@ -151,8 +141,8 @@ pub fn render(app: &App, refresh: u32) -> String {
             );
         }
     }
-    if c.cni_conf_dir.is_some() {
-        match &*crate::lock(&app.cni_conflist) {
+    if app.config.cni_conf_dir.is_some() {
+        match &app.cni_conflist() {
             Some(Ok(path)) => {
                 let _ = write!(
                     h,
@@ -170,17 +160,17 @@ pub fn render(app: &App, refresh: u32) -> String {
     // The pool: the same figures as GET /v1/pool.
     h.push_str("<h2>Pool</h2><table id=\"pool\"><tr>");
     let figures: [(&str, u64); 11] = [
-        ("enis", stats.enis as u64),
-        ("total", stats.addresses.total as u64),
-        ("free", stats.addresses.free as u64),
-        ("leased", stats.addresses.leased as u64),
-        ("cooling", stats.addresses.cooling as u64),
-        ("lost", stats.lost as u64),
-        ("desired_total", u64::from(plan.desired_total)),
-        ("deficit", u64::from(plan.deficit)),
-        ("excess", u64::from(plan.excess)),
-        ("exhausted_allocations", app.exhausted_allocations.load(std::sync::atomic::Ordering::Relaxed)),
-        ("max_enis", u64::from(info.limits.max_enis)),
+        ("enis", u64::from(pool.enis)),
+        ("total", u64::from(pool.total)),
+        ("free", u64::from(pool.free)),
+        ("leased", u64::from(pool.leased)),
+        ("cooling", u64::from(pool.cooling)),
+        ("lost", u64::from(pool.lost)),
+        ("desired_total", u64::from(pool.desired_total)),
+        ("deficit", u64::from(pool.deficit)),
+        ("excess", u64::from(pool.excess)),
+        ("exhausted_allocations", pool.exhausted_allocations),
+        ("max_enis", u64::from(pool.max_enis)),
     ];
     for (name, _) in &figures {
         let _ = write!(h, "<th>{}</th>", name.replace('_', " "));
@@ -190,44 +180,43 @@ pub fn render(app: &App, refresh: u32) -> String {
         let _ = write!(h, "<td id=\"pool-{name}\" data-value=\"{value}\">{value}</td>");
     }
     h.push_str("</tr></table>");
-    if let Some(p) = app.growth_pause() {
+    if let Some(p) = &pool.growth_paused {
         let _ = write!(
             h,
             "<p id=\"growth-paused\" class=\"error\">Growth paused until {}: {}</p>",
-            utc(p.until_ms),
+            utc(p.until),
             esc(&p.reason)
         );
     }
 
     // Warm targets, with the reference daemon's names.
     let opt = |v: Option<u32>| v.map_or_else(|| "unset".to_string(), |v| v.to_string());
-    let max_eni = c.max_eni.map_or(info.limits.max_enis, |m| m.min(info.limits.max_enis));
+    let t = &pool.targets;
+    let max_eni = t.max_eni;
+    let limits = Limits { max_enis: pool.max_enis, ipv4_per_eni: pool.ipv4_per_eni };
     let _ = write!(
         h,
         "<h2>Warm targets</h2><table id=\"targets\"><tr><th>WARM_ENI_TARGET</th><th>WARM_IP_TARGET</th><th>MINIMUM_IP_TARGET</th><th>MAX_ENI</th><th>IP_COOLDOWN_PERIOD</th><th>IPs per ENI</th></tr>\
          <tr><td id=\"target-warm-eni\">{}</td><td id=\"target-warm-ip\">{}</td><td id=\"target-minimum-ip\">{}</td><td id=\"target-max-eni\">{max_eni}</td><td id=\"target-cooldown\">{} s</td><td>{} ({} for pods)</td></tr></table>",
-        c.warm_eni_target,
-        opt(c.warm_ip_target),
-        opt(c.minimum_ip_target),
-        c.ip_cooldown.as_secs_f64(),
-        info.limits.ipv4_per_eni,
-        info.limits.pod_ips_per_eni(),
+        t.warm_eni_target,
+        opt(t.warm_ip_target),
+        opt(t.minimum_ip_target),
+        t.ip_cooldown_seconds,
+        limits.ipv4_per_eni,
+        limits.pod_ips_per_eni(),
     );
 
-    // Every ENI with its addresses: the same states as GET /v1/enis.
-    let enis = app.ledger.enis();
+    // Every ENI with its addresses, as GET /v1/enis has them.
     let _ = write!(h, "<h2>ENIs (<span id=\"eni-count\">{}</span>)</h2>", enis.len());
     for e in enis {
-        let addresses = app.ledger.addresses(Some(&e.id));
         let leases = app.ledger.leases(&LeaseFilter { eni_id: Some(e.id.clone()), ..LeaseFilter::default() });
-        let count = |s: EffectiveState| addresses.iter().filter(|a| a.effective_state(now) == s).count();
+        let count = |s: AddressState| e.addresses.iter().filter(|a| a.state == s).count();
         let (free, leased, cooling, lost) = (
-            count(EffectiveState::Free),
-            count(EffectiveState::Leased),
-            count(EffectiveState::Cooling),
-            count(EffectiveState::Lost),
+            count(AddressState::Free),
+            count(AddressState::Leased),
+            count(AddressState::Cooling),
+            count(AddressState::Lost),
         );
-        let primary = e.id == info.primary_eni_id;
         let _ = write!(
             h,
             "<section class=\"eni\" data-eni-id=\"{id}\" data-total=\"{total}\" data-free=\"{free}\" data-leased=\"{leased}\" data-cooling=\"{cooling}\" data-lost=\"{lost}\" data-attached=\"{attached}\">\
@@ -235,9 +224,9 @@ pub fn render(app: &App, refresh: u32) -> String {
              <p>device {dev} &middot; primary IP {pip} &middot; subnet {subnet} via {gw} &middot; route table {table} &middot; \
              <span class=\"leased\">{leased} leased</span>, <span class=\"free\">{free} free</span>, <span class=\"cooling\">{cooling} cooling</span>{lost_text} of {total}</p>",
             id = esc(&e.id),
-            total = addresses.len(),
+            total = e.addresses.len(),
             attached = e.attached,
-            role = if primary { " (primary)" } else { "" },
+            role = if e.primary { " (primary)" } else { "" },
             detached = if e.attached { "" } else { " <span class=\"error\">detached</span>" },
             dev = e.device_number,
             pip = e.primary_ip,
@@ -246,18 +235,11 @@ pub fn render(app: &App, refresh: u32) -> String {
             table = e.route_table,
             lost_text = if lost > 0 { format!(", <span class=\"lost\">{lost} lost</span>") } else { String::new() },
         );
-        if !addresses.is_empty() {
+        if !e.addresses.is_empty() {
             h.push_str("<table><tr><th>IP</th><th>state</th><th>lease</th><th>pod</th><th>since / until</th></tr>");
-            for a in &addresses {
-                let state = a.effective_state(now);
-                let lease = match &a.state {
-                    AddressState::Leased { key } | AddressState::Lost { key } => leases.iter().find(|l| &l.key == key),
-                    _ => None,
-                };
-                let key = match &a.state {
-                    AddressState::Leased { key } | AddressState::Lost { key } => key.to_string(),
-                    _ => String::new(),
-                };
+            for a in &e.addresses {
+                let key = a.lease.clone().unwrap_or_default();
+                let lease = a.lease.as_ref().and_then(|k| leases.iter().find(|l| &l.key.to_string() == k));
                 let pod = lease
                     .map(|l| match (&l.meta.pod_namespace, &l.meta.pod_name) {
                         (Some(ns), Some(name)) => format!("{ns}/{name}"),
@@ -265,16 +247,16 @@ pub fn render(app: &App, refresh: u32) -> String {
                         _ => String::new(),
                     })
                     .unwrap_or_default();
-                let when = match (&a.state, lease) {
-                    (AddressState::Cooling { until }, _) if *until > now => format!("until {}", utc(*until)),
-                    (_, Some(l)) => format!("since {}", utc(l.created_at)),
+                let when = match (a.cooling_until, lease) {
+                    (Some(until), _) => format!("until {}", utc(until)),
+                    (None, Some(l)) => format!("since {}", utc(l.created_at)),
                     _ => String::new(),
                 };
                 let _ = write!(
                     h,
                     "<tr class=\"address\" data-ip=\"{ip}\" data-state=\"{s}\"><td><code>{ip}</code></td><td class=\"{s}\">{s}</td><td><code>{key}</code></td><td>{pod}</td><td>{when}</td></tr>",
                     ip = a.ip,
-                    s = state_name(state),
+                    s = a.state.as_str(),
                     key = esc(&key),
                     pod = esc(&pod),
                 );
@@ -285,13 +267,13 @@ pub fn render(app: &App, refresh: u32) -> String {
     }
 
     // Recent provider actions and errors, newest first.
-    let events = crate::lock(&app.events);
+    let events = app.pool.recent_events();
     h.push_str("<h2>Recent provider actions</h2><table id=\"provider-events\">");
     h.push_str("<tr><th>at</th><th>action</th><th>outcome</th><th>detail</th></tr>");
-    if events.recent.is_empty() {
+    if events.is_empty() {
         h.push_str("<tr><td colspan=\"4\">none since start-up</td></tr>");
     }
-    for (failed, e) in events.recent.iter().rev() {
+    for (failed, e) in events.iter().rev() {
         let (class, outcome) = if *failed { ("error", "failed") } else { ("ok", "done") };
         let _ = write!(
             h,

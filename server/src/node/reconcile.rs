@@ -45,8 +45,8 @@ use enipool_nodenet::view::RouteView;
 use enipool_storage::{AddressState, Lease, LeaseFilter, LeaseKey, LeaseMeta, Ledger};
 use tracing::{info, warn};
 
-use crate::app::App;
-use crate::host::{HostError, HostNet, failed};
+use super::eni_setup::{HostError, HostNet, failed};
+use crate::app::{App, LedgerCallError};
 
 /// What one pass did.
 #[derive(Debug, Default)]
@@ -139,7 +139,7 @@ pub struct RebuildReport {
 /// older than the grace period, is a stale lease (our host route goes to this pod's veth, so no
 /// other pod on the node uses the IP): the lease moves to the pod, lest the stale one's release
 /// hand the IP out again.
-pub async fn rebuild(app: &App, attachments: &[NodeAttachment]) -> anyhow::Result<RebuildReport> {
+pub async fn rebuild(app: &App, attachments: &[NodeAttachment]) -> Result<RebuildReport, LedgerCallError> {
     let now = app.clock_now();
     let grace = app.config.node_reconcile_grace.as_millis() as u64;
     let mut wanted = Vec::new();
@@ -158,7 +158,7 @@ pub async fn rebuild(app: &App, attachments: &[NodeAttachment]) -> anyhow::Resul
                     }
                     let lease = a.lease(now);
                     let (ledger, old, new) = (app.ledger.clone(), key.clone(), lease.clone());
-                    if app.blocking(move || ledger.rekey_lease(&old, new)).await? {
+                    if app.ledger_call(move || ledger.rekey_lease(&old, new)).await? {
                         warn!(stale = %key, key = %lease.key, ip = %a.ip, host_veth = %a.host_veth,
                             "lease moved from a stale key to the live pod the node shows using its IP");
                         report.restored.push(lease);
@@ -169,7 +169,7 @@ pub async fn rebuild(app: &App, attachments: &[NodeAttachment]) -> anyhow::Resul
     }
     if !wanted.is_empty() {
         let ledger = app.ledger.clone();
-        report.restored = app.blocking(move || ledger.restore_leases(wanted)).await?;
+        report.restored = app.ledger_call(move || ledger.restore_leases(wanted)).await?;
         for l in &report.restored {
             warn!(key = %l.key, ip = %l.ip, netns = ?l.meta.netns, host_veth = ?l.meta.host_veth,
                 "lease rebuilt from the node: a live pod uses this IP and the ledger had no lease for it");
@@ -243,10 +243,10 @@ pub async fn reconcile_with(app: &App, cleanup: bool) -> NodeReport {
 }
 
 /// Releases `lease` unless its key now holds another lease (the pod came back meanwhile).
-async fn release(app: &App, lease: &Lease) -> anyhow::Result<bool> {
+async fn release(app: &App, lease: &Lease) -> Result<bool, LedgerCallError> {
     let ledger = app.ledger.clone();
     let seen = lease.clone();
-    app.blocking(move || {
+    app.ledger_call(move || {
         if ledger.lease(&seen.key).is_none_or(|now| now.ip != seen.ip || now.created_at != seen.created_at) {
             return Ok(false);
         }
@@ -264,7 +264,7 @@ pub async fn run(app: Arc<App>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = app.shutdown.notified() => return,
+            _ = app.shutdown_signalled() => return,
         }
         if app.is_shutting_down() {
             return;

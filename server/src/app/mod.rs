@@ -1,10 +1,11 @@
-//! What every part of the daemon shares: configuration, the ledger, the provider, metrics, and
-//! the signals between the API and the pool manager.
+//! What every part of the daemon shares: configuration, the ledger, the provider and metrics
+//! (read-only handles), the node's identity, readiness and shutdown, and the pool manager's own
+//! state ([`PoolState`]), each behind methods.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -13,28 +14,25 @@ use enipool_storage::{Clock, Ledger, SystemClock};
 use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::provider::{InstanceInfo, Provider, ProviderError};
 
-#[derive(Debug, Default)]
-pub struct Events {
-    pub last_action: Option<ProviderEvent>,
-    pub last_error: Option<ProviderEvent>,
-    /// The last `RECENT_EVENTS` actions and errors, oldest first (the status page shows them).
-    pub recent: std::collections::VecDeque<(bool, ProviderEvent)>,
-}
+mod pool_state;
+pub use pool_state::{GrowthPause, PoolState, RECENT_EVENTS};
 
-pub const RECENT_EVENTS: usize = 20;
+/// A call run off the async workers ([`App::blocking`]) died before it answered (it panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("the ledger task failed: {0}")]
+pub struct TaskDied(String);
 
-impl Events {
-    /// Remembers an action (`failed` false) or a failed call.
-    fn remember(&mut self, failed: bool, event: ProviderEvent) {
-        if self.recent.len() == RECENT_EVENTS {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((failed, event.clone()));
-        if failed { self.last_error = Some(event) } else { self.last_action = Some(event) }
-    }
+/// A ledger call run off the async workers failed: the ledger refused, or the task died.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerCallError {
+    #[error(transparent)]
+    Ledger(#[from] enipool_storage::LedgerError),
+    #[error(transparent)]
+    TaskDied(#[from] TaskDied),
 }
 
 /// Where the instance identity `App` starts with came from.
@@ -48,51 +46,31 @@ pub enum Identity {
     Placeholder,
 }
 
-/// Growth is paused (the subnet ran out of addresses) until `until`.
-#[derive(Clone, Debug)]
-pub struct GrowthPause {
-    pub until: Instant,
-    /// The same instant, Unix milliseconds, for the API.
-    pub until_ms: u64,
-    pub reason: String,
-}
-
 #[derive(Debug)]
 pub struct App {
     pub config: Config,
     pub ledger: Ledger,
     pub provider: Arc<dyn Provider>,
+    pub metrics: Arc<Metrics>,
+    /// The pool manager's own state; the API reads it and wakes the manager through it.
+    pub pool: PoolState,
     /// Who we are; until the provider's `init` succeeded, what the last run cached (or a
     /// placeholder), see `provider_initialised`.
     info: RwLock<InstanceInfo>,
     provider_initialised: AtomicBool,
     /// `info` came from the provider or from its cache, not from the placeholder.
     identity_real: AtomicBool,
-    pub metrics: Arc<Metrics>,
-    /// Wakes the pool manager (after allocations, and when one found no free IP).
-    pub pool_wake: Notify,
-    /// Bumped whenever the pool gains IPs; allocations waiting for growth watch it.
-    pub pool_generation: watch::Sender<u64>,
     /// Told once, on SIGTERM.
-    pub shutdown: Notify,
-    pub events: Mutex<Events>,
-    pub exhausted_allocations: AtomicU64,
-    growth_pause: Mutex<Option<GrowthPause>>,
-    /// Where the ENIs' node side is done, when it is (`--eni-host-setup`).
-    pub host: Option<crate::host::HostNet>,
-    /// ENI id -> MAC, as the provider reported them.
-    pub macs: Mutex<HashMap<String, String>>,
-    /// ENIs whose node side is done (and the primary's node-wide settings, under its id).
-    pub host_done: Mutex<HashSet<String>>,
+    shutdown: Notify,
+    shutting_down: AtomicBool,
     /// `--cni-conf-dir`: where the conflist was installed, or why it was not (yet).
-    pub cni_conflist: Mutex<Option<Result<std::path::PathBuf, String>>>,
+    cni_conflist: Mutex<Option<Result<PathBuf, String>>>,
     ready: AtomicBool,
     /// Start-up has finished; from then on the pool manager's node check owns readiness.
     started: AtomicBool,
     /// Start-up has rebuilt from the node the leases the ledger lacked; allocations wait for it.
     rebuilt: watch::Sender<bool>,
     not_ready_reason: Mutex<Option<String>>,
-    shutting_down: AtomicBool,
 }
 
 impl App {
@@ -106,30 +84,22 @@ impl App {
         identity: Identity,
         metrics: Arc<Metrics>,
     ) -> App {
-        let host = config.eni_host_setup.then(|| crate::host::HostNet { netns: config.host_netns.clone() });
         App {
             config,
             ledger,
             provider,
+            metrics,
+            pool: PoolState::default(),
             info: RwLock::new(info),
             provider_initialised: AtomicBool::new(identity == Identity::Provider),
             identity_real: AtomicBool::new(identity != Identity::Placeholder),
-            metrics,
-            pool_wake: Notify::new(),
-            pool_generation: watch::channel(0).0,
             shutdown: Notify::new(),
-            events: Mutex::new(Events::default()),
-            exhausted_allocations: AtomicU64::new(0),
-            growth_pause: Mutex::new(None),
-            host,
-            macs: Mutex::new(HashMap::new()),
-            host_done: Mutex::new(HashSet::new()),
+            shutting_down: AtomicBool::new(false),
             cni_conflist: Mutex::new(None),
             ready: AtomicBool::new(false),
             started: AtomicBool::new(false),
             rebuilt: watch::channel(false).0,
             not_ready_reason: Mutex::new(Some("starting".into())),
-            shutting_down: AtomicBool::new(false),
         }
     }
 
@@ -156,32 +126,11 @@ impl App {
         self.identity_real.load(Ordering::Acquire)
     }
 
-    /// Remembers the MACs of ENIs the provider reported.
-    pub fn note_macs<'a>(&self, enis: impl IntoIterator<Item = &'a crate::provider::ProviderEni>) {
-        let mut macs = crate::lock(&self.macs);
-        for e in enis {
-            if let Some(m) = &e.mac {
-                macs.insert(e.id.clone(), m.clone());
-            }
-        }
-    }
-
     /// Pauses growth for `for_`, with the reason the API shows.
     pub fn pause_growth(&self, for_: Duration, reason: String) {
         tracing::warn!(pause = ?for_, %reason, "growth paused");
         self.metrics.growth_paused();
-        let pause =
-            GrowthPause { until: Instant::now() + for_, until_ms: self.clock_now() + for_.as_millis() as u64, reason };
-        *crate::lock(&self.growth_pause) = Some(pause);
-    }
-
-    /// The pause in force, if any.
-    pub fn growth_pause(&self) -> Option<GrowthPause> {
-        let mut p = crate::lock(&self.growth_pause);
-        if p.as_ref().is_some_and(|p| p.until <= Instant::now()) {
-            *p = None;
-        }
-        p.clone()
+        self.pool.pause_growth(for_, self.clock_now() + for_.as_millis() as u64, reason);
     }
 
     pub fn clock_now(&self) -> u64 {
@@ -197,7 +146,7 @@ impl App {
         if let Some(why) = self.ledger.health().write_failure {
             return (false, Some(format!("the ledger stopped taking writes: {why}")));
         }
-        (self.is_ready(), crate::lock(&self.not_ready_reason).clone())
+        (self.is_ready(), lock(&self.not_ready_reason).clone())
     }
 
     /// Start-up is done (`daemon::start_up`): readiness now follows the node's state.
@@ -210,7 +159,7 @@ impl App {
     }
 
     pub fn set_ready(&self) {
-        *crate::lock(&self.not_ready_reason) = None;
+        *lock(&self.not_ready_reason) = None;
         self.ready.store(true, Ordering::Release);
     }
 
@@ -225,7 +174,7 @@ impl App {
     }
 
     pub fn set_not_ready(&self, reason: String) {
-        *crate::lock(&self.not_ready_reason) = Some(reason);
+        *lock(&self.not_ready_reason) = Some(reason);
         self.ready.store(false, Ordering::Release);
     }
 
@@ -236,17 +185,28 @@ impl App {
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
         self.shutdown.notify_waiters();
-        self.pool_wake.notify_one();
+        self.pool.wake();
     }
 
-    pub fn pool_grew(&self) {
-        self.pool_generation.send_modify(|g| *g += 1);
+    /// Resolves on SIGTERM (for a waiter registered before it).
+    pub async fn shutdown_signalled(&self) {
+        self.shutdown.notified().await
+    }
+
+    /// Records where the conflist was installed, or why it was not.
+    pub fn set_cni_conflist(&self, outcome: Result<PathBuf, String>) {
+        *lock(&self.cni_conflist) = Some(outcome);
+    }
+
+    /// Where the conflist was installed, or why it was not; None before the first attempt.
+    pub fn cni_conflist(&self) -> Option<Result<PathBuf, String>> {
+        lock(&self.cni_conflist).clone()
     }
 
     pub fn note_action(&self, action: &str, detail: String) {
         tracing::info!(action, %detail, "provider action");
         let event = ProviderEvent { action: action.into(), at: self.clock_now(), detail };
-        crate::lock(&self.events).remember(false, event);
+        self.pool.remember(false, event);
     }
 
     /// Runs one provider call with metrics, and records its error as the last provider error.
@@ -261,20 +221,29 @@ impl App {
         if let Err(e) = &result {
             tracing::warn!(action, error = %e, "provider call failed");
             let event = ProviderEvent { action: action.into(), at: self.clock_now(), detail: e.to_string() };
-            crate::lock(&self.events).remember(true, event);
+            self.pool.remember(true, event);
         }
         result
     }
 
-    /// Runs a ledger call (which may wait on an fdatasync) off the async workers.
-    pub async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T, E> + Send + 'static,
-    ) -> anyhow::Result<T> {
+    /// Runs a ledger call (which may wait on an fdatasync) off the async workers. The call's
+    /// own error type is kept; a call that dies (panics) answers [`TaskDied`].
+    pub async fn blocking<T, E>(&self, f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<TaskDied> + Send + 'static,
+    {
         match tokio::task::spawn_blocking(f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(anyhow::anyhow!("{e}")),
-            Err(join) => Err(anyhow::anyhow!("ledger task failed: {join}")),
+            Ok(result) => result,
+            Err(join) => Err(TaskDied(join.to_string()).into()),
         }
+    }
+
+    /// [`App::blocking`] for a ledger call: its error stays a `LedgerError`, beside [`TaskDied`].
+    pub async fn ledger_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, enipool_storage::LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerCallError> {
+        self.blocking(move || f().map_err(LedgerCallError::from)).await
     }
 }

@@ -19,9 +19,6 @@ use thiserror::Error;
 
 use crate::app::App;
 
-/// Where the image ships the conflist (`deploy/10-enipool.conflist`).
-pub const DEFAULT_CONFLIST: &str = "/etc/enipool/10-enipool.conflist";
-
 #[derive(Debug, Error)]
 pub enum CniConfError {
     #[error("reading the conflist {path}: {source}")]
@@ -97,20 +94,20 @@ pub fn install_when_ready(app: &Arc<App>) {
             match outcome {
                 Ok(Ok(path)) => {
                     tracing::info!(path = %path.display(), "CNI conflist installed");
-                    *crate::lock(&app.cni_conflist) = Some(Ok(path));
+                    app.set_cni_conflist(Ok(path));
                     return;
                 }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "installing the CNI conflist failed; the node stays NotReady");
-                    *crate::lock(&app.cni_conflist) = Some(Err(e.to_string()));
+                    app.set_cni_conflist(Err(e.to_string()));
                 }
                 Err(join) => {
-                    *crate::lock(&app.cni_conflist) = Some(Err(format!("conflist task failed: {join}")));
+                    app.set_cni_conflist(Err(format!("conflist task failed: {join}")));
                 }
             }
             tokio::select! {
                 _ = tokio::time::sleep(app.config.pool_tick) => {}
-                _ = app.shutdown.notified() => return,
+                _ = app.shutdown_signalled() => return,
             }
         }
     });

@@ -170,7 +170,7 @@ async fn start_up(app: &Arc<App>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(app.config.pool_tick) => {}
-            _ = app.shutdown.notified() => return,
+            _ = app.shutdown_signalled() => return,
         }
     }
     app.set_rebuilt();
@@ -202,14 +202,14 @@ async fn start_up(app: &Arc<App>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(app.config.pool_tick) => {}
-            _ = app.shutdown.notified() => return,
+            _ = app.shutdown_signalled() => return,
         }
     }
     // Before anything is cleaned: the provider is listed and the leases are rebuilt.
     log_node_pass(&node::reconcile(app).await, app.config.node_cleanup);
     tokio::spawn(node::run(Arc::clone(app)));
     // Pods get no traffic on a node that does not forward: not ready (so no conflist) until the
-    // node's sysctls are right, which the DaemonSet's init container sees to (host.rs).
+    // node's sysctls are right, which the DaemonSet's init container sees to (node::eni_setup).
     loop {
         match pool::prepare_node(app).await {
             Ok(()) => break,
@@ -220,13 +220,13 @@ async fn start_up(app: &Arc<App>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(app.config.pool_tick) => {}
-            _ = app.shutdown.notified() => return,
+            _ = app.shutdown_signalled() => return,
         }
     }
     app.set_ready();
     app.set_started();
-    crate::cni_conf::install_when_ready(app);
-    app.pool_wake.notify_one();
+    crate::node::cni_conf::install_when_ready(app);
+    app.pool.wake();
 }
 
 fn log_node_pass(report: &node::NodeReport, cleanup: bool) {

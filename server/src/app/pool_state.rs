@@ -1,0 +1,175 @@
+//! The pool manager's own state, behind methods: the provider events it recorded, the growth
+//! pause, the ENIs' MACs, which ENIs' node side is done, and the signals between the API and
+//! the manager (wake-ups, and a generation counter allocations waiting for growth watch).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use enipool_api::ProviderEvent;
+use tokio::sync::{Notify, watch};
+
+use crate::lock;
+use crate::provider::ProviderEni;
+
+/// How many provider actions and errors the status page shows.
+pub const RECENT_EVENTS: usize = 20;
+
+#[derive(Debug, Default)]
+struct Events {
+    last_action: Option<ProviderEvent>,
+    last_error: Option<ProviderEvent>,
+    /// The last `RECENT_EVENTS` actions and errors, oldest first.
+    recent: VecDeque<(bool, ProviderEvent)>,
+}
+
+/// Growth is paused (the subnet ran out of addresses) until `until`.
+#[derive(Clone, Debug)]
+pub struct GrowthPause {
+    pub until: Instant,
+    /// The same instant, Unix milliseconds, for the API.
+    pub until_ms: u64,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct PoolState {
+    events: Mutex<Events>,
+    exhausted_allocations: AtomicU64,
+    growth_pause: Mutex<Option<GrowthPause>>,
+    /// ENI id -> MAC, as the provider reported them.
+    macs: Mutex<HashMap<String, String>>,
+    /// ENIs whose node side is done.
+    host_done: Mutex<HashSet<String>>,
+    /// Wakes the manager (after allocations, and when one found no free IP).
+    wake: Notify,
+    /// Bumped whenever the pool gains IPs; allocations waiting for growth watch it.
+    generation: watch::Sender<u64>,
+}
+
+impl Default for PoolState {
+    fn default() -> PoolState {
+        PoolState {
+            events: Mutex::default(),
+            exhausted_allocations: AtomicU64::new(0),
+            growth_pause: Mutex::default(),
+            macs: Mutex::default(),
+            host_done: Mutex::default(),
+            wake: Notify::new(),
+            generation: watch::channel(0).0,
+        }
+    }
+}
+
+impl PoolState {
+    /// Remembers an action (`failed` false) or a failed call.
+    pub fn remember(&self, failed: bool, event: ProviderEvent) {
+        let mut events = lock(&self.events);
+        if events.recent.len() == RECENT_EVENTS {
+            events.recent.pop_front();
+        }
+        events.recent.push_back((failed, event.clone()));
+        if failed { events.last_error = Some(event) } else { events.last_action = Some(event) }
+    }
+
+    pub fn last_action(&self) -> Option<ProviderEvent> {
+        lock(&self.events).last_action.clone()
+    }
+
+    pub fn last_error(&self) -> Option<ProviderEvent> {
+        lock(&self.events).last_error.clone()
+    }
+
+    /// The recent actions and errors, oldest first, each with whether it failed.
+    pub fn recent_events(&self) -> Vec<(bool, ProviderEvent)> {
+        lock(&self.events).recent.iter().cloned().collect()
+    }
+
+    /// An allocation found no free IP before its deadline.
+    pub fn note_exhausted(&self) {
+        self.exhausted_allocations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn exhausted_allocations(&self) -> u64 {
+        self.exhausted_allocations.load(Ordering::Relaxed)
+    }
+
+    /// Pauses growth until `until_ms` (`for_` from now), with the reason the API shows.
+    pub fn pause_growth(&self, for_: Duration, until_ms: u64, reason: String) {
+        *lock(&self.growth_pause) = Some(GrowthPause { until: Instant::now() + for_, until_ms, reason });
+    }
+
+    /// The pause in force, if any.
+    pub fn growth_pause(&self) -> Option<GrowthPause> {
+        let mut p = lock(&self.growth_pause);
+        if p.as_ref().is_some_and(|p| p.until <= Instant::now()) {
+            *p = None;
+        }
+        p.clone()
+    }
+
+    /// Remembers the MACs of ENIs the provider reported.
+    pub fn note_macs<'a>(&self, enis: impl IntoIterator<Item = &'a ProviderEni>) {
+        let mut macs = lock(&self.macs);
+        for e in enis {
+            if let Some(m) = &e.mac {
+                macs.insert(e.id.clone(), m.clone());
+            }
+        }
+    }
+
+    pub fn mac(&self, eni_id: &str) -> Option<String> {
+        lock(&self.macs).get(eni_id).cloned()
+    }
+
+    pub fn host_done(&self, eni_id: &str) -> bool {
+        lock(&self.host_done).contains(eni_id)
+    }
+
+    pub fn set_host_done(&self, eni_id: &str) {
+        lock(&self.host_done).insert(eni_id.to_string());
+    }
+
+    /// Wakes the manager.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when the manager is woken.
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// The pool gained IPs.
+    pub fn grew(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Changes whenever the pool gains IPs.
+    pub fn growth(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u64) -> ProviderEvent {
+        ProviderEvent { action: "assign_ips".into(), at: n, detail: format!("#{n}") }
+    }
+
+    #[test]
+    fn keeps_the_last_events_and_the_last_action_and_error_apart() {
+        let s = PoolState::default();
+        for n in 0..(RECENT_EVENTS as u64 + 5) {
+            s.remember(n % 2 == 1, event(n));
+        }
+        let recent = s.recent_events();
+        assert_eq!(recent.len(), RECENT_EVENTS);
+        assert_eq!(recent.first().unwrap().1.at, 5, "the oldest went first");
+        assert_eq!(s.last_action().unwrap().at, RECENT_EVENTS as u64 + 4);
+        assert_eq!(s.last_error().unwrap().at, RECENT_EVENTS as u64 + 3);
+    }
+}

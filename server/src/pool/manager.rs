@@ -1,0 +1,282 @@
+//! The pool manager's loop: one task, woken by every allocation and by a periodic tick, that
+//! grows and shrinks the pool, keeps the node side of ENIs set up, reconciles with the provider
+//! and sweeps leaked ENIs, in that one task so none of these interleave.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use enipool_storage::EffectiveState;
+use tracing::{info, warn};
+
+use super::error::PoolError;
+use super::plan::plan_now;
+use super::sync::{eni_record, sync_with_provider};
+use crate::app::App;
+use crate::node::eni_setup::{EniHost, HostError, HostNet};
+use crate::provider::ProviderError;
+
+/// Runs the pool manager until shutdown. Besides growing and shrinking, it reconciles the
+/// ledger with the provider every `reconcile_interval` and runs the leaked-ENI sweep every
+/// `leaked_eni_interval`, in the same task, so none of these interleave.
+pub async fn run(app: Arc<App>) {
+    let mut last_shrink: Option<Instant> = None;
+    // The start-up sync is the first reconciliation.
+    let mut last_reconcile = Instant::now();
+    let mut last_sweep: Option<Instant> = None;
+    loop {
+        if app.is_shutting_down() {
+            return;
+        }
+        if app.is_started() {
+            watch_node(&app).await;
+        }
+        if app.is_ready() {
+            if last_reconcile.elapsed() >= app.config.reconcile_interval {
+                last_reconcile = Instant::now();
+                if let Err(e) = sync_with_provider(&app).await {
+                    warn!(error = %e, "reconciliation with the provider failed");
+                }
+            }
+            let sweep_every = app.config.leaked_eni_interval;
+            if !sweep_every.is_zero() && last_sweep.is_none_or(|at| at.elapsed() >= sweep_every) {
+                last_sweep = Some(Instant::now());
+                match app.provider_call("sweep_leaked_enis", app.provider.sweep_leaked_enis()).await {
+                    Ok(gone) if !gone.is_empty() => {
+                        app.metrics.leaked_enis_deleted(gone.len());
+                        app.note_action("sweep_leaked_enis", format!("deleted {}", gone.join(", ")));
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "leaked-ENI sweep failed"),
+                }
+            }
+            host_side(&app).await;
+            if let Err(e) = step(&app, &mut last_shrink).await {
+                warn!(error = %e, "pool step failed");
+            }
+        }
+        tokio::select! {
+            _ = app.pool.woken() => {}
+            _ = tokio::time::sleep(app.config.pool_tick) => {}
+            _ = app.shutdown_signalled() => return,
+        }
+    }
+}
+
+/// The node-wide sysctls (see `node::eni_setup`), read on the primary ENI's interface (found by its
+/// MAC) and written where the daemon can: `Err` with the reason while they are wrong and
+/// cannot be written, or while no interface has the primary ENI's MAC; `Ok` when they are
+/// right or there is no host setup. Cheap (three small reads), so it runs every pool tick.
+pub async fn prepare_node(app: &App) -> Result<(), String> {
+    let Some(host) = host_net(app) else { return Ok(()) };
+    let primary = app.info().primary_eni_id;
+    let Some(mac) = app.pool.mac(&primary) else {
+        // A provider that reports no MACs: nothing to find the interface by.
+        return Ok(());
+    };
+    match host.setup_node(&mac).await {
+        Ok(_) => Ok(()),
+        Err(HostError::NotFound(mac)) => Err(format!("no interface has the primary ENI's MAC {mac}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// After start-up, readiness follows the node: not ready while its sysctls are wrong (someone
+/// reset them), ready again once they are right. Logs only when that changes.
+async fn watch_node(app: &App) {
+    match prepare_node(app).await {
+        Ok(()) if !app.is_ready() => {
+            info!("the node is prepared again: ready");
+            app.set_ready();
+        }
+        Err(why) if app.is_ready() => {
+            warn!(reason = %why, "the node's sysctls went wrong: not ready");
+            app.set_not_ready(why);
+        }
+        Err(why) => app.set_not_ready(why),
+        Ok(()) => {}
+    }
+}
+
+/// The node side of every attached secondary ENI not done yet, and the node-wide settings once
+/// (see `node::eni_setup`). An interface that has not appeared yet is tried again next tick.
+async fn host_side(app: &App) {
+    let Some(host) = host_net(app) else { return };
+    let info = app.info();
+    for eni in app.ledger.enis() {
+        if !eni.attached || eni.id == info.primary_eni_id || app.pool.host_done(&eni.id) {
+            continue;
+        }
+        let Some(mac) = app.pool.mac(&eni.id) else { continue };
+        let spec = EniHost {
+            eni_id: eni.id.clone(),
+            mac,
+            primary_ip: eni.primary_ip,
+            subnet: eni.subnet_cidr,
+            gateway: eni.subnet_gateway,
+            table: eni.route_table,
+            mtu: app.config.eni_mtu,
+        };
+        match host.setup_eni(spec).await {
+            Ok(ifname) => {
+                info!(eni = %eni.id, %ifname, table = eni.route_table, "ENI's node side set up");
+                app.pool.set_host_done(&eni.id);
+            }
+            Err(HostError::NotFound(mac)) => {
+                tracing::debug!(eni = %eni.id, %mac, "ENI's interface has not appeared yet");
+            }
+            Err(e) => warn!(eni = %eni.id, error = %e, "setting up the ENI's node side failed"),
+        }
+    }
+}
+
+/// Where the ENIs' node side is done, when it is (`--eni-host-setup`).
+fn host_net(app: &App) -> Option<HostNet> {
+    app.config.eni_host_setup.then(|| HostNet { netns: app.config.host_netns.clone() })
+}
+
+/// One look at the pool: grow to the target, or shrink what is in excess (rate-limited).
+pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), PoolError> {
+    let stats = app.ledger.stats();
+    let p = plan_now(app, &stats);
+    if p.deficit > 0 {
+        if app.pool.growth_pause().is_some() {
+            return Ok(());
+        }
+        let grown = grow(app, p.deficit).await;
+        if let Err(e) = &grown
+            && let PoolError::Provider(ProviderError::SubnetExhausted(reason)) = e
+        {
+            app.pause_growth(app.config.subnet_exhausted_pause, reason.clone());
+        }
+        grown
+    } else if p.excess > 0 && last_shrink.is_none_or(|at| at.elapsed() >= app.config.shrink_interval) {
+        let shrunk = shrink(app, p.excess).await?;
+        if shrunk {
+            *last_shrink = Some(Instant::now());
+        }
+        Ok(())
+    } else {
+        Ok(())
+    }
+}
+
+async fn grow(app: &App, mut deficit: u32) -> Result<(), PoolError> {
+    let limits = app.info().limits;
+    let per_eni = limits.pod_ips_per_eni();
+    let max_enis = app.config.max_eni.map_or(limits.max_enis, |m| m.min(limits.max_enis));
+    while deficit > 0 {
+        let stats = app.ledger.stats();
+        let mut enis = app.ledger.enis();
+        enis.sort_by_key(|e| e.device_number);
+        let with_room = enis
+            .iter()
+            .filter(|e| e.attached)
+            .map(|e| (e, per_eni.saturating_sub(stats.per_eni.get(&e.id).map_or(0, |c| c.total as u32))))
+            .find(|(_, room)| *room > 0);
+        if let Some((eni, room)) = with_room {
+            let n = room.min(deficit);
+            let ips = app.provider_call("assign_ips", app.provider.assign_ips(&eni.id, n)).await?;
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            let added = ips.clone();
+            app.ledger_call(move || ledger.add_addresses(&id, &added)).await?;
+            app.note_action("assign_ips", format!("{} IPs to {}", ips.len(), eni.id));
+            deficit = deficit.saturating_sub(ips.len() as u32);
+            app.pool.grew();
+            if ips.is_empty() {
+                break;
+            }
+        } else if (enis.iter().filter(|e| e.attached).count() as u32) < max_enis {
+            // An ENI the provider lost (detached here, waiting for its lost leases to go) does
+            // not hold its device index.
+            let used: Vec<u32> = enis.iter().filter(|e| e.attached).map(|e| e.device_number).collect();
+            let device = (1..).find(|d| !used.contains(d)).expect("a free device number");
+            let eni = app.provider_call("create_eni", app.provider.create_eni(device)).await?;
+            app.pool.note_macs([&eni]);
+            let record = eni_record(&eni);
+            let ledger = app.ledger.clone();
+            let ips = eni.secondary_ips.clone();
+            app.ledger_call(move || ledger.add_eni(record, &ips)).await?;
+            app.note_action("create_eni", format!("{} at device {device}", eni.id));
+        } else {
+            // At the instance's limit: nothing more to do until pods go away.
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Gives back up to `excess` IPs: whole secondary ENIs without leased or cooling IPs first,
+/// then (with WARM_IP_TARGET / MINIMUM_IP_TARGET) single free IPs. Returns whether anything went.
+async fn shrink(app: &App, excess: u32) -> Result<bool, PoolError> {
+    let now = app.clock_now();
+    let stats = app.ledger.stats();
+    let mut left = excess;
+    let mut shrunk = false;
+    let mut enis = app.ledger.enis();
+    // Highest device numbers first: they were added last.
+    enis.sort_by_key(|e| std::cmp::Reverse(e.device_number));
+    let primary_eni_id = app.info().primary_eni_id;
+    // Only attached ENIs: reconciliation drops the ones the provider lost.
+    enis.retain(|e| e.attached);
+    for eni in enis.iter().filter(|e| e.id != primary_eni_id) {
+        let Some(c) = stats.per_eni.get(&eni.id) else { continue };
+        if c.leased + c.cooling > 0 || c.total as u32 > left {
+            continue;
+        }
+        let ips: Vec<Ipv4Addr> = app.ledger.addresses(Some(&eni.id)).iter().map(|a| a.ip).collect();
+        let ledger = app.ledger.clone();
+        let id = eni.id.clone();
+        // The ledger refuses if an allocation took one of its IPs meanwhile; then we keep it.
+        if app.ledger_call(move || ledger.remove_eni(&id)).await.is_err() {
+            continue;
+        }
+        if let Err(e) = app.provider_call("delete_eni", app.provider.delete_eni(&eni.id)).await {
+            // Put it back so its IPs stay usable; the next step retries.
+            let ledger = app.ledger.clone();
+            let record = eni.clone();
+            let _ = app.ledger_call(move || ledger.add_eni(record, &ips)).await;
+            return Err(e.into());
+        }
+        app.note_action("delete_eni", format!("{} ({} IPs)", eni.id, c.total));
+        left -= c.total as u32;
+        shrunk = true;
+    }
+    let single_ips = app.config.warm_ip_target.is_some() || app.config.minimum_ip_target.is_some();
+    if single_ips && left > 0 {
+        for eni in &enis {
+            if left == 0 {
+                break;
+            }
+            let free: Vec<Ipv4Addr> = app
+                .ledger
+                .addresses(Some(&eni.id))
+                .into_iter()
+                .filter(|a| a.effective_state(now) == EffectiveState::Free)
+                .map(|a| a.ip)
+                .rev()
+                .take(left as usize)
+                .collect();
+            if free.is_empty() {
+                continue;
+            }
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            let gone = free.clone();
+            if app.ledger_call(move || ledger.remove_addresses(&id, &gone)).await.is_err() {
+                continue;
+            }
+            if let Err(e) = app.provider_call("unassign_ips", app.provider.unassign_ips(&eni.id, &free)).await {
+                let ledger = app.ledger.clone();
+                let id = eni.id.clone();
+                let _ = app.ledger_call(move || ledger.add_addresses(&id, &free)).await;
+                return Err(e.into());
+            }
+            app.note_action("unassign_ips", format!("{} IPs from {}", free.len(), eni.id));
+            left -= free.len() as u32;
+            shrunk = true;
+        }
+    }
+    Ok(shrunk)
+}

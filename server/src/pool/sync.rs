@@ -1,0 +1,131 @@
+//! Reconciliation of the ledger with the provider: at start-up, then every
+//! `--reconcile-interval`, always from the pool manager's task.
+
+use std::net::Ipv4Addr;
+
+use enipool_storage::EniRecord;
+use tracing::{info, warn};
+
+use super::error::PoolError;
+use crate::app::App;
+use crate::provider::ProviderEni;
+
+/// The ledger's record of a provider ENI. The primary ENI routes through the main table; a
+/// secondary ENI gets its own table, device number + 1, as the reference does.
+pub fn eni_record(eni: &ProviderEni) -> EniRecord {
+    EniRecord {
+        id: eni.id.clone(),
+        device_number: eni.device_number,
+        subnet_cidr: eni.subnet_cidr,
+        subnet_gateway: eni.subnet_gateway,
+        primary_ip: eni.primary_ip,
+        route_table: if eni.primary { 254 } else { eni.device_number + 1 },
+        attached: true,
+    }
+}
+
+/// Makes the ledger agree with the provider (reconciliation), at start-up and then every
+/// `reconcile_interval`, always from the pool manager's task or before it acts, so it never
+/// interleaves with a grow or shrink:
+/// - an ENI or IP the provider has and the ledger lacks is adopted, cooling for one cooldown
+///   (nobody here leased it, but we cannot know who used it last);
+/// - an IP the provider no longer has: free or cooling, it is dropped; leased, it is marked lost
+///   (metric, log, `/v1/pool`), never handed out again, and dropped when its lease goes;
+/// - an ENI the provider no longer has: all its IPs as above, it is marked detached (nothing is
+///   allocated from it), and dropped once nothing references it.
+///
+/// Stale reads: the provider overlays its own recent changes on what it lists (see
+/// `enipool_ec2`), so an IP we just gave back is not re-adopted from a stale listing.
+pub async fn sync_with_provider(app: &App) -> Result<(), PoolError> {
+    let enis = app.provider_call("list_enis", app.provider.list_enis()).await?;
+    app.pool.note_macs(&enis);
+    let cooling_until = app.clock_now() + app.config.ip_cooldown.as_millis() as u64;
+    let mut gone: Vec<Ipv4Addr> = Vec::new();
+    // The provider showing an IP the ledger has on another ENI is a disagreement we do not
+    // guess about: the sync fails (and the daemon stays unready at start-up) until it clears.
+    for eni in &enis {
+        for ip in &eni.secondary_ips {
+            if let Some(a) = app.ledger.address(*ip)
+                && a.eni_id != eni.id
+            {
+                return Err(PoolError::Disagreement(format!(
+                    "the provider shows {ip} on {}, the ledger has it on {}",
+                    eni.id, a.eni_id
+                )));
+            }
+        }
+    }
+    // IPs the provider has and the ledger lacks are adopted; a live pod of ours on the node may
+    // use one (the ledger lost its lease): that one is adopted leased to it, in the same ledger
+    // operation, so it is never handed out first (see `node`).
+    let lacking = enis.iter().any(|e| e.secondary_ips.iter().any(|ip| app.ledger.address(*ip).is_none()));
+    // Fails closed: without the node, an adopted IP a pod uses would cool and then go to another.
+    let on_node =
+        if lacking { crate::node::read_attachments(app).await.map_err(PoolError::NodeUnreadable)? } else { Vec::new() };
+    let adopt = |eni_id: String, ips: Vec<Ipv4Addr>| {
+        let now = app.clock_now();
+        let in_use: Vec<_> = on_node.iter().filter(|a| ips.contains(&a.ip)).map(|a| a.lease(now)).collect();
+        let ledger = app.ledger.clone();
+        async move {
+            let made =
+                app.ledger_call(move || ledger.adopt_addresses_in_use(&eni_id, &ips, cooling_until, in_use)).await?;
+            for l in &made {
+                warn!(key = %l.key, ip = %l.ip, netns = ?l.meta.netns, host_veth = ?l.meta.host_veth,
+                    "lease rebuilt from the node: a live pod uses this adopted IP");
+            }
+            Ok::<_, PoolError>(())
+        }
+    };
+    for eni in &enis {
+        let Some(known) = app.ledger.eni(&eni.id) else {
+            let record = eni_record(eni);
+            let ledger = app.ledger.clone();
+            app.ledger_call(move || ledger.add_eni(record, &[])).await?;
+            adopt(eni.id.clone(), eni.secondary_ips.clone()).await?;
+            info!(eni = %eni.id, ips = eni.secondary_ips.len(), "adopted ENI from provider");
+            continue;
+        };
+        if !known.attached {
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            app.ledger_call(move || ledger.set_eni_attached(&id, true)).await?;
+            info!(eni = %eni.id, "ENI is attached again");
+        }
+        let have: Vec<Ipv4Addr> = app.ledger.addresses(Some(&eni.id)).iter().map(|a| a.ip).collect();
+        let missing: Vec<Ipv4Addr> = eni.secondary_ips.iter().copied().filter(|ip| !have.contains(ip)).collect();
+        if !missing.is_empty() {
+            info!(eni = %eni.id, ips = ?missing, "adopting IPs the provider has and the ledger lacks (cooling first)");
+            adopt(eni.id.clone(), missing).await?;
+        }
+        gone.extend(have.into_iter().filter(|ip| !eni.secondary_ips.contains(ip)));
+    }
+    let vanished: Vec<EniRecord> =
+        app.ledger.enis().into_iter().filter(|k| !enis.iter().any(|e| e.id == k.id)).collect();
+    for eni in &vanished {
+        if eni.attached {
+            warn!(eni = %eni.id, "the provider no longer has this ENI; nothing is allocated from it any more");
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            app.ledger_call(move || ledger.set_eni_attached(&id, false)).await?;
+        }
+        gone.extend(app.ledger.addresses(Some(&eni.id)).iter().map(|a| a.ip));
+    }
+    if !gone.is_empty() {
+        let ledger = app.ledger.clone();
+        let lost = app.ledger_call(move || ledger.mark_lost(&gone)).await?;
+        for l in &lost {
+            warn!(lease = %l.key, ip = %l.ip, eni = %l.eni_id, "lease lost: the provider no longer has its IP");
+        }
+        if !lost.is_empty() {
+            app.metrics.leases_lost(lost.len());
+        }
+    }
+    for eni in vanished {
+        let ledger = app.ledger.clone();
+        let id = eni.id.clone();
+        if app.ledger_call(move || ledger.remove_eni(&id)).await.is_ok() {
+            info!(eni = %eni.id, "dropped an ENI the provider no longer has");
+        }
+    }
+    Ok(())
+}
