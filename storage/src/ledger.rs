@@ -942,7 +942,7 @@ impl Ledger {
     /// Moves the lease of `old` to `new.key` (same IP): the ledger holds a stale lease for an
     /// address that a live pod is seen using (an old copy of the ledger restored). Nothing
     /// happens, and false is returned, unless `old` holds exactly `new.ip` and `new.key` holds no
-    /// lease. The address never passes through free or cooling.
+    /// lease. The address never passes through free or cooling, and a lost one stays lost.
     pub fn rekey_lease(&self, old: &LeaseKey, new: Lease) -> Result<bool, LedgerError> {
         check_key(&new.key)?;
         self.run(|_, st| {
@@ -952,8 +952,13 @@ impl Ledger {
             }
             let Some(addr) = st.addrs.get(&new.ip) else { return Ok((false, vec![])) };
             let lease = Lease { eni_id: stale.eni_id.clone(), ..new };
-            let leased = AddressRecord { state: AddressState::Leased { key: lease.key.clone() }, ..addr.clone() };
-            Ok((true, vec![Change::DelLease(old.clone()), Change::PutAddr(leased), Change::PutLease(lease)]))
+            // A lost address stays lost under its new key: it goes with the lease, never to free.
+            let state = match addr.state {
+                AddressState::Lost { .. } => AddressState::Lost { key: lease.key.clone() },
+                _ => AddressState::Leased { key: lease.key.clone() },
+            };
+            let moved = AddressRecord { state, ..addr.clone() };
+            Ok((true, vec![Change::DelLease(old.clone()), Change::PutAddr(moved), Change::PutLease(lease)]))
         })
     }
 

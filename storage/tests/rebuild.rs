@@ -110,3 +110,36 @@ fn a_stale_lease_moves_to_the_pod_seen_using_its_address_without_passing_through
     assert_eq!(ledger.stats().addresses.leased, 2, "never free or cooling on the way");
     ledger.check_invariants().unwrap();
 }
+
+#[test]
+fn a_lost_address_moved_to_the_live_pod_stays_lost() {
+    // The provider no longer has the address (lost), and a stale lease holds it; the node shows
+    // a live pod using it, so the lease moves to that pod. The address must stay lost: once the
+    // pod goes it goes too, never through cooling into another pod's hands.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = open(dir.path(), &clock);
+    let ips = ips_from(Ipv4Addr::new(10, 0, 0, 20), 2);
+    ledger.add_eni(eni("eni-1", 0, Ipv4Addr::new(10, 0, 0, 10), true), &ips).unwrap();
+    let stale = ledger.allocate(LeaseKey::new("net", "stale", "eth0"), meta("d", "stale")).unwrap().lease;
+    assert_eq!(ledger.mark_lost(&[stale.ip]).unwrap().len(), 1);
+
+    let live = pod("live", stale.ip);
+    assert!(ledger.rekey_lease(&stale.key, live.clone()).unwrap());
+    assert_eq!(ledger.address(stale.ip).unwrap().state, AddressState::Lost { key: live.key.clone() });
+    assert_eq!(ledger.stats().lost, 1);
+    ledger.check_invariants().unwrap();
+
+    ledger.release(&live.key).unwrap();
+    clock.set(START + 3_600_000);
+    ledger.expire_cooldowns().unwrap();
+    for i in 0..2 {
+        match ledger.allocate(LeaseKey::new("net", format!("new-{i}"), "eth0"), meta("d", "n")) {
+            Ok(a) => assert_ne!(a.lease.ip, stale.ip, "a lost address was handed out"),
+            Err(e) => assert!(matches!(e, LedgerError::NoFreeAddress), "{e}"),
+        }
+    }
+    drop(ledger);
+    let ledger = open(dir.path(), &clock);
+    ledger.check_invariants().unwrap();
+}
