@@ -10,52 +10,20 @@ use tokio::time::Instant;
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use enipool_provider::ec2_config::CallPolicy;
 use rand::RngExt;
 use tokio::sync::Mutex;
 
-/// Retries, backoff, timeout and rate limit of EC2 calls. Every period is configurable.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CallPolicy {
-    /// Attempts per call, the first included (at least 1).
-    pub max_attempts: u32,
-    /// Backoff before the first retry; doubled for each further one, capped at `backoff_max`,
-    /// and jittered (a uniform pick between half of it and all of it).
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    /// How long one attempt may take.
-    pub timeout: Duration,
-    /// Client-side rate limit: calls per second, sustained...
-    pub rate_per_second: f64,
-    /// ...with bursts of up to this many.
-    pub burst: u32,
-}
-
-impl Default for CallPolicy {
-    fn default() -> Self {
-        CallPolicy {
-            max_attempts: 8,
-            backoff_base: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(20),
-            timeout: Duration::from_secs(10),
-            rate_per_second: 10.0,
-            burst: 20,
-        }
+/// The delay before retry number `retry` (1 = the first retry), jittered.
+pub fn backoff(policy: &CallPolicy, retry: u32) -> Duration {
+    let exp = policy.backoff_base.saturating_mul(1u32.checked_shl(retry.saturating_sub(1).min(30)).unwrap_or(u32::MAX));
+    let cap = exp.min(policy.backoff_max);
+    if cap.is_zero() {
+        return cap;
     }
-}
-
-impl CallPolicy {
-    /// The delay before retry number `retry` (1 = the first retry), jittered.
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let exp =
-            self.backoff_base.saturating_mul(1u32.checked_shl(retry.saturating_sub(1).min(30)).unwrap_or(u32::MAX));
-        let cap = exp.min(self.backoff_max);
-        if cap.is_zero() {
-            return cap;
-        }
-        let half = cap / 2;
-        let nanos = rand::rng().random_range(half.as_nanos() as u64..=cap.as_nanos() as u64);
-        Duration::from_nanos(nanos)
-    }
+    let half = cap / 2;
+    let nanos = rand::rng().random_range(half.as_nanos() as u64..=cap.as_nanos() as u64);
+    Duration::from_nanos(nanos)
 }
 
 /// What one failed attempt (or call) looked like.
@@ -245,7 +213,7 @@ impl Caller {
                 tracing::debug!(action, code = %err.code, attempts = n, "EC2 call failed");
                 return Err(CallError { attempts: n, ..err });
             }
-            let delay = self.policy.backoff(n);
+            let delay = backoff(&self.policy, n);
             tracing::debug!(action, code = %err.code, attempt = n, ?delay, "EC2 call failed; retrying");
             tokio::time::sleep(delay).await;
         }
@@ -270,15 +238,15 @@ mod tests {
             ..CallPolicy::default()
         };
         for _ in 0..100 {
-            let first = p.backoff(1);
+            let first = backoff(&p, 1);
             assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
-            let third = p.backoff(3);
+            let third = backoff(&p, 3);
             assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400), "{third:?}");
-            let late = p.backoff(40);
+            let late = backoff(&p, 40);
             assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000), "{late:?}");
         }
         let zero = CallPolicy { backoff_base: Duration::ZERO, ..p };
-        assert_eq!(zero.backoff(3), Duration::ZERO);
+        assert_eq!(backoff(&zero, 3), Duration::ZERO);
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub mod testing;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::Client;
@@ -37,7 +37,10 @@ use tokio::sync::{Mutex, OnceCell};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub use call::{CallError, CallObserver, CallPolicy};
+pub use call::{CallError, CallObserver, backoff};
+/// The provider's settings live in `enipool-provider`, so the daemon's configuration holds them
+/// without the SDK.
+pub use enipool_provider::ec2_config::{CallPolicy, Ec2Config};
 
 /// Tag keys on the ENIs we create.
 pub const TAG_INSTANCE_ID: &str = "enipool.io/instance-id";
@@ -45,47 +48,6 @@ pub const TAG_CREATED_AT: &str = "enipool.io/created-at";
 pub const TAG_CLUSTER: &str = "enipool.io/cluster-name";
 /// The description of every ENI we create: `enipool-<instance id>`.
 pub const DESCRIPTION_PREFIX: &str = "enipool-";
-
-/// How the provider finds its instance and talks to EC2.
-#[derive(Clone, Debug)]
-pub struct Ec2Config {
-    /// This instance; when set, identity comes from DescribeInstances and no metadata service is
-    /// needed.
-    pub instance_id: Option<String>,
-    /// Overrides the instance type EC2 reports (limits are looked up for it).
-    pub instance_type: Option<String>,
-    /// The instance metadata service, used when `instance_id` is not set.
-    pub imds_endpoint: String,
-    /// EC2 endpoint; when unset the SDK's own (AWS_ENDPOINT_URL_EC2, or the region's).
-    pub ec2_endpoint: Option<String>,
-    /// Tagged on ENIs we create. The leaked-ENI sweep deletes only ENIs with this tag and our
-    /// description; without a cluster name it deletes none (another cluster's ENIs, or ENIs
-    /// someone else tagged, cannot be told from ours), except those this process detached.
-    pub cluster_name: Option<String>,
-    pub calls: CallPolicy,
-    /// How long DeleteNetworkInterface is retried while the ENI is still detaching.
-    pub detach_wait: Duration,
-    /// Detached ENIs of ours older than this are deleted by the sweep.
-    pub leaked_eni_age: Duration,
-    /// How long our own changes are overlaid on listings (EC2 reads are eventually consistent).
-    pub consistency_window: Duration,
-}
-
-impl Default for Ec2Config {
-    fn default() -> Self {
-        Ec2Config {
-            instance_id: None,
-            instance_type: None,
-            imds_endpoint: "http://169.254.169.254".into(),
-            ec2_endpoint: None,
-            cluster_name: None,
-            calls: CallPolicy::default(),
-            detach_wait: Duration::from_secs(30),
-            leaked_eni_age: Duration::from_secs(300),
-            consistency_window: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Who we are, once `init` succeeded.
 #[derive(Clone, Debug)]
@@ -451,7 +413,7 @@ impl Ec2Provider {
                 Err(e) if e.code == "InvalidNetworkInterfaceID.NotFound" => return Ok(()),
                 Err(e) if e.code == "InvalidNetworkInterface.InUse" && started.elapsed() < self.config.detach_wait => {
                     retry += 1;
-                    tokio::time::sleep(self.caller.policy.backoff(retry)).await;
+                    tokio::time::sleep(backoff(&self.caller.policy, retry)).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -6,6 +6,8 @@
 use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
+
+pub mod ec2_config;
 use ipnet::Ipv4Net;
 
 /// ENI and address limits of an instance type.

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
                         .with_writer(std::io::stderr)
                         .init();
                 }
-                startup::run(config).await
+                Ok(startup::run(config).await?)
             }
         }
     });

@@ -1,29 +1,66 @@
 //! Start-up, listeners and shutdown.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
-use enipool_ec2::{CallObserver, CallPolicy, Ec2Config, Ec2Provider};
-use enipool_storage::{Ledger, LedgerConfig, SystemClock};
+use enipool_ec2::{CallObserver, Ec2Provider};
+use enipool_storage::{Ledger, LedgerConfig, LedgerError, OpenError, SystemClock};
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{info, warn};
 
 use crate::api;
-use crate::app::{App, Identity};
+use crate::app::{App, Identity, TaskDied};
 use crate::config::{Config, ProviderKind};
 use crate::identity;
 use crate::metrics::Metrics;
 use crate::node;
 use crate::pool;
-use crate::provider::Provider;
 use crate::provider::static_provider::StaticProvider;
+use crate::provider::{Provider, ProviderError};
 use crate::serve::{self, Listener};
+
+/// Why the daemon could not start (or flush its ledger at shutdown). `main` prints it and exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{what} {}: {source}", .path.display())]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("binding {flag} {addr}: {source}")]
+    Bind { flag: &'static str, addr: String, source: std::io::Error },
+    #[error(transparent)]
+    LedgerOpen(#[from] OpenError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    TaskDied(#[from] TaskDied),
+    #[error(transparent)]
+    StaticProvider(ProviderError),
+    #[error("initialising the provider: {0}")]
+    ProviderInit(ProviderError),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StartupError {
+    let path = path.to_path_buf();
+    move |source| StartupError::Io { what, path, source }
+}
+
+fn bind(flag: &'static str, addr: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> StartupError {
+    let addr = addr.to_string();
+    move |source| StartupError::Bind { flag, addr, source }
+}
+
+/// Runs a blocking ledger call (open, checkpoint) off the runtime's workers.
+async fn ledger_task<T: Send + 'static, E: Into<StartupError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, StartupError> {
+    let outcome = tokio::task::spawn_blocking(f).await.map_err(|e| TaskDied::new(e.to_string()))?;
+    outcome.map_err(Into::into)
+}
 
 /// Opens the ledger, initialises the provider, binds every listener, and serves until SIGTERM or
 /// SIGINT; then finishes in-flight requests (bounded by the shutdown grace), flushes the ledger
 /// and returns.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config) -> Result<(), StartupError> {
     // Every connection, ledger file and netlink socket is a file descriptor: take all the
     // kernel allows this process (a soft limit of 1,024 is a common default).
     match serve::raise_nofile_limit() {
@@ -31,8 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => warn!(error = %e, "could not raise the open-files limit"),
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(io("creating data dir", &config.data_dir))?;
     let ledger_config = LedgerConfig {
         cooldown: config.ip_cooldown,
         checkpoint_interval: Some(config.checkpoint_interval),
@@ -40,21 +76,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ..LedgerConfig::default()
     };
     let ledger_dir = config.data_dir.join("ledger");
-    let ledger =
-        tokio::task::spawn_blocking(move || Ledger::open(&ledger_dir, ledger_config, Arc::new(SystemClock))).await??;
+    let ledger = ledger_task(move || Ledger::open(&ledger_dir, ledger_config, Arc::new(SystemClock))).await?;
     let recovery = ledger.recovery();
     info!(path = %ledger.path().display(), replayed = recovery.replayed_records, torn_tail_bytes = recovery.torn_tail_bytes, "ledger open");
 
     let metrics = Arc::new(Metrics::new());
     let app = match config.provider {
         ProviderKind::Static => {
-            let provider: Arc<dyn Provider> = Arc::new(StaticProvider::open(
-                &config.data_dir,
-                &config.instance_type,
-                config.vpc_cidr,
-                config.static_latency,
-            )?);
-            let info = provider.init().await.context("initialising the provider")?;
+            let provider: Arc<dyn Provider> = Arc::new(
+                StaticProvider::open(&config.data_dir, &config.instance_type, config.vpc_cidr, config.static_latency)
+                    .map_err(StartupError::StaticProvider)?,
+            );
+            let info = provider.init().await.map_err(StartupError::ProviderInit)?;
             App::new(config.clone(), ledger, provider, info, Identity::Provider, metrics)
         }
         ProviderKind::Ec2 => {
@@ -66,7 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 );
             }
             let observer: Arc<dyn CallObserver> = metrics.clone();
-            let provider: Arc<dyn Provider> = Arc::new(Ec2Provider::new(ec2_config(&config), Some(observer)));
+            let provider: Arc<dyn Provider> = Arc::new(Ec2Provider::new(config.ec2.clone(), Some(observer)));
             let (info, identity) = match identity::load(&config.data_dir) {
                 Some(info) => (info, Identity::Cached),
                 None => (identity::placeholder(&config), Identity::Placeholder),
@@ -78,15 +111,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Listeners first, so the operator sees where we are even while we sync.
     let socket = bind_socket(&config)?;
-    let tcp = TcpListener::bind(config.listen).await.with_context(|| format!("binding --listen {}", config.listen))?;
+    let tcp = TcpListener::bind(config.listen).await.map_err(bind("--listen", config.listen))?;
     let metrics_tcp = match config.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding --metrics-listen {addr}"))?),
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(bind("--metrics-listen", addr))?),
         None => None,
     };
     println!("enipoold listening: socket {} (all routes)", config.socket.display());
-    println!("enipoold listening: http://{} (read-only, /docs, /metrics)", tcp.local_addr()?);
+    println!(
+        "enipoold listening: http://{} (read-only, /docs, /metrics)",
+        tcp.local_addr().map_err(bind("--listen", config.listen))?
+    );
     if let Some(m) = &metrics_tcp {
-        println!("enipoold listening: http://{}/metrics", m.local_addr()?);
+        println!("enipoold listening: http://{}/metrics", m.local_addr().map_err(bind("--metrics-listen", "?"))?);
     }
 
     // Serve at once; the sync with the provider runs beside it. Until it has succeeded /readyz
@@ -135,7 +171,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     pool_task.abort();
     let ledger = app.ledger.clone();
-    tokio::task::spawn_blocking(move || ledger.checkpoint()).await??;
+    ledger_task(move || ledger.checkpoint()).await?;
     let _ = std::fs::remove_file(&config.socket);
     info!("ledger flushed; bye");
     Ok(())
@@ -241,45 +277,21 @@ fn log_node_pass(report: &node::NodeReport, cleanup: bool) {
     );
 }
 
-/// The EC2 provider's configuration from the daemon's.
-pub fn ec2_config(config: &Config) -> Ec2Config {
-    let e = &config.ec2;
-    Ec2Config {
-        instance_id: e.instance_id.clone(),
-        instance_type: e.instance_type.clone(),
-        imds_endpoint: e.imds_endpoint.clone(),
-        ec2_endpoint: e.ec2_endpoint.clone(),
-        cluster_name: e.cluster_name.clone(),
-        calls: CallPolicy {
-            max_attempts: e.max_attempts,
-            backoff_base: e.backoff_base,
-            backoff_max: e.backoff_max,
-            timeout: e.timeout,
-            rate_per_second: e.rate_limit,
-            burst: e.burst,
-        },
-        detach_wait: e.detach_wait,
-        leaked_eni_age: config.leaked_eni_age,
-        consistency_window: e.consistency_window,
-    }
-}
-
-fn bind_socket(config: &Config) -> anyhow::Result<UnixListener> {
+fn bind_socket(config: &Config) -> Result<UnixListener, StartupError> {
     let path = &config.socket;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     }
     // A socket left by a previous run that died; a live daemon holds the ledger lock, so we
     // would not have got this far if one were running on the same data dir.
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
+            return Err(io("removing stale socket", path)(e));
         }
         _ => {}
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding --socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("setting mode 0660 on {}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(bind("--socket", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io("setting mode 0660 on", path))?;
     Ok(listener)
 }
 

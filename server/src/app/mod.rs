@@ -26,6 +26,12 @@ pub use pool_state::{GrowthPause, PoolState, RECENT_EVENTS};
 #[error("the ledger task failed: {0}")]
 pub struct TaskDied(String);
 
+impl TaskDied {
+    pub fn new(why: String) -> TaskDied {
+        TaskDied(why)
+    }
+}
+
 /// A ledger call run off the async workers failed: the ledger refused, or the task died.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerCallError {

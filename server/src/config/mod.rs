@@ -7,14 +7,38 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use enipool_provider::ec2_config::{CallPolicy, Ec2Config};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
+
+pub mod defaults;
 
 pub const DEFAULT_SOCKET: &str = "/run/enipool/enipool.sock";
 /// Where the image ships the conflist (`deploy/10-enipool.conflist`).
 pub const DEFAULT_CONFLIST: &str = "/etc/enipool/10-enipool.conflist";
+
+/// A setting that cannot be used, and why; or a `--config` file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `setting` is the flag (`--pool-tick`).
+    #[error("{setting}: {reason}")]
+    Invalid { setting: String, reason: String },
+    #[error("reading config file {}: {source}", .path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {}: {source}", .path.display())]
+    Parse { path: PathBuf, source: toml::de::Error },
+}
+
+fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting: setting.to_string(), reason: reason.into() }
+}
+
+/// A setting's help: what it does, then `[default: X]` from [`defaults`], so the help and
+/// `resolve` cannot disagree.
+fn with_default(text: &str, default: impl std::fmt::Display) -> String {
+    format!("{text} [default: {default}]")
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,37 +95,29 @@ pub struct DaemonArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
 
-    /// Unix socket serving every route, mutating ones included. [default: /run/enipool/enipool.sock]
-    #[arg(long, env = "ENIPOOL_SOCKET")]
+    #[arg(long, env = "ENIPOOL_SOCKET", help = with_default("Unix socket serving every route, mutating ones included.", defaults::SOCKET))]
     pub socket: Option<PathBuf>,
-    /// Loopback TCP address for read-only routes, /metrics, /openapi.json and /docs. [default: 127.0.0.1:61779]
-    #[arg(long, env = "ENIPOOL_LISTEN")]
+    #[arg(long, env = "ENIPOOL_LISTEN", help = with_default("Loopback TCP address for read-only routes, /metrics, /openapi.json and /docs.", defaults::LISTEN))]
     pub listen: Option<String>,
-    /// Address serving /metrics alone, for Prometheus off the node; "off" disables it. [default: 0.0.0.0:61778]
-    #[arg(long, env = "ENIPOOL_METRICS_LISTEN")]
+    #[arg(long, env = "ENIPOOL_METRICS_LISTEN", help = with_default("Address serving /metrics alone, for Prometheus off the node; \"off\" disables it.", defaults::METRICS_LISTEN))]
     pub metrics_listen: Option<String>,
-    /// Directory holding the ledger (and the static provider's simulated instance). [default: /var/lib/enipool]
-    #[arg(long, env = "ENIPOOL_DATA_DIR")]
+    #[arg(long, env = "ENIPOOL_DATA_DIR", help = with_default("Directory holding the ledger (and the static provider's simulated instance).", defaults::DATA_DIR))]
     pub data_dir: Option<PathBuf>,
 
-    /// Where ENIs and IPs come from: "static" (simulated, no AWS) or "ec2". [default: static]
-    #[arg(long, env = "ENIPOOL_PROVIDER")]
+    #[arg(long, env = "ENIPOOL_PROVIDER", help = with_default("Where ENIs and IPs come from: \"static\" (simulated, no AWS) or \"ec2\".", defaults::PROVIDER))]
     pub provider: Option<String>,
     /// Instance type the static provider simulates (limits from the built-in table); with ec2, overrides the type EC2 reports. [default: m5.large (static), EC2's (ec2)]
     #[arg(long, env = "ENIPOOL_INSTANCE_TYPE")]
     pub instance_type: Option<String>,
-    /// VPC CIDR the static provider carves its subnet from. [default: 10.0.0.0/16]
-    #[arg(long, env = "ENIPOOL_VPC_CIDR")]
+    #[arg(long, env = "ENIPOOL_VPC_CIDR", help = with_default("VPC CIDR the static provider carves its subnet from.", defaults::VPC_CIDR))]
     pub vpc_cidr: Option<String>,
-    /// Latency the static provider adds to every call, to watch pool behaviour (e.g. 200ms). [default: 0]
-    #[arg(long, env = "ENIPOOL_STATIC_LATENCY")]
+    #[arg(long, env = "ENIPOOL_STATIC_LATENCY", help = with_default("Latency the static provider adds to every call, to watch pool behaviour (e.g. 200ms).", defaults::STATIC_LATENCY))]
     pub static_latency: Option<String>,
 
     /// ec2: this instance's id; identity then comes from DescribeInstances, not the metadata service. [default: from the metadata service]
     #[arg(long, env = "ENIPOOL_INSTANCE_ID")]
     pub instance_id: Option<String>,
-    /// ec2: the instance metadata service (IMDSv2), read when --instance-id is not given. [default: http://169.254.169.254]
-    #[arg(long, env = "ENIPOOL_IMDS_ENDPOINT")]
+    #[arg(long, env = "ENIPOOL_IMDS_ENDPOINT", help = with_default("ec2: the instance metadata service (IMDSv2), read when --instance-id is not given.", defaults::IMDS_ENDPOINT))]
     pub imds_endpoint: Option<String>,
     /// ec2: the EC2 API endpoint. [default: AWS_ENDPOINT_URL_EC2, else the region's]
     #[arg(long, env = "ENIPOOL_EC2_ENDPOINT")]
@@ -109,41 +125,29 @@ pub struct DaemonArgs {
     /// ec2: cluster name, tagged on the ENIs we create. The leaked-ENI sweep runs only with it, and deletes only ENIs with this tag and our description; without it the sweep is off (start-up warns, `/v1/pool` says `leaked_eni_sweep: false`). [default: none]
     #[arg(long, env = "ENIPOOL_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
-    /// ec2: attempts per EC2 call, the first included; throttling, 5xx and timeouts are retried. [default: 8]
-    #[arg(long, env = "ENIPOOL_EC2_MAX_ATTEMPTS")]
+    #[arg(long, env = "ENIPOOL_EC2_MAX_ATTEMPTS", help = with_default("ec2: attempts per EC2 call, the first included; throttling, 5xx and timeouts are retried.", defaults::EC2_MAX_ATTEMPTS))]
     pub ec2_max_attempts: Option<u32>,
-    /// ec2: backoff before the first retry, doubled for each further one, jittered. [default: 200ms]
-    #[arg(long, env = "ENIPOOL_EC2_BACKOFF_BASE")]
+    #[arg(long, env = "ENIPOOL_EC2_BACKOFF_BASE", help = with_default("ec2: backoff before the first retry, doubled for each further one, jittered.", defaults::EC2_BACKOFF_BASE))]
     pub ec2_backoff_base: Option<String>,
-    /// ec2: cap on the backoff between retries. [default: 20s]
-    #[arg(long, env = "ENIPOOL_EC2_BACKOFF_MAX")]
+    #[arg(long, env = "ENIPOOL_EC2_BACKOFF_MAX", help = with_default("ec2: cap on the backoff between retries.", defaults::EC2_BACKOFF_MAX))]
     pub ec2_backoff_max: Option<String>,
-    /// ec2: how long one EC2 request may take. [default: 10s]
-    #[arg(long, env = "ENIPOOL_EC2_TIMEOUT")]
+    #[arg(long, env = "ENIPOOL_EC2_TIMEOUT", help = with_default("ec2: how long one EC2 request may take.", defaults::EC2_TIMEOUT))]
     pub ec2_timeout: Option<String>,
-    /// ec2: client-side rate limit, EC2 calls per second (0: none). [default: 10]
-    #[arg(long, env = "ENIPOOL_EC2_RATE_LIMIT")]
+    #[arg(long, env = "ENIPOOL_EC2_RATE_LIMIT", help = with_default("ec2: client-side rate limit, EC2 calls per second (0: none).", defaults::EC2_RATE_LIMIT))]
     pub ec2_rate_limit: Option<f64>,
-    /// ec2: calls allowed in a burst above the rate limit. [default: 20]
-    #[arg(long, env = "ENIPOOL_EC2_BURST")]
+    #[arg(long, env = "ENIPOOL_EC2_BURST", help = with_default("ec2: calls allowed in a burst above the rate limit.", defaults::EC2_BURST))]
     pub ec2_burst: Option<u32>,
-    /// ec2: how long deleting a just-detached ENI is retried while it is still detaching. [default: 30s]
-    #[arg(long, env = "ENIPOOL_EC2_DETACH_WAIT")]
+    #[arg(long, env = "ENIPOOL_EC2_DETACH_WAIT", help = with_default("ec2: how long deleting a just-detached ENI is retried while it is still detaching.", defaults::EC2_DETACH_WAIT))]
     pub ec2_detach_wait: Option<String>,
-    /// ec2: how long our own changes are trusted over EC2's (eventually consistent) reads. [default: 30s]
-    #[arg(long, env = "ENIPOOL_EC2_CONSISTENCY_WINDOW")]
+    #[arg(long, env = "ENIPOOL_EC2_CONSISTENCY_WINDOW", help = with_default("ec2: how long our own changes are trusted over EC2's (eventually consistent) reads.", defaults::EC2_CONSISTENCY_WINDOW))]
     pub ec2_consistency_window: Option<String>,
-    /// How long growth pauses after the provider reports the subnet exhausted. [default: 120s]
-    #[arg(long, env = "ENIPOOL_SUBNET_EXHAUSTED_PAUSE")]
+    #[arg(long, env = "ENIPOOL_SUBNET_EXHAUSTED_PAUSE", help = with_default("How long growth pauses after the provider reports the subnet exhausted.", defaults::SUBNET_EXHAUSTED_PAUSE))]
     pub subnet_exhausted_pause: Option<String>,
-    /// Detached ENIs of ours older than this are deleted by the leaked-ENI sweep. [default: 5m]
-    #[arg(long, env = "ENIPOOL_LEAKED_ENI_AGE")]
+    #[arg(long, env = "ENIPOOL_LEAKED_ENI_AGE", help = with_default("Detached ENIs of ours older than this are deleted by the leaked-ENI sweep.", defaults::LEAKED_ENI_AGE))]
     pub leaked_eni_age: Option<String>,
-    /// How often the leaked-ENI sweep runs (VPC-wide); 0 disables it. [default: 10m]
-    #[arg(long, env = "ENIPOOL_LEAKED_ENI_INTERVAL")]
+    #[arg(long, env = "ENIPOOL_LEAKED_ENI_INTERVAL", help = with_default("How often the leaked-ENI sweep runs (VPC-wide); 0 disables it.", defaults::LEAKED_ENI_INTERVAL))]
     pub leaked_eni_interval: Option<String>,
-    /// How often the ledger is reconciled with the provider after start-up. [default: 60s]
-    #[arg(long, env = "ENIPOOL_RECONCILE_INTERVAL")]
+    #[arg(long, env = "ENIPOOL_RECONCILE_INTERVAL", help = with_default("How often the ledger is reconciled with the provider after start-up.", defaults::RECONCILE_INTERVAL))]
     pub reconcile_interval: Option<String>,
 
     /// Set up the node side of each secondary ENI (interface by MAC, MTU, up, route table, rule) and check the node's ip_forward and rp_filter (not ready while they are wrong). [default: true with ec2, false with static]
@@ -152,21 +156,16 @@ pub struct DaemonArgs {
     /// Network namespace (a path like /run/netns/node) to do the ENIs' node side in, instead of the daemon's own. [default: the daemon's]
     #[arg(long, env = "ENIPOOL_HOST_NETNS")]
     pub host_netns: Option<PathBuf>,
-    /// How often leases are reconciled with the node after the start-up pass: a lease whose pod network namespace is gone is released (into cooldown); 0: only at start-up. [default: 60s]
-    #[arg(long, env = "ENIPOOL_NODE_RECONCILE_INTERVAL")]
+    #[arg(long, env = "ENIPOOL_NODE_RECONCILE_INTERVAL", help = with_default("How often leases are reconciled with the node after the start-up pass: a lease whose pod network namespace is gone is released (into cooldown); 0: only at start-up.", defaults::NODE_RECONCILE_INTERVAL))]
     pub node_reconcile_interval: Option<String>,
-    /// Node reconciliation leaves leases younger than this alone (an ADD may be in flight). [default: 30s]
-    #[arg(long, env = "ENIPOOL_NODE_RECONCILE_GRACE")]
+    #[arg(long, env = "ENIPOOL_NODE_RECONCILE_GRACE", help = with_default("Node reconciliation leaves leases younger than this alone (an ADD may be in flight).", defaults::NODE_RECONCILE_GRACE))]
     pub node_reconcile_grace: Option<String>,
-    /// Node reconciliation also removes host veths and policy rules of ours that no lease accounts for (in --host-netns, else the daemon's namespace). [default: true]
-    #[arg(long, env = "ENIPOOL_NODE_CLEANUP")]
+    #[arg(long, env = "ENIPOOL_NODE_CLEANUP", help = with_default("Node reconciliation also removes host veths and policy rules of ours that no lease accounts for (in --host-netns, else the daemon's namespace).", defaults::NODE_CLEANUP))]
     pub node_cleanup: Option<bool>,
-    /// MTU of secondary ENIs' interfaces (reference name). [default: 9001]
-    #[arg(long, env = "AWS_VPC_ENI_MTU")]
+    #[arg(long, env = "AWS_VPC_ENI_MTU", help = with_default("MTU of secondary ENIs' interfaces (reference name).", defaults::ENI_MTU))]
     pub eni_mtu: Option<u32>,
 
-    /// Keep this many spare ENIs' worth of free IPs (reference name). [default: 1]
-    #[arg(long, env = "WARM_ENI_TARGET")]
+    #[arg(long, env = "WARM_ENI_TARGET", help = with_default("Keep this many spare ENIs' worth of free IPs (reference name).", defaults::WARM_ENI_TARGET))]
     pub warm_eni_target: Option<u32>,
     /// Keep this many free IPs; overrides WARM_ENI_TARGET (reference name). [default: unset]
     #[arg(long, env = "WARM_IP_TARGET")]
@@ -177,49 +176,36 @@ pub struct DaemonArgs {
     /// Cap on ENIs, below the instance type's limit (reference name). [default: the type's limit]
     #[arg(long, env = "MAX_ENI")]
     pub max_eni: Option<u32>,
-    /// How long a released IP cools down before reuse; bare numbers are seconds (reference name). [default: 30]
-    #[arg(long, env = "IP_COOLDOWN_PERIOD")]
+    #[arg(long, env = "IP_COOLDOWN_PERIOD", help = with_default("How long a released IP cools down before reuse; bare numbers are seconds (reference name).", defaults::IP_COOLDOWN_PERIOD))]
     pub ip_cooldown_period: Option<String>,
 
-    /// MTU of pod interfaces (reference name). [default: 9001]
-    #[arg(long, env = "POD_MTU")]
+    #[arg(long, env = "POD_MTU", help = with_default("MTU of pod interfaces (reference name).", defaults::POD_MTU))]
     pub pod_mtu: Option<u32>,
-    /// Leave SNAT to something outside the node (reference name). [default: false]
-    #[arg(long, env = "AWS_VPC_K8S_CNI_EXTERNALSNAT")]
+    #[arg(long, env = "AWS_VPC_K8S_CNI_EXTERNALSNAT", help = with_default("Leave SNAT to something outside the node (reference name).", defaults::EXTERNAL_SNAT))]
     pub external_snat: Option<bool>,
     /// Comma-separated CIDRs never SNATed, besides the VPC's (reference name). [default: none]
     #[arg(long, env = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS")]
     pub exclude_snat_cidrs: Option<String>,
-    /// SNAT port randomisation: prng (--random-fully), hashrandom (--random) or none (reference name). [default: prng]
-    #[arg(long, env = "AWS_VPC_K8S_CNI_RANDOMIZESNAT")]
+    #[arg(long, env = "AWS_VPC_K8S_CNI_RANDOMIZESNAT", help = with_default("SNAT port randomisation: prng (--random-fully), hashrandom (--random) or none (reference name).", defaults::RANDOMIZE_SNAT))]
     pub randomize_snat: Option<String>,
 
-    /// How often the pool manager re-checks the pool without being woken. [default: 5s]
-    #[arg(long, env = "ENIPOOL_POOL_TICK")]
+    #[arg(long, env = "ENIPOOL_POOL_TICK", help = with_default("How often the pool manager re-checks the pool without being woken.", defaults::POOL_TICK))]
     pub pool_tick: Option<String>,
-    /// Least time between two releases of excess IPs or ENIs. [default: 30s]
-    #[arg(long, env = "ENIPOOL_SHRINK_INTERVAL")]
+    #[arg(long, env = "ENIPOOL_SHRINK_INTERVAL", help = with_default("Least time between two releases of excess IPs or ENIs.", defaults::SHRINK_INTERVAL))]
     pub shrink_interval: Option<String>,
-    /// How long an allocation waits for the pool to grow when no IP is free, before 503. [default: 2s]
-    #[arg(long, env = "ENIPOOL_ALLOCATION_WAIT")]
+    #[arg(long, env = "ENIPOOL_ALLOCATION_WAIT", help = with_default("How long an allocation waits for the pool to grow when no IP is free, before 503.", defaults::ALLOCATION_WAIT))]
     pub allocation_wait: Option<String>,
-    /// How often the ledger checkpoints into sled and trims its log. [default: 1s]
-    #[arg(long, env = "ENIPOOL_CHECKPOINT_INTERVAL")]
+    #[arg(long, env = "ENIPOOL_CHECKPOINT_INTERVAL", help = with_default("How often the ledger checkpoints into sled and trims its log.", defaults::CHECKPOINT_INTERVAL))]
     pub checkpoint_interval: Option<String>,
-    /// Most connections each listener (socket, loopback TCP, metrics) holds open at once; past it the daemon stops accepting on that listener. [default: 256]
-    #[arg(long, env = "ENIPOOL_MAX_CONNECTIONS")]
+    #[arg(long, env = "ENIPOOL_MAX_CONNECTIONS", help = with_default("Most connections each listener (socket, loopback TCP, metrics) holds open at once; past it the daemon stops accepting on that listener.", defaults::MAX_CONNECTIONS))]
     pub max_connections: Option<usize>,
-    /// A connection must send a request's head within this. [default: 10s]
-    #[arg(long, env = "ENIPOOL_HEADER_READ_TIMEOUT")]
+    #[arg(long, env = "ENIPOOL_HEADER_READ_TIMEOUT", help = with_default("A connection must send a request's head within this.", defaults::HEADER_READ_TIMEOUT))]
     pub header_read_timeout: Option<String>,
-    /// A connection with no request in flight and nothing sent for this long is closed. [default: 60s]
-    #[arg(long, env = "ENIPOOL_IDLE_TIMEOUT")]
+    #[arg(long, env = "ENIPOOL_IDLE_TIMEOUT", help = with_default("A connection with no request in flight and nothing sent for this long is closed.", defaults::IDLE_TIMEOUT))]
     pub idle_timeout: Option<String>,
-    /// How long SIGTERM waits for in-flight requests. [default: 5s]
-    #[arg(long, env = "ENIPOOL_SHUTDOWN_GRACE")]
+    #[arg(long, env = "ENIPOOL_SHUTDOWN_GRACE", help = with_default("How long SIGTERM waits for in-flight requests.", defaults::SHUTDOWN_GRACE))]
     pub shutdown_grace: Option<String>,
-    /// Log filter (tracing EnvFilter syntax). [default: info]
-    #[arg(long, env = "ENIPOOL_LOG")]
+    #[arg(long, env = "ENIPOOL_LOG", help = with_default("Log filter (tracing EnvFilter syntax).", defaults::LOG))]
     pub log: Option<String>,
     /// Tests only: the ledger's write-ahead-log segment size in bytes, so a test can reach a
     /// segment switch (where a full disk shows) quickly. [default: 4 MiB]
@@ -229,8 +215,7 @@ pub struct DaemonArgs {
     /// Directory the runtime reads CNI configs from (e.g. /etc/cni/net.d); once ready, the daemon installs --cni-conflist there, so the node turns Ready only when pods can get IPs. [default: none: nothing is written]
     #[arg(long, env = "ENIPOOL_CNI_CONF_DIR")]
     pub cni_conf_dir: Option<PathBuf>,
-    /// The conflist installed into --cni-conf-dir, under its own file name. [default: /etc/enipool/10-enipool.conflist]
-    #[arg(long, env = "ENIPOOL_CNI_CONFLIST")]
+    #[arg(long, env = "ENIPOOL_CNI_CONFLIST", help = with_default("The conflist installed into --cni-conf-dir, under its own file name.", defaults::CNI_CONFLIST))]
     pub cni_conflist: Option<PathBuf>,
 }
 
@@ -268,9 +253,9 @@ pub struct Config {
     pub instance_type: String,
     pub vpc_cidr: Ipv4Net,
     pub static_latency: Duration,
-    pub ec2: Ec2Settings,
+    /// The EC2 provider's settings, `--leaked-eni-age` included.
+    pub ec2: Ec2Config,
     pub subnet_exhausted_pause: Duration,
-    pub leaked_eni_age: Duration,
     pub leaked_eni_interval: Duration,
     pub reconcile_interval: Duration,
     pub eni_host_setup: bool,
@@ -301,44 +286,28 @@ pub struct Config {
     pub cni_conflist: PathBuf,
 }
 
-/// The EC2 provider's settings (see `enipool_ec2::Ec2Config`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Ec2Settings {
-    pub instance_id: Option<String>,
-    /// Only when given: EC2's own answer otherwise.
-    pub instance_type: Option<String>,
-    pub imds_endpoint: String,
-    pub ec2_endpoint: Option<String>,
-    pub cluster_name: Option<String>,
-    pub max_attempts: u32,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    pub timeout: Duration,
-    pub rate_limit: f64,
-    pub burst: u32,
-    pub detach_wait: Duration,
-    pub consistency_window: Duration,
-}
-
 /// `30`, `1.5` (seconds), `250ms`, `30s`, `2m`, `1h`.
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
         Some(at) => s.split_at(at),
         None => (s, "s"),
     };
-    let value: f64 = number.trim().parse().with_context(|| format!("{s:?} is not a duration (e.g. 30, 30s, 250ms)"))?;
+    let value: f64 =
+        number.trim().parse().map_err(|e| format!("{s:?} is not a duration (e.g. 30, 30s, 250ms): {e}"))?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        other => bail!("{s:?}: unknown unit {other:?} (use ms, s, m or h)"),
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use ms, s, m or h)")),
     };
     if !value.is_finite() || value < 0.0 {
-        bail!("{s:?} must be a non-negative duration");
+        return Err(format!("{s:?} must be a non-negative duration"));
     }
-    Ok(Duration::from_secs_f64(value * scale))
+    // try_: from_secs_f64 panics on a value past Duration's range (e.g. 1e23 seconds).
+    Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("{s:?} is longer than any duration this daemon can wait"))
 }
 
 impl DaemonArgs {
@@ -403,36 +372,38 @@ impl DaemonArgs {
     }
 
     /// Merges the file named by `--config` (if any) under these settings and applies defaults.
-    pub fn resolve(self) -> anyhow::Result<Config> {
+    pub fn resolve(self) -> Result<Config, ConfigError> {
         let from_file = match &self.config {
             Some(path) => read_file(path)?,
             None => DaemonArgs::default(),
         };
         let a = self.or(from_file);
-        let duration = |name: &str, v: Option<String>, default: &str| -> anyhow::Result<Duration> {
-            parse_duration(v.as_deref().unwrap_or(default)).with_context(|| format!("--{name}"))
+        let duration = |name: &str, v: Option<String>, default: &str| -> Result<Duration, ConfigError> {
+            parse_duration(v.as_deref().unwrap_or(default)).map_err(|reason| invalid(&format!("--{name}"), reason))
         };
-        let addr = |name: &str, v: &str| -> anyhow::Result<SocketAddr> {
-            v.parse().with_context(|| format!("--{name}: {v:?} is not an address like 127.0.0.1:61779"))
+        let addr = |name: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+            v.parse().map_err(|e| {
+                invalid(&format!("--{name}"), format!("{v:?} is not an address like 127.0.0.1:61779: {e}"))
+            })
         };
-        let listen = addr("listen", a.listen.as_deref().unwrap_or("127.0.0.1:61779"))?;
-        let metrics_listen = match a.metrics_listen.as_deref().unwrap_or("0.0.0.0:61778") {
+        let listen = addr("listen", a.listen.as_deref().unwrap_or(defaults::LISTEN))?;
+        let metrics_listen = match a.metrics_listen.as_deref().unwrap_or(defaults::METRICS_LISTEN) {
             "off" | "" => None,
             v => Some(addr("metrics-listen", v)?),
         };
-        let provider = match a.provider.as_deref().unwrap_or("static") {
+        let provider = match a.provider.as_deref().unwrap_or(defaults::PROVIDER) {
             "static" => ProviderKind::Static,
             "ec2" => ProviderKind::Ec2,
-            other => bail!("--provider: {other:?} is not a provider (static or ec2)"),
+            other => return Err(invalid("--provider", format!("{other:?} is not a provider (static or ec2)"))),
         };
         let vpc_cidr: Ipv4Net = a
             .vpc_cidr
             .as_deref()
-            .unwrap_or("10.0.0.0/16")
+            .unwrap_or(defaults::VPC_CIDR)
             .parse()
-            .context("--vpc-cidr: not an IPv4 CIDR like 10.0.0.0/16")?;
+            .map_err(|e| invalid("--vpc-cidr", format!("not an IPv4 CIDR like 10.0.0.0/16: {e}")))?;
         if vpc_cidr.prefix_len() > 24 {
-            bail!("--vpc-cidr: {vpc_cidr} is too small; use a /24 or larger");
+            return Err(invalid("--vpc-cidr", format!("{vpc_cidr} is too small; use a /24 or larger")));
         }
         let exclude_snat_cidrs = a
             .exclude_snat_cidrs
@@ -441,102 +412,130 @@ impl DaemonArgs {
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| s.parse().with_context(|| format!("--exclude-snat-cidrs: {s:?} is not an IPv4 CIDR")))
-            .collect::<anyhow::Result<Vec<Ipv4Net>>>()?;
-        let randomize_snat = match a.randomize_snat.as_deref().unwrap_or("prng") {
+            .map(|s| s.parse().map_err(|e| invalid("--exclude-snat-cidrs", format!("{s:?} is not an IPv4 CIDR: {e}"))))
+            .collect::<Result<Vec<Ipv4Net>, ConfigError>>()?;
+        let randomize_snat = match a.randomize_snat.as_deref().unwrap_or(defaults::RANDOMIZE_SNAT) {
             "prng" => SnatRandomize::Prng,
             "hashrandom" => SnatRandomize::HashRandom,
             "none" => SnatRandomize::None,
-            other => bail!("--randomize-snat: {other:?} is not one of prng, hashrandom, none"),
+            other => {
+                return Err(invalid("--randomize-snat", format!("{other:?} is not one of prng, hashrandom, none")));
+            }
         };
-        let pod_mtu = a.pod_mtu.unwrap_or(9001);
+        let pod_mtu = a.pod_mtu.unwrap_or(defaults::POD_MTU);
         if !(576..=9001).contains(&pod_mtu) {
-            bail!("--pod-mtu: {pod_mtu} is outside 576..=9001");
+            return Err(invalid("--pod-mtu", format!("{pod_mtu} is outside 576..=9001")));
         }
         if a.max_eni == Some(0) {
-            bail!("--max-eni: must be at least 1 (the primary ENI)");
+            return Err(invalid("--max-eni", "must be at least 1 (the primary ENI)"));
         }
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-        let ec2_max_attempts = a.ec2_max_attempts.unwrap_or(8);
+        let ec2_max_attempts = a.ec2_max_attempts.unwrap_or(defaults::EC2_MAX_ATTEMPTS);
         if ec2_max_attempts == 0 {
-            bail!("--ec2-max-attempts: must be at least 1");
+            return Err(invalid("--ec2-max-attempts", "must be at least 1"));
         }
-        let ec2_rate_limit = a.ec2_rate_limit.unwrap_or(10.0);
+        let ec2_rate_limit = a.ec2_rate_limit.unwrap_or(defaults::EC2_RATE_LIMIT);
         if !ec2_rate_limit.is_finite() || ec2_rate_limit < 0.0 {
-            bail!("--ec2-rate-limit: {ec2_rate_limit} is not a rate (calls per second, 0 for none)");
+            return Err(invalid(
+                "--ec2-rate-limit",
+                format!("{ec2_rate_limit} is not a rate (calls per second, 0 for none)"),
+            ));
         }
-        let ec2 = Ec2Settings {
+        let ec2 = Ec2Config {
             instance_id: non_empty(a.instance_id),
             instance_type: non_empty(a.instance_type.clone()),
-            imds_endpoint: a.imds_endpoint.unwrap_or_else(|| "http://169.254.169.254".into()),
+            imds_endpoint: a.imds_endpoint.unwrap_or_else(|| defaults::IMDS_ENDPOINT.into()),
             ec2_endpoint: non_empty(a.ec2_endpoint),
             cluster_name: non_empty(a.cluster_name),
-            max_attempts: ec2_max_attempts,
-            backoff_base: duration("ec2-backoff-base", a.ec2_backoff_base, "200ms")?,
-            backoff_max: duration("ec2-backoff-max", a.ec2_backoff_max, "20s")?,
-            timeout: duration("ec2-timeout", a.ec2_timeout, "10s")?,
-            rate_limit: ec2_rate_limit,
-            burst: a.ec2_burst.unwrap_or(20),
-            detach_wait: duration("ec2-detach-wait", a.ec2_detach_wait, "30s")?,
-            consistency_window: duration("ec2-consistency-window", a.ec2_consistency_window, "30s")?,
+            calls: CallPolicy {
+                max_attempts: ec2_max_attempts,
+                backoff_base: duration("ec2-backoff-base", a.ec2_backoff_base, defaults::EC2_BACKOFF_BASE)?,
+                backoff_max: duration("ec2-backoff-max", a.ec2_backoff_max, defaults::EC2_BACKOFF_MAX)?,
+                timeout: duration("ec2-timeout", a.ec2_timeout, defaults::EC2_TIMEOUT)?,
+                rate_per_second: ec2_rate_limit,
+                burst: a.ec2_burst.unwrap_or(defaults::EC2_BURST),
+            },
+            detach_wait: duration("ec2-detach-wait", a.ec2_detach_wait, defaults::EC2_DETACH_WAIT)?,
+            leaked_eni_age: duration("leaked-eni-age", a.leaked_eni_age, defaults::LEAKED_ENI_AGE)?,
+            consistency_window: duration(
+                "ec2-consistency-window",
+                a.ec2_consistency_window,
+                defaults::EC2_CONSISTENCY_WINDOW,
+            )?,
         };
-        let eni_mtu = a.eni_mtu.unwrap_or(9001);
+        let eni_mtu = a.eni_mtu.unwrap_or(defaults::ENI_MTU);
         if !(576..=9001).contains(&eni_mtu) {
-            bail!("--eni-mtu: {eni_mtu} is outside 576..=9001");
+            return Err(invalid("--eni-mtu", format!("{eni_mtu} is outside 576..=9001")));
         }
-        if ec2.timeout.is_zero() {
-            bail!("--ec2-timeout: must be more than 0");
+        if ec2.calls.timeout.is_zero() {
+            return Err(invalid("--ec2-timeout", "must be more than 0"));
         }
         Ok(Config {
-            socket: a.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            socket: a.socket.unwrap_or_else(|| defaults::SOCKET.into()),
             listen,
             metrics_listen,
-            data_dir: a.data_dir.unwrap_or_else(|| "/var/lib/enipool".into()),
+            data_dir: a.data_dir.unwrap_or_else(|| defaults::DATA_DIR.into()),
             provider,
             instance_type: a.instance_type.unwrap_or_else(|| "m5.large".into()),
             vpc_cidr,
-            static_latency: duration("static-latency", a.static_latency, "0")?,
+            static_latency: duration("static-latency", a.static_latency, defaults::STATIC_LATENCY)?,
             ec2,
-            subnet_exhausted_pause: duration("subnet-exhausted-pause", a.subnet_exhausted_pause, "120s")?,
-            leaked_eni_age: duration("leaked-eni-age", a.leaked_eni_age, "5m")?,
-            leaked_eni_interval: duration("leaked-eni-interval", a.leaked_eni_interval, "10m")?,
-            reconcile_interval: duration("reconcile-interval", a.reconcile_interval, "60s")?,
+            subnet_exhausted_pause: duration(
+                "subnet-exhausted-pause",
+                a.subnet_exhausted_pause,
+                defaults::SUBNET_EXHAUSTED_PAUSE,
+            )?,
+            leaked_eni_interval: duration("leaked-eni-interval", a.leaked_eni_interval, defaults::LEAKED_ENI_INTERVAL)?,
+            reconcile_interval: duration("reconcile-interval", a.reconcile_interval, defaults::RECONCILE_INTERVAL)?,
             eni_host_setup: a.eni_host_setup.unwrap_or(provider == ProviderKind::Ec2),
             host_netns: a.host_netns,
-            node_reconcile_interval: duration("node-reconcile-interval", a.node_reconcile_interval, "60s")?,
-            node_reconcile_grace: duration("node-reconcile-grace", a.node_reconcile_grace, "30s")?,
-            node_cleanup: a.node_cleanup.unwrap_or(true),
+            node_reconcile_interval: duration(
+                "node-reconcile-interval",
+                a.node_reconcile_interval,
+                defaults::NODE_RECONCILE_INTERVAL,
+            )?,
+            node_reconcile_grace: duration(
+                "node-reconcile-grace",
+                a.node_reconcile_grace,
+                defaults::NODE_RECONCILE_GRACE,
+            )?,
+            node_cleanup: a.node_cleanup.unwrap_or(defaults::NODE_CLEANUP),
             eni_mtu,
-            warm_eni_target: a.warm_eni_target.unwrap_or(1),
+            warm_eni_target: a.warm_eni_target.unwrap_or(defaults::WARM_ENI_TARGET),
             warm_ip_target: a.warm_ip_target,
             minimum_ip_target: a.minimum_ip_target,
             max_eni: a.max_eni,
-            ip_cooldown: duration("ip-cooldown-period", a.ip_cooldown_period, "30")?,
+            ip_cooldown: duration("ip-cooldown-period", a.ip_cooldown_period, defaults::IP_COOLDOWN_PERIOD)?,
             pod_mtu,
-            external_snat: a.external_snat.unwrap_or(false),
+            external_snat: a.external_snat.unwrap_or(defaults::EXTERNAL_SNAT),
             exclude_snat_cidrs,
             randomize_snat,
-            pool_tick: duration("pool-tick", a.pool_tick, "5s")?,
-            shrink_interval: duration("shrink-interval", a.shrink_interval, "30s")?,
-            allocation_wait: duration("allocation-wait", a.allocation_wait, "2s")?,
-            checkpoint_interval: duration("checkpoint-interval", a.checkpoint_interval, "1s")?,
-            shutdown_grace: duration("shutdown-grace", a.shutdown_grace, "5s")?,
+            pool_tick: duration("pool-tick", a.pool_tick, defaults::POOL_TICK)?,
+            shrink_interval: duration("shrink-interval", a.shrink_interval, defaults::SHRINK_INTERVAL)?,
+            allocation_wait: duration("allocation-wait", a.allocation_wait, defaults::ALLOCATION_WAIT)?,
+            checkpoint_interval: duration("checkpoint-interval", a.checkpoint_interval, defaults::CHECKPOINT_INTERVAL)?,
+            shutdown_grace: duration("shutdown-grace", a.shutdown_grace, defaults::SHUTDOWN_GRACE)?,
             listener_limits: crate::serve::Limits {
-                max_connections: a.max_connections.unwrap_or(256).max(1),
-                header_read_timeout: duration("header-read-timeout", a.header_read_timeout, "10s")?,
-                idle_timeout: duration("idle-timeout", a.idle_timeout, "60s")?,
+                max_connections: a.max_connections.unwrap_or(defaults::MAX_CONNECTIONS).max(1),
+                header_read_timeout: duration(
+                    "header-read-timeout",
+                    a.header_read_timeout,
+                    defaults::HEADER_READ_TIMEOUT,
+                )?,
+                idle_timeout: duration("idle-timeout", a.idle_timeout, defaults::IDLE_TIMEOUT)?,
             },
-            log: a.log.unwrap_or_else(|| "info".into()),
+            log: a.log.unwrap_or_else(|| defaults::LOG.into()),
             wal_segment_bytes: a.wal_segment_bytes.unwrap_or(4 << 20).max(4096),
             cni_conf_dir: a.cni_conf_dir.filter(|d| !d.as_os_str().is_empty()),
-            cni_conflist: a.cni_conflist.unwrap_or_else(|| DEFAULT_CONFLIST.into()),
+            cni_conflist: a.cni_conflist.unwrap_or_else(|| defaults::CNI_CONFLIST.into()),
         })
     }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<DaemonArgs> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+fn read_file(path: &Path) -> Result<DaemonArgs, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
@@ -605,6 +604,9 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("5 fortnights").is_err());
+        // Past Duration's range: an error, not a panic.
+        assert!(parse_duration("100000000000000000000000").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
     }
 
     #[test]
@@ -624,11 +626,11 @@ mod tests {
     fn ec2_settings_defaults_and_precedence() {
         let c = DaemonArgs::default().resolve().unwrap();
         assert_eq!(c.subnet_exhausted_pause, Duration::from_secs(120));
-        assert_eq!(c.leaked_eni_age, Duration::from_secs(300));
+        assert_eq!(c.ec2.leaked_eni_age, Duration::from_secs(300));
         assert_eq!(c.reconcile_interval, Duration::from_secs(60));
         assert_eq!(c.ec2.imds_endpoint, "http://169.254.169.254");
         assert_eq!((c.ec2.instance_id.clone(), c.ec2.instance_type.clone()), (None, None), "EC2 decides unless given");
-        assert_eq!(c.ec2.max_attempts, 8);
+        assert_eq!(c.ec2.calls.max_attempts, 8);
         assert_eq!(c.ec2.ec2_endpoint, None);
 
         let dir = tempfile::tempdir().unwrap();
@@ -642,8 +644,8 @@ mod tests {
         };
         let c = args.resolve().unwrap();
         assert_eq!(c.ec2.cluster_name.as_deref(), Some("staging"));
-        assert_eq!(c.ec2.timeout, Duration::from_secs(2));
-        assert_eq!(c.leaked_eni_age, Duration::from_secs(60));
+        assert_eq!(c.ec2.calls.timeout, Duration::from_secs(2));
+        assert_eq!(c.ec2.leaked_eni_age, Duration::from_secs(60));
         assert_eq!(c.ec2.instance_id.as_deref(), Some("i-1"));
 
         for bad in [

@@ -49,24 +49,29 @@ fn failed(e: impl std::fmt::Display) -> ProviderError {
 
 impl StaticProvider {
     /// Loads the simulated instance from `data_dir`, or creates it.
-    pub fn open(data_dir: &Path, instance_type: &str, vpc_cidr: Ipv4Net, latency: Duration) -> anyhow::Result<Self> {
+    pub fn open(
+        data_dir: &Path,
+        instance_type: &str,
+        vpc_cidr: Ipv4Net,
+        latency: Duration,
+    ) -> Result<Self, ProviderError> {
         let limits = builtin_limits(instance_type).ok_or_else(|| {
-            anyhow::anyhow!("--instance-type {instance_type}: not in the static provider's built-in table")
+            failed(format!("--instance-type {instance_type}: not in the static provider's built-in table"))
         })?;
         let path = data_dir.join(STATE_FILE);
         let state = match std::fs::read(&path) {
             Ok(bytes) => {
                 let s: SimInstance = serde_json::from_slice(&bytes)
-                    .map_err(|e| anyhow::anyhow!("{}: not a static-provider instance: {e}", path.display()))?;
+                    .map_err(|e| failed(format!("{}: not a static-provider instance: {e}", path.display())))?;
                 if s.instance_type != instance_type || s.vpc_cidr != vpc_cidr {
-                    anyhow::bail!(
+                    return Err(failed(format!(
                         "{} simulates a {} in {}; start with --instance-type {} --vpc-cidr {} or use another --data-dir",
                         path.display(),
                         s.instance_type,
                         s.vpc_cidr,
                         s.instance_type,
                         s.vpc_cidr
-                    );
+                    )));
                 }
                 s
             }
@@ -86,11 +91,12 @@ impl StaticProvider {
                     next_eni_serial: 2,
                     enis: vec![SimEni { id: eni_id(1), device_number: 0, primary_ip, secondary_ips: Vec::new() }],
                 };
-                std::fs::create_dir_all(data_dir)?;
-                save(&path, &s)?;
+                std::fs::create_dir_all(data_dir)
+                    .map_err(|e| failed(format!("creating {}: {e}", data_dir.display())))?;
+                save(&path, &s).map_err(|e| failed(format!("writing {}: {e}", path.display())))?;
                 s
             }
-            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+            Err(e) => return Err(failed(format!("reading {}: {e}", path.display()))),
         };
         Ok(StaticProvider { path, limits, latency, state: Mutex::new(state) })
     }
