@@ -2,13 +2,11 @@
 //! Every request body sent and every answer received is checked against openapi/openapi.json by
 //! the harness.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::{Daemon, NET, eventually, lease_request, metric, pool_settles, spec};
+use crate::common::{Daemon, NET, eventually, lease_request, metric, pool_settles, spec};
 use enipool_api::problem;
 use serde_json::{Value, json};
 
@@ -355,8 +353,8 @@ async fn readyz_answers_503_while_the_provider_cannot_be_synced() {
     };
     // It serves at once ("starting") and syncs beside; once the first attempt has failed it keeps
     // retrying (every pool tick) and keeps failing, alive all along.
-    common::eventually("readyz answering 503 with the sync error", not_ready).await;
-    common::holds("readyz answering 503 with the sync error", Duration::from_millis(200), not_ready).await;
+    crate::common::eventually("readyz answering 503 with the sync error", not_ready).await;
+    crate::common::holds("readyz answering 503 with the sync error", Duration::from_millis(200), not_ready).await;
     d.tcp().get("/readyz").await.expect(503);
     assert_eq!(api.get("/healthz").await.expect(200).json(), json!({"status": "ok"}));
 }

@@ -5,13 +5,11 @@
 //! a secondary ENI's node side (link, address, route table, rule) with that one capability.
 //! deploy.rs checks that the manifest grants exactly this.
 
-mod common;
-
 use std::process::Command;
 
-use common::container::{CAP_NET_ADMIN, Confinement, capabilities, no_new_privs};
-use common::netns::Netns;
-use common::{M5_LARGE_PER_ENI, eni_node_side_is_set_up, eventually};
+use crate::common::container::{CAP_NET_ADMIN, Confinement, capabilities, no_new_privs};
+use crate::common::netns::Netns;
+use crate::common::{M5_LARGE_PER_ENI, eni_node_side_is_set_up, eventually};
 
 /// The static provider's MAC of its ENI with this serial (1 is the primary).
 fn static_mac(serial: u8) -> String {
@@ -44,7 +42,7 @@ async fn the_daemon_needs_only_net_admin_once_the_init_step_has_set_the_sysctls(
     let tmp = tempfile::Builder::new().prefix("enipoold-test-").tempdir().unwrap();
     let confinement = Confinement::new(&ns.path(), &[CAP_NET_ADMIN]);
     let flags = [("--eni-host-setup", "true"), ("--eni-mtu", "9001"), ("--node-cleanup", "true")];
-    let d = common::Daemon::start_in_confined(tmp.path(), &flags, confinement).await;
+    let d = crate::common::Daemon::start_in_confined(tmp.path(), &flags, confinement).await;
     let pid = d.pid();
     for set in ["CapEff", "CapPrm", "CapBnd"] {
         assert_eq!(capabilities(pid, set), 1 << CAP_NET_ADMIN, "{set} of the daemon: CAP_NET_ADMIN alone");

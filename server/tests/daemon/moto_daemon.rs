@@ -2,12 +2,10 @@
 //! counts every call and fails chosen ones), one moto per test: cold start, churn economy,
 //! throttling, a crash between Detach and Delete, restarts, EC2 unreachable, subnet exhaustion.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Api, Daemon, NET, eventually, lease_request, metric, pool_settles, pool_summary};
+use crate::common::{Api, Daemon, NET, eventually, lease_request, metric, pool_settles, pool_summary};
 use enipool_api::problem;
 use enipool_ec2::testing::{Calls, FakeEc2, FakeImds, MUTATING, World, aws_sdk_ec2::Client};
 

@@ -5,14 +5,12 @@
 //! Chromium absent: the test fails when ENIPOOL_REQUIRE_CHROMIUM is set (scripts/test sets it
 //! and installs chromium), else it says loudly that it skipped.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, M5_LARGE_PER_ENI, NET, lease_request, pool_settles};
+use crate::common::{Daemon, M5_LARGE_PER_ENI, NET, lease_request, pool_settles};
 use enipool_api::problem;
 use serde_json::Value;
 

@@ -3,12 +3,10 @@
 //! test's namespace (to reach moto on loopback) and does the node side in the test's node
 //! namespace (`--host-netns`). Needs root and `ip`; nothing touches the root namespace.
 
-mod common;
-
 use std::time::Duration;
 
-use common::netns::Netns;
-use common::{Daemon, eni_node_side_is_set_up, eventually, pool_settles};
+use crate::common::netns::Netns;
+use crate::common::{Daemon, eni_node_side_is_set_up, eventually, pool_settles};
 use enipool_ec2::testing::{FakeEc2, World};
 
 #[tokio::test]

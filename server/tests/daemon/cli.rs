@@ -1,11 +1,9 @@
 //! `enipoold status` and `enipoold leases`: tables (and JSON) read from a running daemon.
 
-mod common;
-
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Daemon, NET, enipoold, pool_settles};
+use crate::common::{Daemon, NET, enipoold, pool_settles};
 use serde_json::{Value, json};
 
 async fn run(args: &[&str]) -> Output {

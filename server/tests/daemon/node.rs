@@ -4,12 +4,10 @@
 //! no lease accounts for are removed, everyone else's are left. Needs root and `ip` (real
 //! namespaces); the node side happens in a namespace the test made (`--host-netns`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::netns::Netns;
-use common::{Daemon, NET, eventually, metric};
+use crate::common::netns::Netns;
+use crate::common::{Daemon, NET, eventually, metric};
 use enipool_nodenet::alias::host_veth_alias;
 use serde_json::{Value, json};
 
@@ -75,7 +73,7 @@ async fn a_lease_younger_than_the_grace_period_is_left_alone() {
     let d = d.restart().await;
     let api = d.unix();
     // Periodic passes have run (the counter of passes that released nothing stays, the lease too).
-    common::holds("the young lease stays", Duration::from_millis(200), async || {
+    crate::common::holds("the young lease stays", Duration::from_millis(200), async || {
         let r = api.get(&lease_path("in-flight")).await;
         if r.status == 200 && r.json() == lease { Ok(()) } else { Err(format!("{} {}", r.status, r.text())) }
     })
@@ -90,7 +88,7 @@ async fn the_periodic_pass_releases_a_pod_whose_namespace_was_deleted() {
     let d = Daemon::start(&flags).await;
     let api = d.unix();
     api.post("/v1/leases", &request("pod", Some(&pod.path()), None)).await.expect(201);
-    common::holds("a live pod's lease stays", Duration::from_millis(150), async || {
+    crate::common::holds("a live pod's lease stays", Duration::from_millis(150), async || {
         let status = api.get(&lease_path("pod")).await.status;
         if status == 200 { Ok(()) } else { Err(format!("GET answered {status}")) }
     })
@@ -182,8 +180,8 @@ async fn while_the_provider_is_unreachable_nothing_is_cleaned_up() {
     node.ip(&["link", "set", "dev", "eniorphan", "alias", &host_veth_alias(NET, "dead-pod", "eth0")]);
     node.ip(&["rule", "add", "to", "10.9.9.9", "lookup", "main", "priority", "512", "protocol", "211"]);
 
-    let dead = common::unreachable_endpoint();
-    let mut flags = common::unreachable_ec2(&dead);
+    let dead = crate::common::unreachable_endpoint();
+    let mut flags = crate::common::unreachable_ec2(&dead);
     flags.extend([
         ("--host-netns", node_path.as_str()),
         ("--node-cleanup", "true"),
@@ -197,7 +195,7 @@ async fn while_the_provider_is_unreachable_nothing_is_cleaned_up() {
         if status == 404 { Ok(()) } else { Err(format!("GET answered {status}")) }
     })
     .await;
-    common::holds(
+    crate::common::holds(
         "the orphan veth and rule to stay while the provider is unreachable",
         Duration::from_millis(200),
         async || {

@@ -3,12 +3,10 @@
 //! WARM_IP_TARGET / MINIMUM_IP_TARGET count single IPs, MAX_ENI caps, and cooling IPs count as
 //! in use, never as available).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Daemon, M5_LARGE_PER_ENI, NET, last_action_is, lease_request, pool_settles};
+use crate::common::{Daemon, M5_LARGE_PER_ENI, NET, last_action_is, lease_request, pool_settles};
 use enipool_api::problem;
 use serde_json::Value;
 

@@ -1,9 +1,7 @@
 //! The committed OpenAPI document is the one this build serves, and the tests' validator built
 //! from it tells valid documents from invalid ones.
 
-mod common;
-
-use common::spec::{Listener, committed_path, spec};
+use crate::common::spec::{Listener, committed_path, spec};
 use serde_json::json;
 
 #[test]

@@ -1,13 +1,11 @@
 //! Many clients allocating and releasing at once never see one IP leased to two live keys, and
 //! the pool comes out of it consistent. And an instance with no IP left answers 503.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Listener, NET, lease_request, metric, pool_settles, pool_summary, spec};
+use crate::common::{Daemon, Listener, NET, lease_request, metric, pool_settles, pool_summary, spec};
 use enipool_api::problem;
 use hyper::Method;
 use serde_json::Value;

@@ -5,13 +5,11 @@
 //! metric says so; and after a restart with space freed every acknowledged lease and release is
 //! there. Needs root (mount).
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Daemon, NET, eventually, metric};
+use crate::common::{Daemon, NET, eventually, metric};
 use enipool_api::problem;
 use serde_json::{Value, json};
 
@@ -74,7 +72,7 @@ impl Churn {
     /// A new lease, and the release of the oldest live one once 20 are live. Returns the answer
     /// of a request the daemon refused; what it refused is no longer tracked (its outcome is
     /// not acknowledged either way).
-    async fn step(&mut self, api: &common::Api) -> Option<common::Resp> {
+    async fn step(&mut self, api: &crate::common::Api) -> Option<crate::common::Resp> {
         self.steps += 1;
         let id = format!("pod-{}", self.steps);
         let r = api.post_unchecked("/v1/leases", &json!({"network": NET, "container_id": id, "ifname": "eth0"})).await;
@@ -100,7 +98,7 @@ fn lease_path(id: &str) -> String {
     format!("/v1/leases/{NET}/{id}/eth0")
 }
 
-async fn health(api: &common::Api, path: &str) -> (u16, Value) {
+async fn health(api: &crate::common::Api, path: &str) -> (u16, Value) {
     let r = api.get(path).await;
     (r.status, r.json())
 }

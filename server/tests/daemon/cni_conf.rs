@@ -1,12 +1,10 @@
 //! `--cni-conf-dir`: a real enipoold installs the conflist only once it is ready, byte for byte,
 //! and never while it is not (EC2 unreachable); without the flag it writes nothing.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Daemon, eventually, holds};
+use crate::common::{Daemon, eventually, holds};
 
 fn conflist() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/10-enipool.conflist")

@@ -4,11 +4,9 @@
 //! the hard one, caps each listener, cuts slow heads and idle connections off within the
 //! configured timeouts, and meanwhile the unix socket serves every lease and release.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Daemon, NET, lease_request};
+use crate::common::{Daemon, NET, lease_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

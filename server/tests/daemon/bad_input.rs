@@ -2,9 +2,7 @@
 //! `type` and (for input errors) the `field` at fault, and changes nothing in the ledger.
 //! Mutations over the read-only TCP listener get 403.
 
-mod common;
-
-use common::{Api, Daemon, NET, lease_request, spec};
+use crate::common::{Api, Daemon, NET, lease_request, spec};
 use enipool_api::problem;
 use hyper::Method;
 use serde_json::{Value, json};

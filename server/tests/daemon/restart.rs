@@ -1,11 +1,9 @@
 //! Leases outlive the daemon: a clean stop (SIGTERM) and a crash (SIGKILL) both come back with
 //! every acknowledged lease, on the same IP, and that IP is not handed out again.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Daemon, NET, eventually, lease_request, metric, pool_settles};
+use crate::common::{Daemon, NET, eventually, lease_request, metric, pool_settles};
 use enipool_api::problem;
 use hyper::Method;
 use serde_json::json;
@@ -116,8 +114,8 @@ async fn a_placeholder_identity_never_reaches_the_nodes_snat() {
     assert!(d.terminate(Duration::from_secs(5)).await.success());
     assert!(!data.join("instance.json").exists());
 
-    let dead = common::unreachable_endpoint();
-    let d = Daemon::start_in_unready(&data, &common::unreachable_ec2(&dead)).await;
+    let dead = crate::common::unreachable_endpoint();
+    let d = Daemon::start_in_unready(&data, &crate::common::unreachable_ec2(&dead)).await;
     let lease = d.unix().post("/v1/leases", &lease_request(NET, "during-outage", "eth0")).await.expect(201).json();
     assert_eq!(lease["snat"]["enabled"], false, "{lease}");
 }
