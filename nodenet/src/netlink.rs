@@ -69,10 +69,10 @@ fn enter(fd: RawFd) -> io::Result<()> {
 /// Why [`on_own_thread`] could not run its work.
 #[derive(Debug, thiserror::Error)]
 pub enum ThreadError {
-    #[error("opening {}: {source}", .path.display())]
-    OpenNamespace { path: PathBuf, source: io::Error },
-    #[error("entering {}: {source}", .path.display())]
-    EnterNamespace { path: PathBuf, source: io::Error },
+    #[error("opening {}: {error}", .path.display())]
+    OpenNamespace { path: PathBuf, error: io::Error },
+    #[error("entering {}: {error}", .path.display())]
+    EnterNamespace { path: PathBuf, error: io::Error },
     #[error("starting the netlink thread: {0}")]
     Start(io::Error),
     #[error("opening a netlink socket: {0}")]
@@ -99,9 +99,9 @@ where
             let result = (|| {
                 if let Some(path) = &netns {
                     let file = std::fs::File::open(path)
-                        .map_err(|source| ThreadError::OpenNamespace { path: path.clone(), source })?;
+                        .map_err(|error| ThreadError::OpenNamespace { path: path.clone(), error })?;
                     enter(file.as_raw_fd())
-                        .map_err(|source| ThreadError::EnterNamespace { path: path.clone(), source })?;
+                        .map_err(|error| ThreadError::EnterNamespace { path: path.clone(), error })?;
                 }
                 let rt =
                     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ThreadError::Start)?;

@@ -24,10 +24,10 @@ pub enum OpenError {
     /// Nothing at the path: the container is gone.
     #[error("{}: no such network namespace", .0.display())]
     Missing(PathBuf),
-    #[error("{}: cannot open: {source}", .path.display())]
-    Unopenable { path: PathBuf, source: io::Error },
-    #[error("{}: fstatfs: {source}", .path.display())]
-    Unreadable { path: PathBuf, source: io::Error },
+    #[error("{}: cannot open: {error}", .path.display())]
+    Unopenable { path: PathBuf, error: io::Error },
+    #[error("{}: fstatfs: {error}", .path.display())]
+    Unreadable { path: PathBuf, error: io::Error },
     /// A file, a FIFO, a directory: anything but a mounted namespace.
     #[error("{}: not a network namespace", .0.display())]
     NotANamespace(PathBuf),
@@ -52,14 +52,14 @@ impl NetNs {
             .open(&path)
             .map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => OpenError::Missing(path.clone()),
-                _ => OpenError::Unopenable { path: path.clone(), source: e },
+                _ => OpenError::Unopenable { path: path.clone(), error: e },
             })?;
         // SAFETY: fstatfs writes into the zeroed struct we own (zeroed is a valid value of this
         // plain C struct); the fd is valid while `file` lives.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
         // SAFETY: as above: a valid fd and a struct we own.
         if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
-            return Err(OpenError::Unreadable { path, source: io::Error::last_os_error() });
+            return Err(OpenError::Unreadable { path, error: io::Error::last_os_error() });
         }
         if !is_nsfs(&st) {
             return Err(OpenError::NotANamespace(path));

@@ -23,10 +23,10 @@ use crate::serve::{self, Listener};
 /// Why the daemon could not start (or flush its ledger at shutdown). `main` prints it and exits 1.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("{what} {}: {source}", .path.display())]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("binding {flag} {addr}: {source}")]
-    Bind { flag: &'static str, addr: String, source: std::io::Error },
+    #[error("{what} {}: {error}", .path.display())]
+    Io { what: &'static str, path: PathBuf, error: std::io::Error },
+    #[error("binding {flag} {addr}: {error}")]
+    Bind { flag: &'static str, addr: String, error: std::io::Error },
     #[error(transparent)]
     LedgerOpen(#[from] OpenError),
     #[error(transparent)]
@@ -41,12 +41,12 @@ pub enum StartupError {
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StartupError {
     let path = path.to_path_buf();
-    move |source| StartupError::Io { what, path, source }
+    move |error| StartupError::Io { what, path, error }
 }
 
 fn bind(flag: &'static str, addr: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> StartupError {
     let addr = addr.to_string();
-    move |source| StartupError::Bind { flag, addr, source }
+    move |error| StartupError::Bind { flag, addr, error }
 }
 
 /// Runs a blocking ledger call (open, checkpoint) off the runtime's workers.

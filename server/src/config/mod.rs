@@ -18,16 +18,18 @@ pub const DEFAULT_SOCKET: &str = "/run/enipool/enipool.sock";
 /// Where the image ships the conflist (`deploy/10-enipool.conflist`).
 pub const DEFAULT_CONFLIST: &str = "/etc/enipool/10-enipool.conflist";
 
-/// A setting that cannot be used, and why; or a `--config` file that cannot be read.
+/// A setting that cannot be used, and why; or a `--config` file that cannot be read. The cause is
+/// part of the message and not an error `source`, so a printer that walks causes (`{:#}`) does not
+/// print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// `setting` is the flag (`--pool-tick`).
     #[error("{setting}: {reason}")]
     Invalid { setting: String, reason: String },
-    #[error("reading config file {}: {source}", .path.display())]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {}: {source}", .path.display())]
-    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("reading config file {}: {error}", .path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("config file {}: {error}", .path.display())]
+    Parse { path: PathBuf, error: toml::de::Error },
 }
 
 fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
@@ -286,7 +288,10 @@ pub struct Config {
     pub cni_conflist: PathBuf,
 }
 
-/// `30`, `1.5` (seconds), `250ms`, `30s`, `2m`, `1h`.
+/// The longest period a setting may give.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `30`, `1.5` (seconds), `250ms`, `30s`, `2m`, `1h`; at most a year.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
@@ -305,9 +310,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !value.is_finite() || value < 0.0 {
         return Err(format!("{s:?} must be a non-negative duration"));
     }
-    // try_: from_secs_f64 panics on a value past Duration's range (e.g. 1e23 seconds).
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("{s:?} is longer than any duration this daemon can wait"))
+    // Capped well below Duration's range: from_secs_f64 panics past it (1e23 seconds), and a
+    // deadline `Instant::now() + d` panics past the clock's (about 9e18 seconds).
+    let seconds = value * scale;
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!("{s:?} is longer than a year, the longest period this daemon waits"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 impl DaemonArgs {
@@ -533,9 +542,8 @@ impl DaemonArgs {
 }
 
 fn read_file(path: &Path) -> Result<DaemonArgs, ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
+    toml::from_str(&text).map_err(|error| ConfigError::Parse { path: path.to_path_buf(), error })
 }
 
 #[cfg(test)]
@@ -607,6 +615,10 @@ mod tests {
         // Past Duration's range: an error, not a panic.
         assert!(parse_duration("100000000000000000000000").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+        // Far below Duration's range, yet past what a deadline (Instant + d) can hold.
+        assert!(parse_duration("10000000000000000000").is_err());
+        assert!(parse_duration("8761h").is_err());
+        assert_eq!(parse_duration("8760h").unwrap(), Duration::from_secs(365 * 24 * 3600));
     }
 
     #[test]

@@ -169,11 +169,13 @@ pub async fn rebuild(app: &App, attachments: &[NodeAttachment]) -> Result<Rebuil
     }
     if !wanted.is_empty() {
         let ledger = app.ledger.clone();
-        report.restored = app.ledger_call(move || ledger.restore_leases(wanted)).await?;
-        for l in &report.restored {
+        let restored = app.ledger_call(move || ledger.restore_leases(wanted)).await?;
+        for l in &restored {
             warn!(key = %l.key, ip = %l.ip, netns = ?l.meta.netns, host_veth = ?l.meta.host_veth,
                 "lease rebuilt from the node: a live pod uses this IP and the ledger had no lease for it");
         }
+        // Beside the leases moved from stale keys above, not instead of them.
+        report.restored.extend(restored);
     }
     Ok(report)
 }
@@ -328,4 +330,60 @@ async fn remove_orphans(h: &Handle, ledger: &Ledger) -> (Vec<String>, usize, Vec
         }
     }
     (veths, removed_rules, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use enipool_nodenet::alias::{host_veth_alias, parse_alias};
+    use enipool_storage::{EniRecord, LeaseKey, LeaseMeta, Ledger, LedgerConfig, SystemClock};
+
+    use super::{NodeAttachment, rebuild};
+    use crate::app::{App, Identity};
+    use crate::config::DaemonArgs;
+    use crate::metrics::Metrics;
+    use crate::provider::Provider;
+    use crate::provider::static_provider::StaticProvider;
+
+    fn pod(name: &str, ip: Ipv4Addr) -> NodeAttachment {
+        NodeAttachment {
+            ip,
+            host_veth: format!("eni{name}"),
+            alias: parse_alias(&host_veth_alias("net", name, "eth0")).unwrap(),
+            netns: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_report_counts_moved_and_restored_leases_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = DaemonArgs { data_dir: Some(dir.path().into()), ..DaemonArgs::default() }.resolve().unwrap();
+        config.node_reconcile_grace = Duration::ZERO;
+        let ledger = Ledger::open(&dir.path().join("ledger"), LedgerConfig::default(), Arc::new(SystemClock)).unwrap();
+        let provider = StaticProvider::open(dir.path(), "m5.large", config.vpc_cidr, Duration::ZERO).unwrap();
+        let info = provider.init().await.unwrap();
+        let app = App::new(config, ledger, Arc::new(provider), info, Identity::Provider, Arc::new(Metrics::new()));
+        let (held, free) = (Ipv4Addr::new(10, 0, 0, 20), Ipv4Addr::new(10, 0, 0, 21));
+        let eni = EniRecord {
+            id: "eni-1".into(),
+            device_number: 0,
+            subnet_cidr: "10.0.0.0/24".parse().unwrap(),
+            subnet_gateway: Ipv4Addr::new(10, 0, 0, 1),
+            primary_ip: Ipv4Addr::new(10, 0, 0, 10),
+            route_table: 254,
+            attached: true,
+        };
+        app.ledger.add_eni(eni, &[held, free]).unwrap();
+        let stale = LeaseKey::new("net", "stale", "eth0");
+        assert_eq!(app.ledger.allocate(stale, LeaseMeta::default()).unwrap().lease.ip, held);
+
+        // One pod uses the stale lease's IP (its lease moves), one uses a free IP (restored).
+        let report = rebuild(&app, &[pod("moved", held), pod("restored", free)]).await.unwrap();
+        let mut keys: Vec<String> = report.restored.iter().map(|l| l.key.container_id.clone()).collect();
+        keys.sort();
+        assert_eq!(keys, ["moved", "restored"]);
+    }
 }
