@@ -1,0 +1,48 @@
+//! containerd's two DELs: StopPodSandbox runs DEL with the netns and a prevResult;
+//! RemovePodSandbox (or a second stop) runs DEL again with an empty CNI_NETNS and no prevResult.
+//! Both succeed and nothing is left.
+
+use enipool_cri::client::PodSpec;
+use enipool_cri::node::Node;
+
+use crate::*;
+
+fn call(command: &str, with_netns: bool) -> (String, bool, i32) {
+    (command.to_string(), with_netns, 0)
+}
+
+#[test]
+fn stop_then_remove_runs_two_dels_and_leaks_nothing() {
+    let node = Node::new(&[]);
+    let id = run_pod(&node, &PodSpec::new("stop-remove"));
+    let status = node.cri().status(&id).unwrap();
+    assert!(lease_of(&node, &id).is_some());
+    assert!(cached_results(&id).contains(&format!("aws-cni-{id}-eth0")), "containerd cached our ADD result");
+
+    node.cri().stop(&id).unwrap();
+    assert!(lease_of(&node, &id).is_none(), "the first DEL released the lease");
+    assert_eq!(our_calls(&node, &id), vec![call("ADD", true), call("DEL", true)]);
+
+    node.cri().remove(&id).unwrap();
+    assert_eq!(
+        our_calls(&node, &id),
+        vec![call("ADD", true), call("DEL", true), call("DEL", false)],
+        "the second DEL came without a netns, and succeeded"
+    );
+    assert_nothing_left(&node, std::slice::from_ref(&id), &[status.netns_path]);
+}
+
+#[test]
+fn stop_twice_then_remove_leaks_nothing() {
+    let node = Node::new(&[]);
+    let id = run_pod(&node, &PodSpec::new("stop-twice"));
+    let status = node.cri().status(&id).unwrap();
+    node.cri().stop(&id).unwrap();
+    node.cri().stop(&id).unwrap();
+    assert!(!node.cri().status(&id).unwrap().ready);
+    node.cri().remove(&id).unwrap();
+    let calls = our_calls(&node, &id);
+    assert_eq!(calls[..2], [call("ADD", true), call("DEL", true)]);
+    assert!(calls[2..].iter().all(|c| *c == call("DEL", false)), "later DELs without a netns succeed: {calls:?}");
+    assert_nothing_left(&node, std::slice::from_ref(&id), &[status.netns_path]);
+}
