@@ -28,6 +28,8 @@ pub enum FailAt {
 }
 
 impl FailAt {
+    /// Only builds with debug assertions read the hook (main.rs `test_fault`).
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     pub fn parse(s: &str) -> Option<FailAt> {
         match s {
             "after-wire" => Some(FailAt::AfterWire),
@@ -331,6 +333,7 @@ fn from_prev_result(conf: &NetConf, ifname: &str) -> (Option<Ipv4Addr>, Option<S
 }
 
 async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let started = std::time::Instant::now();
     let a = attachment(env)?;
     let network = conf.network()?;
     let (prev_ip, prev_veth) = from_prev_result(conf, a.ifname);
@@ -356,10 +359,12 @@ async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         }
         return Ok(());
     };
+    let looked_up = started.elapsed();
     let ip = lease_ip(&lease)?;
     let host_veth = lease.host_veth.clone().or(prev_veth).unwrap_or_else(|| host_veth_for(conf, &a));
     let host = host_netlink().await?;
     net::unwire_host(&host, &host_veth, ip, true).await?;
+    let unwired = started.elapsed();
     match daemon.release(network, a.container_id, a.ifname).await {
         Ok(()) => log::info(&format!("released {ip}")),
         Err(e) if e.code == code::TRY_AGAIN_LATER => {
@@ -367,6 +372,10 @@ async fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         }
         Err(e) => return Err(e),
     }
+    log::debug(&format!(
+        "DEL took {:?} (lease lookup {looked_up:?}, host unwired after {unwired:?})",
+        started.elapsed()
+    ));
     Ok(())
 }
 
