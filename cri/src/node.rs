@@ -349,7 +349,8 @@ pub fn reference_plugin(name: &str) -> PathBuf {
     Path::new(REFERENCE_PLUGINS).join(name)
 }
 
-/// deploy/10-enipool.conflist with this node's socket, state dir and log file; the daemon
+/// deploy/10-enipool.conflist with this node's socket, state dir and log file (its log level as
+/// shipped, so the benchmark measures what nodes run); the daemon
 /// installs it (`--cni-conflist`).
 fn write_conflist(dir: &Path) {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(CONFLIST_NAME);
@@ -359,7 +360,6 @@ fn write_conflist(dir: &Path) {
     ours["socket"] = dir.join("enipool.sock").to_string_lossy().into();
     ours["stateDir"] = dir.join("plugin-state").to_string_lossy().into();
     ours["logFile"] = dir.join("enipool-cni.log").to_string_lossy().into();
-    ours["logLevel"] = "debug".into();
     std::fs::write(dir.join(CONFLIST_NAME), serde_json::to_string_pretty(&conflist).expect("JSON"))
         .expect("writing the conflist");
 }

@@ -48,7 +48,10 @@ pub fn assert_nothing_left(node: &Node, ids: &[String], netns_paths: &[String]) 
     let leases: Vec<Value> =
         node.daemon().leases().into_iter().filter(|l| ids.iter().any(|id| l["container_id"] == *id)).collect();
     assert!(leases.is_empty(), "leases left: {leases:?}");
-    assert_eq!(node.host_veths(), Vec::<String>::new(), "host veths left");
+    // The kernel removes a host veth asynchronously, shortly after its pod namespace is deleted.
+    enipool_cri::wait_for("host veths to go with their namespaces", Duration::from_secs(20), || {
+        node.host_veths().is_empty().then_some(())
+    });
     assert_eq!(node.pod_rules(), Vec::<String>::new(), "pod rules left");
     let namespaces: Vec<&String> = netns_paths.iter().filter(|p| Path::new(p).exists()).collect();
     assert!(namespaces.is_empty(), "pod namespaces left: {namespaces:?}");
