@@ -4,15 +4,14 @@
 //! `../shared/reference/cni-and-environment.md`: `restrict_oom_score_adj` (no CAP_SYS_RESOURCE),
 //! the cgroupfs driver with a relative cgroup parent, the v1 runtime's root moved, not disabled.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::client::Cri;
 use crate::image::{SANDBOX_IMAGE, sandbox_image_tar};
-use crate::{run, wait_for};
+use crate::{run, spawn_tied, wait_for};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -35,6 +34,7 @@ pub struct Containerd {
     cri: Cri,
     pub socket: PathBuf,
     cgroup_parent: String,
+    shut_down: bool,
 }
 
 impl Containerd {
@@ -45,7 +45,15 @@ impl Containerd {
         let cgroup_parent = format!("enipool-cri-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         std::fs::write(dir.path().join("config.toml"), config_toml(dir.path(), &socket, cni)).expect("config.toml");
         let cri = Cri::new(&socket, &cgroup_parent, &dir.path().join("pod-logs"));
-        let mut c = Containerd { dir, node_netns: node_netns.into(), child: None, cri, socket, cgroup_parent };
+        let mut c = Containerd {
+            dir,
+            node_netns: node_netns.into(),
+            child: None,
+            cri,
+            socket,
+            cgroup_parent,
+            shut_down: false,
+        };
         c.spawn();
         run(Command::new("ctr")
             .arg("--address")
@@ -84,23 +92,21 @@ impl Containerd {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe. containerd dies with the test process that started
-        // it (nsenter execs containerd in place, and the death signal survives exec).
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        self.child = Some(cmd.spawn().expect("spawning containerd"));
+        self.child = Some(spawn_tied(&mut cmd, "containerd"));
         wait_for("containerd's CRI to answer", Duration::from_secs(30), || self.cri.version().ok());
     }
 
-    /// SIGTERM, then wait: the shims, and so the sandboxes and their networks, keep running.
+    /// SIGTERM, then wait (SIGKILL after 10 s): the shims, and so the sandboxes and their
+    /// networks, keep running.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling our own child by its pid.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
@@ -128,18 +134,36 @@ impl Containerd {
 }
 
 impl Drop for Containerd {
-    /// Removes every sandbox through CRI (so each gets its DELs), stops containerd, then clears
-    /// what could survive it: shims, mounts below the temp dir, the sandboxes' cgroup parent.
     fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+impl Containerd {
+    /// Removes every sandbox through CRI (so each gets its DELs; given up after a minute in all),
+    /// stops containerd, then clears what could survive it: every process left in the
+    /// sandboxes' cgroup parent (pause processes outlive a killed shim), the shims, mounts below
+    /// the temp dir, and the cgroup parent itself. Once; dropping calls it too.
+    pub fn shut_down(&mut self) {
+        if self.shut_down {
+            return;
+        }
+        self.shut_down = true;
         if self.child.is_some() {
+            let deadline = Instant::now() + Duration::from_secs(60);
             for s in self.cri.list().unwrap_or_default() {
+                if Instant::now() > deadline {
+                    break;
+                }
                 let _ = self.cri.stop(&s.id);
                 let _ = self.cri.remove(&s.id);
             }
         }
         self.stop();
-        for pid in self.shims() {
-            // SAFETY: a shim of our own containerd, found by its socket path.
+        let cgroups = cgroup_dirs(&self.cgroup_parent);
+        for pid in self.shims().into_iter().chain(cgroups.iter().flat_map(|d| procs_below(d))) {
+            // SAFETY: a shim of our own containerd (found by its socket path) or a process in
+            // our sandboxes' cgroup.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let root = self.dir.path().to_string_lossy().into_owned();
@@ -156,12 +180,61 @@ impl Drop for Containerd {
                 unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
         }
-        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in controllers.flatten() {
-                let _ = std::fs::remove_dir(c.path().join(&self.cgroup_parent));
-            }
+        // Killed processes leave their cgroup once reaped: give that a moment.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while cgroups.iter().any(|d| !procs_below(d).is_empty()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for dir in cgroups {
+            remove_cgroup_tree(&dir);
         }
     }
+}
+
+/// Where runc puts a relative cgroup parent: below containerd's own cgroup (this process's,
+/// since containerd is our child) in each hierarchy mounted under /sys/fs/cgroup (v1 and, on a
+/// hybrid host, the v2 hierarchy at /sys/fs/cgroup/unified).
+fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    own.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let mount = match controllers {
+                "" if unified.is_dir() => unified.to_path_buf(),
+                "" => PathBuf::from("/sys/fs/cgroup"),
+                c => PathBuf::from("/sys/fs/cgroup").join(c.split(',').next()?.trim_start_matches("name=")),
+            };
+            Some(mount.join(path.trim_start_matches('/')).join(parent))
+        })
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+/// Every process in the cgroup tree at `dir`.
+fn procs_below(dir: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if sub.path().is_dir() {
+            pids.extend(procs_below(&sub.path()));
+        }
+    }
+    pids
+}
+
+/// Removes a cgroup tree (children first); a cgroup with processes left stays.
+fn remove_cgroup_tree(dir: &Path) {
+    for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if sub.path().is_dir() {
+            remove_cgroup_tree(&sub.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn config_toml(dir: &Path, socket: &Path, cni: &CniDirs) -> String {

@@ -28,9 +28,22 @@ fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Bumped whenever `build` changes what it makes: part of the cache key with the source and name.
+const BUILD_VERSION: u32 = 1;
+
+/// The OCI name of this machine's architecture.
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 /// The image tar, built if missing.
 pub fn sandbox_image_tar() -> PathBuf {
-    let cache = std::env::temp_dir().join(format!("enipool-cri-pause-{}.tar", &sha256_hex(PAUSE_C.as_bytes())[..16]));
+    let key = format!("{BUILD_VERSION}\n{SANDBOX_IMAGE}\n{}\n{PAUSE_C}", oci_arch());
+    let cache = std::env::temp_dir().join(format!("enipool-cri-pause-{}.tar", &sha256_hex(key.as_bytes())[..16]));
     if cache.exists() {
         return cache;
     }
@@ -66,7 +79,7 @@ fn build(work: &Path) -> PathBuf {
     };
     let (layer_digest, layer_size) = put(&std::fs::read(&layer).unwrap());
     let config = json!({
-        "architecture": "amd64", "os": "linux",
+        "architecture": oci_arch(), "os": "linux",
         "config": {"Entrypoint": ["/pause"]},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     });

@@ -56,6 +56,21 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Spawns `cmd` tied to the spawning thread: the kernel SIGKILLs it when that thread ends
+/// (PR_SET_PDEATHSIG, which survives exec, nsenter's included), so a test that dies leaves no
+/// containerd or enipoold behind. Spawn from the test's own thread, not a short-lived one.
+pub fn spawn_tied(cmd: &mut Command, what: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("spawning {what}: {e}"))
+}
+
 /// A binary of this workspace, from the target dir the running test or bench was built into
 /// (built by scripts/test before the tests run; built here if missing).
 pub fn workspace_bin(name: &str) -> std::path::PathBuf {

@@ -6,7 +6,6 @@
 //! The daemon itself runs in the root namespace but changes nothing there: it serves a unix
 //! socket in the temp dir and a loopback port, and does its node work through `--host-netns`.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,13 +14,15 @@ use serde_json::Value;
 
 use crate::containerd::{CniDirs, Containerd};
 use crate::netns::Netns;
-use crate::{wait_for, workspace_bin};
+use crate::{spawn_tied, wait_for, workspace_bin};
 
 pub const NODE_IP: &str = "10.0.0.10";
 pub const GATEWAY_IP: &str = "10.0.0.1";
 pub const EXTERNAL_IP: &str = "203.0.113.1";
 /// The conflist the daemon installs: deploy/'s, with the paths of this node.
 pub const CONFLIST_NAME: &str = "10-enipool.conflist";
+/// libcni's result cache, where containerd keeps each sandbox's ADD result until its last DEL.
+pub const RESULT_CACHE: &str = "/var/lib/cni/results";
 /// The reference plugins containerd needs in the bin dir (`loopback` for every sandbox).
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
@@ -98,14 +99,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; the daemon dies with the test that started it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        self.child = Some(cmd.spawn().expect("spawning enipoold"));
+        self.child = Some(spawn_tied(&mut cmd, "enipoold"));
         wait_for("enipoold to be ready", Duration::from_secs(30), || (self.get("/readyz").0 == 200).then_some(()));
     }
 
@@ -121,6 +115,13 @@ impl Daemon {
     pub fn kill_and_restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Starts it again after [`Daemon::kill`] (does nothing while it runs).
+    pub fn respawn(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
     }
 
     /// GET over the socket: (status, JSON body or Null).
@@ -156,8 +157,8 @@ impl Drop for Daemon {
     }
 }
 
-/// The node. Fields drop in order: containerd first (it removes its sandboxes, whose DELs need
-/// the daemon), then the daemon, then the namespaces.
+/// The node. Its Drop shuts containerd down first (it removes its sandboxes, whose DELs need
+/// the daemon); then the fields drop in order: the daemon, then the namespaces.
 #[derive(Debug)]
 pub struct Node {
     pub containerd: Containerd,
@@ -269,7 +270,12 @@ impl Node {
 
     /// Every plugin call containerd made so far, as the timer recorded it.
     pub fn calls(&self) -> Vec<crate::timing::Call> {
-        crate::timing::read_calls(&self.dir.path().join("cni-bin"))
+        crate::timing::read_calls(&self.bin_dir())
+    }
+
+    /// containerd's CNI bin dir (where the timer writes its records).
+    pub fn bin_dir(&self) -> PathBuf {
+        self.dir.path().join("cni-bin")
     }
 
     /// The plugin's state dir (deploy's `/run/enipool`).
@@ -316,6 +322,33 @@ impl Node {
             tail(&self.daemon.as_ref().map(Daemon::log).unwrap_or_default()),
             tail(&self.plugin_log())
         )
+    }
+}
+
+impl Drop for Node {
+    /// containerd goes first (its sandboxes' DELs need the daemon). Then what a failed removal
+    /// can leave outside the temp dirs: the pod namespaces containerd made for this node's
+    /// sandboxes and libcni's cached results of them, found through the recorded plugin calls.
+    fn drop(&mut self) {
+        self.containerd.shut_down();
+        let calls = self.calls();
+        let mut netns: Vec<&str> = calls.iter().map(|c| c.netns.as_str()).filter(|p| p.contains("/cni-")).collect();
+        netns.sort_unstable();
+        netns.dedup();
+        for path in netns {
+            if let Ok(c) = std::ffi::CString::new(path) {
+                // SAFETY: a NUL-terminated path; MNT_DETACH never blocks.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let ids: std::collections::BTreeSet<&str> = calls.iter().map(|c| c.container_id.as_str()).collect();
+        for entry in std::fs::read_dir(RESULT_CACHE).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if ids.iter().any(|id| !id.is_empty() && name.contains(id)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 

@@ -9,13 +9,19 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use enipool_cri::timing::{Call, TIMINGS_FILE};
+use enipool_cri::timing::{Call, TIMINGS_FILE, now_us};
+
+/// Fails the call the way a plugin does: a CNI error object on stdout, code 100 and up ours.
+fn fail(msg: &str) -> ! {
+    let error = serde_json::json!({"cniVersion": "1.0.0", "code": 100, "msg": format!("cni-timer: {msg}")});
+    println!("{error}");
+    std::process::exit(1);
+}
 
 fn main() {
     let argv0 = PathBuf::from(std::env::args_os().next().unwrap_or_default());
     let (Some(name), Some(bin_dir)) = (argv0.file_name(), argv0.parent()) else {
-        eprintln!("cni-timer: cannot tell which plugin {} stands for", argv0.display());
-        std::process::exit(100);
+        fail(&format!("cannot tell which plugin {} stands for", argv0.display()));
     };
     let real = bin_dir.join("real").join(name);
     let mut stdin = Vec::new();
@@ -25,6 +31,7 @@ fn main() {
         .and_then(|c| c["name"].as_str().map(str::to_string))
         .unwrap_or_default();
 
+    let started_us = now_us();
     let start = Instant::now();
     let outcome =
         Command::new(&real).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().and_then(
@@ -37,19 +44,20 @@ fn main() {
     let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
     let output = match outcome {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("cni-timer: running {}: {e}", real.display());
-            std::process::exit(100);
-        }
+        Err(e) => fail(&format!("running {}: {e}", real.display())),
     };
-    let exit = output.status.code().unwrap_or(-1);
+    let Some(exit) = output.status.code() else {
+        fail(&format!("{} was killed: {}", real.display(), output.status));
+    };
     let env = |k: &str| std::env::var(k).unwrap_or_default();
     let call = Call {
         plugin: name.to_string_lossy().into_owned(),
         network,
         command: env("CNI_COMMAND"),
         container_id: env("CNI_CONTAINERID"),
+        netns: env("CNI_NETNS"),
         with_netns: !env("CNI_NETNS").is_empty(),
+        started_us,
         exit,
         micros,
     };

@@ -17,7 +17,8 @@ fn containerd_starts_no_pod_before_the_conflist_and_starts_them_once_it_is_there
     // containerd 1.6 keeps a refused sandbox, not ready, until kubelet removes it (which
     // fails too while there is no network config: kubelet retries it below).
     let refused = node.cri().list().unwrap();
-    assert!(refused.iter().all(|s| !s.ready), "no sandbox runs: {refused:?}");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(!refused[0].ready, "the refused sandbox does not run: {refused:?}");
 
     node.start_daemon(&[]);
     let installed = node.dir.path().join("net.d").join(CONFLIST_NAME);

@@ -16,11 +16,8 @@ use std::time::Duration;
 
 use enipool_cri::client::PodSpec;
 use enipool_cri::netns::{exec_in, on_thread_in};
-use enipool_cri::node::Node;
+use enipool_cri::node::{Node, RESULT_CACHE};
 use serde_json::Value;
-
-/// libcni's result cache, where containerd keeps each sandbox's ADD result until its last DEL.
-const RESULT_CACHE: &str = "/var/lib/cni/results";
 
 /// Runs a sandbox, panicking with the node's logs if containerd refuses it.
 pub fn run_pod(node: &Node, pod: &PodSpec) -> String {
@@ -53,7 +50,11 @@ pub fn assert_nothing_left(node: &Node, ids: &[String], netns_paths: &[String]) 
         node.host_veths().is_empty().then_some(())
     });
     assert_eq!(node.pod_rules(), Vec::<String>::new(), "pod rules left");
-    let namespaces: Vec<&String> = netns_paths.iter().filter(|p| Path::new(p).exists()).collect();
+    assert!(netns_paths.iter().all(|p| p.starts_with("/var/run/netns/cni-")), "{netns_paths:?}");
+    // ...and every namespace containerd gave a plugin for these sandboxes, refused ones included.
+    let used: Vec<String> =
+        node.calls().into_iter().filter(|c| ids.contains(&c.container_id) && c.with_netns).map(|c| c.netns).collect();
+    let namespaces: Vec<&String> = netns_paths.iter().chain(&used).filter(|p| Path::new(p).exists()).collect();
     assert!(namespaces.is_empty(), "pod namespaces left: {namespaces:?}");
     let cached: Vec<String> = ids.iter().flat_map(|id| cached_results(id)).collect();
     assert!(cached.is_empty(), "result-cache entries left: {cached:?}");

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use enipool_cri::client::{Cri, PodSpec};
 use enipool_cri::node::{NODE_IP, Node};
+use enipool_cri::timing::{now_us, read_calls};
 use enipool_cri::wait_for;
 
 use crate::*;
@@ -65,12 +66,19 @@ fn daemon_sigkilled_while_containerd_starts_and_removes_pods_loses_and_doubles_n
                 })
             })
             .collect();
+        let bin_dir = node.dir.path().join("cni-bin");
         let daemon = node.daemon.as_mut().expect("daemon");
         for at in [4, 10, 16] {
             wait_for("the churn to progress", Duration::from_secs(120), || {
                 (started.load(Ordering::SeqCst) >= at).then_some(())
             });
-            daemon.kill_and_restart();
+            daemon.kill();
+            // Down until containerd has run the plugin at least once meanwhile.
+            let killed_at = now_us();
+            wait_for("a plugin call while enipoold is down", Duration::from_secs(60), || {
+                read_calls(&bin_dir).iter().any(|c| c.plugin == "enipool-cni" && c.started_us > killed_at).then_some(())
+            });
+            daemon.respawn();
         }
         churners.into_iter().map(|h| h.join().expect("churn thread")).fold(
             (Vec::new(), Vec::new()),

@@ -19,8 +19,16 @@ fn stop_then_remove_runs_two_dels_and_leaks_nothing() {
     assert!(lease_of(&node, &id).is_some());
     assert!(cached_results(&id).contains(&format!("aws-cni-{id}-eth0")), "containerd cached our ADD result");
 
+    let ip = status.ip.clone();
+    let routes = node.ns.ip(&["route", "show", "table", "all"]);
+    assert!(routes.contains(&format!("{ip} ")), "the host route of {ip} while it runs: {routes}");
     node.cri().stop(&id).unwrap();
     assert!(lease_of(&node, &id).is_none(), "the first DEL released the lease");
+    // Our DEL removed the host route and rules itself (the veth goes with the namespace).
+    let routes = node.ns.ip(&["route", "show", "table", "all"]);
+    assert!(!routes.contains(&format!("{ip} ")), "no host route of {ip} after stop: {routes}");
+    let rules = node.pod_rules();
+    assert!(!rules.iter().any(|r| r.contains(&format!("{ip} "))), "no rule of {ip} after stop: {rules:?}");
     assert_eq!(our_calls(&node, &id), vec![call("ADD", true), call("DEL", true)]);
 
     node.cri().remove(&id).unwrap();
@@ -41,8 +49,10 @@ fn stop_twice_then_remove_leaks_nothing() {
     node.cri().stop(&id).unwrap();
     assert!(!node.cri().status(&id).unwrap().ready);
     node.cri().remove(&id).unwrap();
-    let calls = our_calls(&node, &id);
-    assert_eq!(calls[..2], [call("ADD", true), call("DEL", true)]);
-    assert!(calls[2..].iter().all(|c| *c == call("DEL", false)), "later DELs without a netns succeed: {calls:?}");
+    assert_eq!(
+        our_calls(&node, &id),
+        vec![call("ADD", true), call("DEL", true), call("DEL", false), call("DEL", false)],
+        "the second stop and the remove each ran a DEL without a netns, and both succeeded"
+    );
     assert_nothing_left(&node, std::slice::from_ref(&id), &[status.netns_path]);
 }
