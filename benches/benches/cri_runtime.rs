@@ -35,12 +35,38 @@ enum Net {
 
 const NETS: [Net; 3] = [Net::Noop, Net::Ours, Net::Reference];
 
+/// Every order of the three networks: rounds and waves take them in turn, so each network
+/// follows each other one equally often (what the one before leaves, e.g. a kernel still
+/// removing veths, lands on each alike).
+const ORDERS: [[Net; 3]; 6] = [
+    [Net::Noop, Net::Ours, Net::Reference],
+    [Net::Noop, Net::Reference, Net::Ours],
+    [Net::Ours, Net::Noop, Net::Reference],
+    [Net::Ours, Net::Reference, Net::Noop],
+    [Net::Reference, Net::Noop, Net::Ours],
+    [Net::Reference, Net::Ours, Net::Noop],
+];
+
+/// The n-th network in the rotation through [`ORDERS`].
+fn nth_net(n: usize) -> Net {
+    ORDERS[(n / NETS.len()) % ORDERS.len()][n % NETS.len()]
+}
+
 impl Net {
     fn label(self) -> &'static str {
         match self {
             Net::Noop => "do-nothing (cni-noop)",
             Net::Ours => "enipool-cni + portmap",
             Net::Reference => "ptp + host-local + portmap",
+        }
+    }
+
+    /// The timed plugins in its chain: each makes an ADD and two DELs per sandbox.
+    fn plugins(self) -> &'static [&'static str] {
+        match self {
+            Net::Noop => &["cni-noop"],
+            Net::Ours => &["enipool-cni", "portmap"],
+            Net::Reference => &["portmap", "ptp"],
         }
     }
 
@@ -92,11 +118,21 @@ fn stop_remove(cri: &Cri, id: &str) -> Duration {
     t.elapsed()
 }
 
-/// One sandbox after another, the networks taking turns (the order rotating every round).
-fn sequential(cri: &Cri, rounds: usize, samples: &mut Vec<Sample>, tag: &str) {
+/// Waits until the kernel has removed every host veth of the sandboxes before (ours go with
+/// their namespace, asynchronously), so no sample pays for the one before it.
+fn settle(node: &Node) {
+    enipool_cri::wait_for("the node's host veths to go", Duration::from_secs(30), || {
+        node.host_veths().is_empty().then_some(())
+    });
+}
+
+/// One sandbox after another, the networks taking turns through every order.
+fn sequential(node: &Node, rounds: usize, samples: &mut Vec<Sample>, tag: &str) {
+    let cri = node.cri();
     for round in 0..rounds {
         for k in 0..NETS.len() {
-            let net = NETS[(round + k) % NETS.len()];
+            let net = nth_net(round * NETS.len() + k);
+            settle(node);
             let (id, run) = start(cri, &net.pod(&format!("{tag}-seq-{round}-{k}")));
             let stop_remove = stop_remove(cri, &id);
             samples.push(Sample { net, mode: Mode::Sequential, id, run, stop_remove });
@@ -105,10 +141,12 @@ fn sequential(cri: &Cri, rounds: usize, samples: &mut Vec<Sample>, tag: &str) {
 }
 
 /// Waves of [`WAVE`] concurrent RunPodSandbox calls on one network, then as many concurrent
-/// Stop + Remove; the networks take turns wave by wave.
-fn concurrent(cri: &Cri, waves: usize, samples: &mut Vec<Sample>, tag: &str) {
+/// Stop + Remove; the networks take turns wave by wave, through every order.
+fn concurrent(node: &Node, waves: usize, samples: &mut Vec<Sample>, tag: &str) {
+    let cri = node.cri();
     for wave in 0..waves * NETS.len() {
-        let net = NETS[wave % NETS.len()];
+        let net = nth_net(wave);
+        settle(node);
         let started: Vec<(String, Duration)> = std::thread::scope(|s| {
             let handles: Vec<_> =
                 (0..WAVE).map(|i| s.spawn(move || start(cri, &net.pod(&format!("{tag}-conc-{wave}-{i}"))))).collect();
@@ -190,17 +228,18 @@ fn main() {
     // Warm-up, not counted: the first sandbox of each network makes node-wide state (our SNAT
     // chain, portmap's chains, host-local's dir) and the pool grows to a wave's size.
     let mut warm = Vec::new();
-    concurrent(cri, 1, &mut warm, "warm");
+    concurrent(&node, 1, &mut warm, "warm");
     let warm_ids: std::collections::HashSet<String> = warm.into_iter().map(|s| s.id).collect();
 
     let mut samples = Vec::new();
-    sequential(cri, rounds, &mut samples, "bench");
-    concurrent(cri, waves, &mut samples, "bench");
+    sequential(&node, rounds, &mut samples, "bench");
+    concurrent(&node, waves, &mut samples, "bench");
 
     // CNI time per sandbox: every recorded call of the sandbox's network (ADD and both DELs, of
     // each plugin in its chain).
     let mut cni_time: HashMap<&str, Duration> = HashMap::new();
-    let mut calls_per_sandbox: HashMap<&str, usize> = HashMap::new();
+    let mut add_time: HashMap<&str, Duration> = HashMap::new();
+    let mut seen: HashMap<&str, Vec<(&str, &str, bool)>> = HashMap::new();
     let calls = node.calls();
     for c in &calls {
         if warm_ids.contains(&c.container_id) {
@@ -208,15 +247,35 @@ fn main() {
         }
         assert_eq!(c.exit, 0, "a plugin call failed: {c:?}");
         *cni_time.entry(c.container_id.as_str()).or_default() += Duration::from_micros(c.micros);
-        *calls_per_sandbox.entry(c.container_id.as_str()).or_default() += 1;
+        if c.command == "ADD" {
+            *add_time.entry(c.container_id.as_str()).or_default() += Duration::from_micros(c.micros);
+        }
+        seen.entry(c.container_id.as_str()).or_default().push((c.network.as_str(), c.plugin.as_str(), c.with_netns));
+    }
+    // Every sample's calls are all there (a missing record would count as no time): each
+    // plugin of its network made an ADD and a DEL with the netns, and a DEL without.
+    for sample in &samples {
+        let mut got = seen.get(sample.id.as_str()).cloned().unwrap_or_default();
+        got.sort_unstable();
+        let mut want: Vec<(&str, &str, bool)> = sample
+            .net
+            .plugins()
+            .iter()
+            .flat_map(|p| {
+                [(sample.net.network(), *p, true), (sample.net.network(), *p, true), (sample.net.network(), *p, false)]
+            })
+            .collect();
+        want.sort_unstable();
+        assert_eq!(got, want, "{}: the plugin calls of sandbox {}", sample.net.label(), sample.id);
     }
 
     println!();
     println!(
-        "| network | mode | RunPodSandbox p50 | p90 | Stop+Remove p50 | p90 | CNI time per sandbox p50 | p90 | plugin calls |"
+        "| network | mode | RunPodSandbox p50 | p90 | Stop+Remove p50 | p90 | CNI time per sandbox p50 | p90 | of it ADD p50 |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut cni_p50: HashMap<(Net, Mode), Duration> = HashMap::new();
+    let mut add_p50: HashMap<(Net, Mode), Duration> = HashMap::new();
     let mut run_p50: HashMap<(Net, Mode), Duration> = HashMap::new();
     for mode in [Mode::Sequential, Mode::Concurrent] {
         for net in NETS {
@@ -225,17 +284,13 @@ fn main() {
             let (sr50, sr90) = p50_p90(mine.iter().map(|s| s.stop_remove).collect());
             let (cni50, cni90) =
                 p50_p90(mine.iter().map(|s| cni_time.get(s.id.as_str()).copied().unwrap_or_default()).collect());
-            let per =
-                mine.iter().map(|s| calls_per_sandbox.get(s.id.as_str()).copied().unwrap_or(0)).max().unwrap_or(0);
-            let network_ok = calls
-                .iter()
-                .filter(|c| mine.iter().any(|s| s.id == c.container_id))
-                .all(|c| c.network == net.network());
-            assert!(network_ok, "{}: a sandbox's plugin calls came from another network", net.label());
+            let (adds50, _) =
+                p50_p90(mine.iter().map(|s| add_time.get(s.id.as_str()).copied().unwrap_or_default()).collect());
             cni_p50.insert((net, mode), cni50);
+            add_p50.insert((net, mode), adds50);
             run_p50.insert((net, mode), run50);
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {per} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 net.label(),
                 if mode == Mode::Sequential { "sequential" } else { "10 concurrent" },
                 fmt_duration(run50),
@@ -244,6 +299,7 @@ fn main() {
                 fmt_duration(sr90),
                 fmt_duration(cni50),
                 fmt_duration(cni90),
+                fmt_duration(adds50),
             );
         }
     }
@@ -285,9 +341,11 @@ fn main() {
         let reference = cni_p50[&(Net::Reference, mode)];
         let share = |net| run_p50[&(net, mode)].saturating_sub(run_p50[&(Net::Noop, mode)]);
         let ratio = ours.as_secs_f64() / reference.as_secs_f64().max(1e-9);
+        let add_ratio =
+            add_p50[&(Net::Ours, mode)].as_secs_f64() / add_p50[&(Net::Reference, mode)].as_secs_f64().max(1e-9);
         println!(
-            "{}: our CNI time per sandbox {} vs the reference's {} (ratio {ratio:.2}; target <= 0.50: {}); \
-             RunPodSandbox over the do-nothing network: ours +{}, reference +{}",
+            "{}: our CNI time per sandbox {} vs the reference's {} (ratio {ratio:.2}; target <= 0.50: {}; ADD \
+             alone {add_ratio:.2}); RunPodSandbox over the do-nothing network: ours +{}, reference +{}",
             if mode == Mode::Sequential { "sequential" } else { "10 concurrent" },
             fmt_duration(ours),
             fmt_duration(reference),
