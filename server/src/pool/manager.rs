@@ -1,6 +1,9 @@
-//! The pool manager's loop: one task, woken by every allocation and by a periodic tick, that
-//! grows and shrinks the pool, keeps the node side of ENIs set up, reconciles with the provider
-//! and sweeps leaked ENIs, in that one task so none of these interleave.
+//! The pool manager's loop: one task, woken by every allocation and release and by a periodic
+//! tick, that grows and shrinks the pool, keeps the node side of ENIs set up, reconciles with the
+//! provider and sweeps leaked ENIs, in that one task so none of these interleave. A wake looks at
+//! the pool only; the node's sysctls are read on the tick, which keeps its period however busy
+//! the node is (reading them costs a thread in the node's namespace and netlink: a pod's ADD
+//! and DEL must not pay that).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -24,11 +27,16 @@ pub async fn run(app: Arc<App>) {
     // The start-up sync is the first reconciliation.
     let mut last_reconcile = Instant::now();
     let mut last_sweep: Option<Instant> = None;
+    let mut next_tick = tokio::time::Instant::now();
     loop {
         if app.is_shutting_down() {
             return;
         }
-        if app.is_started() {
+        let ticked = tokio::time::Instant::now() >= next_tick;
+        if ticked {
+            next_tick = tokio::time::Instant::now() + app.config.pool_tick;
+        }
+        if app.is_started() && ticked {
             watch_node(&app).await;
         }
         if app.is_ready() {
@@ -57,7 +65,7 @@ pub async fn run(app: Arc<App>) {
         }
         tokio::select! {
             _ = app.pool.woken() => {}
-            _ = tokio::time::sleep(app.config.pool_tick) => {}
+            _ = tokio::time::sleep_until(next_tick) => {}
             _ = app.shutdown_signalled() => return,
         }
     }
