@@ -19,13 +19,21 @@
 //! temp dir (`/var/run/netns/cni-*`, `/var/lib/cni/results`, shim sockets) is per sandbox; the
 //! harness removes its sandboxes before it stops containerd and checks those paths in tests.
 //!
+//! Feature `runtime` (containerd, the client, the node) is what the scenarios and the benchmark
+//! use; without it the crate is [`netns`], [`timing`] and the helpers below, which the plugin's
+//! own tests share without building the CRI client.
+//!
 //! Test support: setup failures panic with what failed; CRI calls return `tonic::Status`
 //! because tests assert on refusals.
 
+#[cfg(feature = "runtime")]
 pub mod client;
+#[cfg(feature = "runtime")]
 pub mod containerd;
+#[cfg(feature = "runtime")]
 pub mod image;
 pub mod netns;
+#[cfg(feature = "runtime")]
 pub mod node;
 pub mod timing;
 

@@ -50,6 +50,16 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// One ping from inside this namespace (2 s timeout).
+    pub fn ping(&self, dst: &str) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", "2", dst]).status.success()
+    }
+
+    /// Deletes the namespace now (as a runtime does after DEL).
+    pub fn delete(self) {
+        drop(self)
+    }
+
     /// Runs `f` on a dedicated thread inside this namespace.
     pub fn on_thread<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
         on_thread_in(&self.path(), f)

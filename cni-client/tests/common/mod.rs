@@ -12,9 +12,8 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -23,102 +22,11 @@ pub const NETWORK: &str = "enipool-test";
 pub const NODE_IP: &str = "10.0.0.10";
 pub const EXTERNAL_IP: &str = "203.0.113.1";
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Polls `f` until it returns Some, or panics with `what` after `deadline`.
-pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
-        std::thread::yield_now();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+pub use enipool_cri::netns::Netns;
+pub use enipool_cri::{run, wait_for};
 
 pub fn ip(args: &[&str]) -> String {
     String::from_utf8(run(Command::new("ip").args(args)).stdout).unwrap()
-}
-
-/// A network namespace made by the test (`ip netns add`), deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = format!("enp-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// `ip -n <ns> ...`
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        ip(&full)
-    }
-
-    /// `ip netns exec <ns> <args>`, returning the output whatever the exit status.
-    pub fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().unwrap()
-    }
-
-    pub fn exec_ok(&self, args: &[&str]) -> String {
-        let out = self.exec(args);
-        assert!(
-            out.status.success(),
-            "in {}: {args:?} failed: {}{}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    pub fn ping(&self, dst: &str) -> bool {
-        self.exec(&["ping", "-c", "1", "-W", "2", dst]).status.success()
-    }
-
-    /// Runs `f` on a dedicated thread inside this namespace.
-    pub fn on_thread<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-        let file = File::open(self.path()).unwrap();
-        std::thread::spawn(move || {
-            // SAFETY: only this dedicated thread switches namespace.
-            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
-            f()
-        })
-    }
-
-    /// Deletes the namespace now (as a runtime does after DEL).
-    pub fn delete(self) {
-        drop(self)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
 }
 
 /// The enipoold binary, built if missing (it lives in another package of the workspace).
@@ -456,7 +364,8 @@ impl Pod {
         let ns = Netns::new("pod");
         Pod {
             name: name.to_string(),
-            container_id: format!("{name}-{}", ns.name.replace("enp-pod-", "")),
+            // The namespace's unique suffix (pid and counter) keeps IDs apart across tests.
+            container_id: format!("{name}-{}", ns.name.rsplitn(3, '-').take(2).collect::<Vec<_>>().join("-")),
             ifname: "eth0".into(),
             netns_path: ns.path(),
             ns: Some(ns),
