@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use async_trait::async_trait;
 
 pub mod ec2_config;
+pub mod instance_types;
 use ipnet::Ipv4Net;
 
 /// ENI and address limits of an instance type.
@@ -25,23 +26,9 @@ impl Limits {
     }
 }
 
-/// Built-in limits, so start-up needs no API call for common types (from EC2's published table).
+/// Built-in limits, so start-up needs no API call for common types (see [`instance_types`]).
 pub fn builtin_limits(instance_type: &str) -> Option<Limits> {
-    let (max_enis, ipv4_per_eni) = match instance_type {
-        "t3.nano" | "t3.micro" => (2, 2),
-        "t3.small" => (3, 4),
-        "t3.medium" => (3, 6),
-        "t3.large" => (3, 12),
-        "t3.xlarge" | "t3.2xlarge" => (4, 15),
-        "m5.large" | "c5.large" | "r5.large" => (3, 10),
-        "m5.xlarge" | "c5.xlarge" | "r5.xlarge" => (4, 15),
-        "m5.2xlarge" | "c5.2xlarge" | "r5.2xlarge" => (4, 15),
-        "m5.4xlarge" | "c5.4xlarge" | "r5.4xlarge" => (8, 30),
-        "m5.8xlarge" | "m5.12xlarge" | "c5.9xlarge" | "c5.12xlarge" | "r5.8xlarge" | "r5.12xlarge" => (8, 30),
-        "m5.16xlarge" | "m5.24xlarge" | "c5.18xlarge" | "c5.24xlarge" | "r5.16xlarge" | "r5.24xlarge" => (15, 50),
-        _ => return None,
-    };
-    Some(Limits { max_enis, ipv4_per_eni })
+    instance_types::builtin_type(instance_type).map(|f| f.limits)
 }
 
 /// Who we are: the instance and its network.

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use enipool_server::config::{Cli, Command};
 use enipool_server::node::eni_setup;
+use enipool_server::provider::instance_types::max_pods;
 use enipool_server::{api, operator, startup};
 
 fn main() -> ExitCode {
@@ -22,6 +23,11 @@ fn main() -> ExitCode {
             }
             Some(Command::Status(c)) => operator::status(&c).await.map(|s| print!("{s}")),
             Some(Command::Leases(c)) => operator::leases(&c).await.map(|s| print!("{s}")),
+            Some(Command::MaxPods(c)) => {
+                let n = max_pods(&c.instance_type, c.prefix_delegation, c.custom_networking)?;
+                println!("{n}");
+                Ok(())
+            }
             Some(Command::NodeSysctls(c)) => {
                 let before = eni_setup::apply_node_sysctls(c.interface).await?;
                 let after = eni_setup::NodeSysctls::read(&before.interface)?;

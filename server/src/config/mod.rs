@@ -68,6 +68,23 @@ pub enum Command {
     /// primary interface. Run as root in the node's network namespace with a writable /proc/sys,
     /// as the DaemonSet's privileged init container does; the daemon itself only checks them.
     NodeSysctls(NodeSysctlsArgs),
+    /// Print kubelet's --max-pods for an instance type: pod addresses per ENI (16 per slot with
+    /// prefix delegation) times the ENIs pods may use, plus 2, capped at 110 below 30 vCPUs and 250
+    /// from 30 up (the reference VPC CNI's max-pods-calculator.sh), from the built-in table.
+    MaxPods(MaxPodsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MaxPodsArgs {
+    /// The instance type; one missing from the built-in table is an error that names it.
+    #[arg(long)]
+    pub instance_type: String,
+    /// With prefix delegation (a /28 per ENI slot; Nitro types only).
+    #[arg(long)]
+    pub prefix_delegation: bool,
+    /// With custom networking (the primary ENI serves no pods).
+    #[arg(long)]
+    pub custom_networking: bool,
 }
 
 #[derive(Args, Debug)]

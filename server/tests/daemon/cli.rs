@@ -104,3 +104,25 @@ async fn cli_without_a_daemon_fails_with_a_message() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// `enipoold max-pods`: the reference calculator's figures for kubelet, and errors that name the
+/// type; the operator's guide documents it.
+#[tokio::test]
+async fn max_pods_prints_kubelets_value_and_refuses_what_it_cannot_work_out() {
+    assert_eq!(run_ok(&["max-pods", "--instance-type", "m5.large"]).await, "29\n");
+    assert_eq!(run_ok(&["max-pods", "--instance-type", "m5.large", "--prefix-delegation"]).await, "110\n");
+    assert_eq!(run_ok(&["max-pods", "--instance-type", "m5.large", "--custom-networking"]).await, "20\n");
+    assert_eq!(run_ok(&["max-pods", "--instance-type", "c5.9xlarge", "--prefix-delegation"]).await, "250\n");
+    for (args, named) in [
+        (&["max-pods", "--instance-type", "m7i.large"][..], "\"m7i.large\" is not in the built-in table"),
+        (&["max-pods", "--instance-type", "m4.large", "--prefix-delegation"][..], "\"m4.large\" is not built on Nitro"),
+    ] {
+        let out = run(args).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: no figure on error");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/operator.md")).unwrap();
+    assert!(guide.contains("enipoold max-pods --instance-type"), "docs/operator.md shows enipoold max-pods");
+}
