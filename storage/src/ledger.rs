@@ -243,8 +243,11 @@ impl State {
         }
     }
 
+    /// Whether `ip` is the primary address of an attached ENI. A detached ENI's primary does not
+    /// count: the ENI may be deleted (kept here only while its lost leases last), and EC2 reuses
+    /// a deleted ENI's primary address for other ENIs, ours among them.
     fn is_primary_ip(&self, ip: Ipv4Addr) -> bool {
-        self.enis.values().any(|e| e.primary_ip == ip)
+        self.enis.values().any(|e| e.attached && e.primary_ip == ip)
     }
 
     fn check_new_address(&self, ip: Ipv4Addr) -> Result<(), LedgerError> {
@@ -259,7 +262,12 @@ impl State {
 
     /// Every invariant the ledger promises; `Err` names the first one broken.
     fn check_invariants(&self) -> Result<(), String> {
-        let primary_ips: HashSet<Ipv4Addr> = self.enis.values().map(|e| e.primary_ip).collect();
+        let mut primary_ips: HashSet<Ipv4Addr> = HashSet::new();
+        for e in self.enis.values().filter(|e| e.attached) {
+            if !primary_ips.insert(e.primary_ip) {
+                return Err(format!("two attached ENIs have the primary address {}", e.primary_ip));
+            }
+        }
         for (key, lease) in &self.leases {
             if *key != lease.key {
                 return Err(format!("lease stored under {key} is for {}", lease.key));
@@ -682,6 +690,10 @@ impl Ledger {
             if eni.attached == attached {
                 return Ok(((), vec![]));
             }
+            // Attached again, its primary counts again: refused if it was reused meanwhile.
+            if attached && (st.addrs.contains_key(&eni.primary_ip) || st.is_primary_ip(eni.primary_ip)) {
+                return Err(LedgerError::AddressExists(eni.primary_ip));
+            }
             Ok(((), vec![Change::PutEni(EniRecord { attached, ..eni.clone() })]))
         })
     }
@@ -840,6 +852,30 @@ impl Ledger {
                 }
             }
             Ok((lost, changes))
+        })
+    }
+
+    /// The provider has these addresses on `eni_id` again: each that is `Lost` there is leased
+    /// to its lease once more (the pod never stopped using it). Others are skipped. Returns the
+    /// leases recovered.
+    pub fn recover_lost(&self, eni_id: &str, addresses: &[Ipv4Addr]) -> Result<Vec<Lease>, LedgerError> {
+        self.run(|_, st| {
+            let mut changes = Vec::new();
+            let mut recovered = Vec::new();
+            for ip in addresses.iter().copied().collect::<std::collections::BTreeSet<_>>() {
+                let Some(addr) = st.addrs.get(&ip) else { continue };
+                if addr.eni_id != eni_id {
+                    continue;
+                }
+                if let AddressState::Lost { key } = &addr.state {
+                    if let Some(lease) = st.leases.get(key) {
+                        recovered.push(lease.clone());
+                    }
+                    let state = AddressState::Leased { key: key.clone() };
+                    changes.push(Change::PutAddr(AddressRecord { state, ..addr.clone() }));
+                }
+            }
+            Ok((recovered, changes))
         })
     }
 

@@ -185,7 +185,7 @@ impl Model {
     }
 
     fn is_primary(&self, ip: Ipv4Addr) -> bool {
-        self.enis.values().any(|e| e.primary_ip == ip)
+        self.enis.values().any(|e| e.attached && e.primary_ip == ip)
     }
 
     fn add_eni(&mut self, rec: EniRecord, addrs: &[Ipv4Addr]) -> Result<(), LedgerError> {
@@ -282,11 +282,16 @@ impl Model {
     }
 
     fn set_attached(&mut self, eni: &str, attached: bool) -> Result<(), LedgerError> {
-        let rec = self.enis.get_mut(eni).ok_or_else(|| LedgerError::UnknownEni(eni.into()))?;
-        if rec.attached != attached {
-            rec.attached = attached;
-            self.committed();
+        let rec = self.enis.get(eni).ok_or_else(|| LedgerError::UnknownEni(eni.into()))?;
+        if rec.attached == attached {
+            return Ok(());
         }
+        let primary = rec.primary_ip;
+        if attached && (self.addrs.contains_key(&primary) || self.is_primary(primary)) {
+            return Err(LedgerError::AddressExists(primary));
+        }
+        self.enis.get_mut(eni).expect("checked above").attached = attached;
+        self.committed();
         Ok(())
     }
 

@@ -143,3 +143,68 @@ fn a_lost_address_moved_to_the_live_pod_stays_lost() {
     let ledger = open(dir.path(), &clock);
     ledger.check_invariants().unwrap();
 }
+
+#[test]
+fn a_lost_address_the_provider_gives_back_to_its_eni_is_leased_again() {
+    // EC2 took the address away (lost), then assigned it to the same ENI again: the pod that
+    // never stopped using it holds it as an ordinary lease once more, durably. Only a lost
+    // address of that ENI is recovered.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = open(dir.path(), &clock);
+    let ips = ips_from(Ipv4Addr::new(10, 0, 0, 20), 3);
+    ledger.add_eni(eni("eni-1", 0, Ipv4Addr::new(10, 0, 0, 10), true), &ips).unwrap();
+    ledger.add_eni(eni("eni-2", 1, Ipv4Addr::new(10, 0, 0, 11), true), &[]).unwrap();
+    let pod_a = ledger.allocate(LeaseKey::new("net", "a", "eth0"), meta("d", "a")).unwrap().lease;
+    let pod_b = ledger.allocate(LeaseKey::new("net", "b", "eth0"), meta("d", "b")).unwrap().lease;
+    assert_eq!(ledger.mark_lost(&[pod_a.ip, pod_b.ip]).unwrap().len(), 2);
+
+    assert!(ledger.recover_lost("eni-2", &[pod_a.ip]).unwrap().is_empty(), "not that ENI's address");
+    let free = ips.iter().copied().find(|ip| *ip != pod_a.ip && *ip != pod_b.ip).unwrap();
+    assert!(ledger.recover_lost("eni-1", &[free]).unwrap().is_empty(), "not lost");
+    let recovered = ledger.recover_lost("eni-1", &[pod_a.ip, pod_a.ip]).unwrap();
+    assert_eq!(recovered.iter().map(|l| &l.key).collect::<Vec<_>>(), [&pod_a.key]);
+    assert_eq!(ledger.address(pod_a.ip).unwrap().state, AddressState::Leased { key: pod_a.key.clone() });
+    assert_eq!(ledger.stats().lost, 1, "b is still lost");
+    ledger.check_invariants().unwrap();
+    drop(ledger);
+    let ledger = open(dir.path(), &clock);
+    assert_eq!(ledger.address(pod_a.ip).unwrap().state, AddressState::Leased { key: pod_a.key.clone() }, "durable");
+    ledger.check_invariants().unwrap();
+}
+
+#[test]
+fn a_detached_enis_primary_address_may_come_back_on_another_eni() {
+    // EC2 deleted eni-1 behind our back; it stays here, detached, while its lost lease lasts.
+    // EC2 reuses its primary address: as a new ENI's primary, or as a secondary address.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = open(dir.path(), &clock);
+    let old_primary = Ipv4Addr::new(10, 0, 0, 10);
+    let ips = ips_from(Ipv4Addr::new(10, 0, 0, 20), 1);
+    ledger.add_eni(eni("eni-1", 1, old_primary, true), &ips).unwrap();
+    let pod = ledger.allocate(LeaseKey::new("net", "a", "eth0"), meta("d", "a")).unwrap().lease;
+    ledger.mark_lost(&[pod.ip]).unwrap();
+    // Attached, its primary is nobody else's.
+    assert!(matches!(
+        ledger.add_eni(eni("eni-2", 2, old_primary, true), &[]),
+        Err(LedgerError::AddressExists(ip)) if ip == old_primary
+    ));
+    ledger.set_eni_attached("eni-1", false).unwrap();
+    ledger.add_eni(eni("eni-2", 2, old_primary, true), &[]).unwrap();
+    ledger.add_eni(eni("eni-3", 3, Ipv4Addr::new(10, 0, 0, 11), true), &[]).unwrap();
+    assert!(
+        matches!(ledger.add_addresses("eni-3", &[old_primary]), Err(LedgerError::PrimaryAddress(_))),
+        "eni-2's now"
+    );
+    // eni-1 cannot come back while eni-2 holds its primary.
+    assert!(matches!(ledger.set_eni_attached("eni-1", true), Err(LedgerError::AddressExists(_))));
+    ledger.check_invariants().unwrap();
+    drop(ledger);
+    let ledger = open(dir.path(), &clock);
+    ledger.check_invariants().unwrap();
+    // Once its lost lease goes, eni-1 goes.
+    ledger.release(&pod.key).unwrap();
+    ledger.remove_eni("eni-1").unwrap();
+    ledger.check_invariants().unwrap();
+}

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use enipool_storage::EffectiveState;
+use enipool_storage::{AddressState, EffectiveState};
 use tracing::{info, warn};
 
 use super::error::PoolError;
@@ -185,10 +185,10 @@ async fn grow(app: &App, mut deficit: u32) -> Result<(), PoolError> {
         if let Some((eni, room)) = with_room {
             let n = room.min(deficit);
             let ips = app.provider_call("assign_ips", app.provider.assign_ips(&eni.id, n)).await?;
+            let fresh = take_assigned(app, &eni.id, &ips).await?;
             let ledger = app.ledger.clone();
             let id = eni.id.clone();
-            let added = ips.clone();
-            app.ledger_call(move || ledger.add_addresses(&id, &added)).await?;
+            app.ledger_call(move || ledger.add_addresses(&id, &fresh)).await?;
             app.note_action("assign_ips", format!("{} IPs to {}", ips.len(), eni.id));
             deficit = deficit.saturating_sub(ips.len() as u32);
             app.pool.grew();
@@ -213,6 +213,45 @@ async fn grow(app: &App, mut deficit: u32) -> Result<(), PoolError> {
         }
     }
     Ok(())
+}
+
+/// Sorts what the provider just assigned to `eni_id` by what the ledger knows of each address;
+/// returns the ones it does not know, for the caller to add. An address `Lost` on this ENI (EC2
+/// took it away while a pod used it, and now gives it back) is leased to that pod again; one the
+/// ledger has on this ENI otherwise stays as it is (the provider took it away and gave it back
+/// before reconciliation noticed). An address the ledger has on another ENI, or as an ENI's
+/// primary, is given back to the provider: adding it twice would hand one IP to two pods.
+async fn take_assigned(app: &App, eni_id: &str, ips: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, PoolError> {
+    let mut fresh = Vec::new();
+    let mut lost_here = Vec::new();
+    let mut held = Vec::new();
+    // The primary address of an ENI EC2 deleted behind our back, kept in the ledger while its
+    // lost leases last, is free in EC2 and may come back as a secondary.
+    let primaries: Vec<Ipv4Addr> = app.ledger.enis().iter().map(|e| e.primary_ip).collect();
+    for &ip in ips {
+        match app.ledger.address(ip) {
+            None if primaries.contains(&ip) => held.push(ip),
+            None => fresh.push(ip),
+            Some(a) if a.eni_id == eni_id => {
+                if matches!(a.state, AddressState::Lost { .. }) {
+                    lost_here.push(ip);
+                }
+            }
+            Some(_) => held.push(ip),
+        }
+    }
+    if !lost_here.is_empty() {
+        let ledger = app.ledger.clone();
+        let id = eni_id.to_string();
+        for l in app.ledger_call(move || ledger.recover_lost(&id, &lost_here)).await? {
+            warn!(lease = %l.key, ip = %l.ip, eni = %l.eni_id, "lease recovered: the provider assigned its lost IP again");
+        }
+    }
+    if !held.is_empty() {
+        warn!(eni = %eni_id, ips = ?held, "the provider assigned addresses the ledger has elsewhere; giving them back");
+        app.provider_call("unassign_ips", app.provider.unassign_ips(eni_id, &held)).await?;
+    }
+    Ok(fresh)
 }
 
 /// Gives back up to `excess` IPs: whole secondary ENIs without leased or cooling IPs first,

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use enipool_storage::EniRecord;
+use enipool_storage::{AddressState, EniRecord};
 use tracing::{info, warn};
 
 use super::error::PoolError;
@@ -31,6 +31,8 @@ pub fn eni_record(eni: &ProviderEni) -> EniRecord {
 ///   (nobody here leased it, but we cannot know who used it last);
 /// - an IP the provider no longer has: free or cooling, it is dropped; leased, it is marked lost
 ///   (metric, log, `/v1/pool`), never handed out again, and dropped when its lease goes;
+/// - a lost IP the provider lists on its ENI again is leased to its pod again (recovered); one
+///   it lists on another of our ENIs than the ledger's is left alone, never adopted twice;
 /// - an ENI the provider no longer has: all its IPs as above, it is marked detached (nothing is
 ///   allocated from it), and dropped once nothing references it.
 ///
@@ -91,8 +93,30 @@ pub async fn sync_with_provider(app: &App) -> Result<(), PoolError> {
             app.ledger_call(move || ledger.set_eni_attached(&id, true)).await?;
             info!(eni = %eni.id, "ENI is attached again");
         }
-        let have: Vec<Ipv4Addr> = app.ledger.addresses(Some(&eni.id)).iter().map(|a| a.ip).collect();
-        let missing: Vec<Ipv4Addr> = eni.secondary_ips.iter().copied().filter(|ip| !have.contains(ip)).collect();
+        let records = app.ledger.addresses(Some(&eni.id));
+        let have: Vec<Ipv4Addr> = records.iter().map(|a| a.ip).collect();
+        let (missing, elsewhere): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) = eni
+            .secondary_ips
+            .iter()
+            .copied()
+            .filter(|ip| !have.contains(ip))
+            .partition(|ip| app.ledger.address(*ip).is_none());
+        if !elsewhere.is_empty() {
+            // Never adopted twice; the provider's listing of the other ENI decides its fate.
+            warn!(eni = %eni.id, ips = ?elsewhere, "the provider lists addresses the ledger has on another ENI; left alone");
+        }
+        let back: Vec<Ipv4Addr> = records
+            .iter()
+            .filter(|a| matches!(a.state, AddressState::Lost { .. }) && eni.secondary_ips.contains(&a.ip))
+            .map(|a| a.ip)
+            .collect();
+        if !back.is_empty() {
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            for l in app.ledger_call(move || ledger.recover_lost(&id, &back)).await? {
+                warn!(lease = %l.key, ip = %l.ip, eni = %l.eni_id, "lease recovered: the provider has its lost IP again");
+            }
+        }
         if !missing.is_empty() {
             info!(eni = %eni.id, ips = ?missing, "adopting IPs the provider has and the ledger lacks (cooling first)");
             adopt(eni.id.clone(), missing).await?;
