@@ -21,9 +21,11 @@ pub use aws_sdk_ec2;
 
 /// The region every test uses.
 pub const REGION: &str = "us-east-1";
-/// The VPC and the subnet of every test instance: /16s (moto spins forever on a full subnet).
+/// The VPC of every test instance, and the subnet `World::make` puts it in.
 pub const VPC_CIDR: &str = "10.0.0.0/16";
 pub const SUBNET_CIDR: &str = "10.0.0.0/16";
+/// The size of an IPv4 prefix EC2 delegates: /28, 16 addresses.
+pub const PREFIX_LEN: u8 = 28;
 /// How long a helper process may take to start.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -96,7 +98,8 @@ fn start_script(script: &str, args: &[&str]) -> (ChildGuard, String) {
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // ENIPOOL_TEST_SERVER_LOGS=1 shows the helpers' request logs and tracebacks.
+        .stderr(if std::env::var_os("ENIPOOL_TEST_SERVER_LOGS").is_some() { Stdio::inherit() } else { Stdio::null() })
         .spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
     let stdout = child.stdout.take().expect("piped stdout");
@@ -145,6 +148,8 @@ pub async fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::
 pub struct Calls {
     pub calls: BTreeMap<String, u64>,
     pub failed: BTreeMap<String, u64>,
+    /// Requests answered with an earlier answer (the `stale` fault), by action.
+    pub stale: BTreeMap<String, u64>,
     pub hanging: u64,
 }
 
@@ -169,7 +174,12 @@ impl Calls {
     }
 }
 
-/// moto's EC2 server behind the fault layer (`tests/support/fake_ec2.py`).
+/// moto's EC2 server behind the fault layer (`tests/support/fake_ec2.py`) and the subnet model
+/// (`tests/support/subnet_model.py`): the model picks every IPv4 address and /28 prefix (lowest
+/// free first, the subnet's five reserved addresses excluded), serves prefix delegation, which moto
+/// lacks, with EC2's limits and errors (`InsufficientFreeAddressesInSubnet`,
+/// `InsufficientCidrBlocks`, `PrivateIpAddressLimitExceeded`), and lists prefixes wherever EC2
+/// does. `tests/subnet_model.rs` holds it to EC2's documented behaviour.
 #[derive(Debug)]
 pub struct FakeEc2 {
     _child: ChildGuard,
@@ -206,7 +216,9 @@ impl FakeEc2 {
     }
 
     /// Makes `action` ("*" for all) fail `times` times (-1: until cleared) with `kind`:
-    /// throttle, 500, invalid, subnet or hang.
+    /// throttle, 500, invalid, subnet, cidr or hang; or, with `stale`, answers a Describe* request
+    /// with the answer the same request last got before this call (a request never answered
+    /// before passes through).
     pub async fn inject(&self, action: &str, kind: &str, times: i64) {
         let body = format!(r#"{{"action": "{action}", "kind": "{kind}", "times": {times}}}"#);
         let (status, text) = http(&self.addr, "POST", "/_fault/inject", &body).await.expect("fault layer");
@@ -232,7 +244,12 @@ impl FakeEc2 {
                 .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
                 .unwrap_or_default()
         };
-        Some(Calls { calls: map("calls"), failed: map("failed"), hanging: v["hanging"].as_u64().unwrap_or(0) })
+        Some(Calls {
+            calls: map("calls"),
+            failed: map("failed"),
+            stale: map("stale"),
+            hanging: v["hanging"].as_u64().unwrap_or(0),
+        })
     }
 
     /// The parameters of the last requests of `action` that reached the fault layer.
@@ -263,6 +280,7 @@ impl FakeEc2 {
 pub struct World {
     pub vpc_id: String,
     pub subnet_id: String,
+    pub subnet_cidr: String,
     pub security_group: String,
     pub instance_id: String,
     pub instance_type: String,
@@ -274,9 +292,14 @@ pub struct World {
 impl World {
     /// A /16 VPC and subnet, a security group, and one running instance of `instance_type`.
     pub async fn make(client: &Client, instance_type: &str) -> World {
+        World::make_in(client, instance_type, SUBNET_CIDR).await
+    }
+
+    /// As `make`, with the subnet `subnet_cidr` (inside `VPC_CIDR`): small ones run out.
+    pub async fn make_in(client: &Client, instance_type: &str, subnet_cidr: &str) -> World {
         let vpc = client.create_vpc().cidr_block(VPC_CIDR).send().await.expect("CreateVpc");
         let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc id").to_string();
-        let subnet = client.create_subnet().vpc_id(&vpc_id).cidr_block(SUBNET_CIDR).send().await.expect("CreateSubnet");
+        let subnet = client.create_subnet().vpc_id(&vpc_id).cidr_block(subnet_cidr).send().await.expect("CreateSubnet");
         let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).expect("subnet id").to_string();
         let sg = client
             .create_security_group()
@@ -308,6 +331,7 @@ impl World {
         World {
             vpc_id,
             subnet_id,
+            subnet_cidr: subnet_cidr.to_string(),
             security_group,
             instance_id,
             instance_type: instance_type.to_string(),
@@ -354,6 +378,29 @@ impl World {
         v
     }
 
+    /// The IPv4 prefixes of each ENI attached to the instance: (id, prefixes sorted), by device
+    /// index.
+    pub async fn attached_prefixes(&self, client: &Client) -> Vec<(String, Vec<String>)> {
+        let mut v: Vec<(i32, String, Vec<String>)> = self
+            .enis(client)
+            .await
+            .iter()
+            .filter(|n| n.attachment().and_then(|a| a.instance_id()) == Some(self.instance_id.as_str()))
+            .map(|n| {
+                let mut prefixes: Vec<String> =
+                    n.ipv4_prefixes().iter().filter_map(|p| p.ipv4_prefix().map(String::from)).collect();
+                prefixes.sort();
+                (
+                    n.attachment().and_then(|a| a.device_index()).unwrap_or(-1),
+                    n.network_interface_id().unwrap_or_default().to_string(),
+                    prefixes,
+                )
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, id, p)| (id, p)).collect()
+    }
+
     /// The metadata a real instance would serve for this one.
     pub fn metadata(&self) -> serde_json::Value {
         let base = format!("network/interfaces/macs/{}", self.mac);
@@ -365,7 +412,7 @@ impl World {
             "placement/region": REGION,
             format!("{base}/interface-id"): self.primary_eni_id,
             format!("{base}/subnet-id"): self.subnet_id,
-            format!("{base}/subnet-ipv4-cidr-block"): SUBNET_CIDR,
+            format!("{base}/subnet-ipv4-cidr-block"): self.subnet_cidr,
             format!("{base}/security-group-ids"): self.security_group,
             format!("{base}/vpc-id"): self.vpc_id,
             format!("{base}/vpc-ipv4-cidr-blocks"): VPC_CIDR,

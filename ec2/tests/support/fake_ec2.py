@@ -5,12 +5,17 @@ Run with the virtualenv's python (moto[server] installed there):
     python fake_ec2.py            # binds 127.0.0.1 on a free port
 
 It prints `listening 127.0.0.1:PORT` once it serves. Every request goes to moto's own WSGI
-application (the one `moto_server` runs), unless the fault layer was told to fail its action:
+application (the one `moto_server` runs), through the subnet model (`subnet_model.py`: it picks
+every IPv4 address and /28 prefix, and serves prefix delegation, which moto lacks), unless the
+fault layer was told to fail its action:
 
     POST /_fault/inject  {"action": "AttachNetworkInterface", "kind": "throttle", "times": 2}
          kinds: throttle (503 RequestLimitExceeded), 500 (InternalError), invalid (400
-         InvalidParameterValue), subnet (400 InsufficientFreeAddressesInSubnet), hang (the
-         request blocks until /_fault/release or 60 s, then fails with 500; it never reaches moto)
+         InvalidParameterValue), subnet (400 InsufficientFreeAddressesInSubnet), cidr (400
+         InsufficientCidrBlocks), hang (the request blocks until /_fault/release or 60 s, then
+         fails with 500; it never reaches moto), stale (a Describe* request answered with the
+         answer the same request got last before the fault was injected, as an eventually
+         consistent read would; a request never answered before passes through, uncounted)
          action "*" matches every action; times -1 means until cleared.
     POST /_fault/clear       forget every injected fault (and release hung requests)
     POST /_fault/release     let hung requests fail now
@@ -32,19 +37,27 @@ from werkzeug.serving import make_server
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+from subnet_model import SubnetModel
+
 ERRORS = {
     "throttle": (503, "RequestLimitExceeded", "Request limit exceeded."),
     "500": (500, "InternalError", "An internal error has occurred."),
     "invalid": (400, "InvalidParameterValue", "Injected invalid parameter value."),
     "subnet": (400, "InsufficientFreeAddressesInSubnet", "The specified subnet has no free addresses."),
+    "cidr": (400, "InsufficientCidrBlocks", "There are not enough free cidr blocks in the specified subnet."),
     "hang": (500, "InternalError", "Hung request released."),
 }
+# Kinds that answer without an error.
+QUIET_KINDS = ("stale",)
 
 
 class Faults:
     def __init__(self):
         self.lock = threading.Lock()
-        self.rules = []  # [action, kind, remaining]
+        self.rules = []  # [action, kind, remaining, snapshot of answers (stale only)]
+        # The last answer to each distinct Describe* request: {(action, params): body}.
+        self.answers = {}
+        self.stale = {}
         self.calls = {}
         self.failed = {}
         self.requests = {}
@@ -52,7 +65,8 @@ class Faults:
         self.release = threading.Event()
 
     def take(self, action, params):
-        """Counts the call; returns the fault kind to answer with, or None."""
+        """Counts the call; returns (the fault kind to answer with, a stale answer), or (None, None)."""
+        key = answer_key(action, params)
         with self.lock:
             self.calls[action] = self.calls.get(action, 0) + 1
             seen = self.requests.setdefault(action, [])
@@ -60,11 +74,25 @@ class Faults:
             del seen[:-100]
             for rule in self.rules:
                 if rule[0] in (action, "*") and rule[2] != 0:
+                    stale = None
+                    if rule[1] == "stale":
+                        stale = rule[3].get(key)
+                        if stale is None:
+                            continue
                     if rule[2] > 0:
                         rule[2] -= 1
-                    self.failed[action] = self.failed.get(action, 0) + 1
-                    return rule[1]
-        return None
+                    counter = self.stale if stale is not None else self.failed
+                    counter[action] = counter.get(action, 0) + 1
+                    return rule[1], stale
+        return None, None
+
+    def remember(self, action, params, body):
+        with self.lock:
+            self.answers[answer_key(action, params)] = body
+
+
+def answer_key(action, params):
+    return (action, tuple(sorted((k, tuple(v)) for k, v in params.items() if k != "Version")))
 
 
 def error_response(start_response, kind, action):
@@ -85,10 +113,27 @@ def json_response(start_response, value, status="200 OK"):
     return [body]
 
 
+def error_xml(start_response, status, code, message):
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message>"
+        "</Error></Errors><RequestID>subnet-model</RequestID></Response>"
+    ).encode()
+    start_response(f"{status} Bad Request", [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def xml_response(start_response, body):
+    data = body.encode() if isinstance(body, str) else body
+    start_response("200 OK", [("Content-Type", "text/xml"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
 class FaultLayer:
     def __init__(self, app):
         self.app = app
         self.faults = Faults()
+        self.model = SubnetModel()
 
     def control(self, environ, start_response, path, body):
         f = self.faults
@@ -98,10 +143,10 @@ class FaultLayer:
                 action, kind, times = rule["action"], rule["kind"], int(rule.get("times", 1))
             except (ValueError, KeyError, TypeError) as e:
                 return json_response(start_response, {"error": str(e)}, "400 Bad Request")
-            if kind not in ERRORS:
+            if kind not in ERRORS and kind not in QUIET_KINDS:
                 return json_response(start_response, {"error": f"unknown kind {kind}"}, "400 Bad Request")
             with f.lock:
-                f.rules.append([action, kind, times])
+                f.rules.append([action, kind, times, dict(f.answers) if kind == "stale" else None])
             return json_response(start_response, {"ok": True})
         if path == "/_fault/clear":
             with f.lock:
@@ -114,7 +159,8 @@ class FaultLayer:
         if path == "/_fault/calls":
             with f.lock:
                 return json_response(
-                    start_response, {"calls": dict(f.calls), "failed": dict(f.failed), "hanging": f.hanging}
+                    start_response,
+                    {"calls": dict(f.calls), "failed": dict(f.failed), "stale": dict(f.stale), "hanging": f.hanging},
                 )
         if path == "/_fault/requests":
             with f.lock:
@@ -135,7 +181,9 @@ class FaultLayer:
         params = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
         params.update(urllib.parse.parse_qs(environ.get("QUERY_STRING", "")))
         action = (params.get("Action") or ["?"])[0]
-        kind = self.faults.take(action, params)
+        kind, stale = self.faults.take(action, params)
+        if stale is not None:
+            return xml_response(start_response, stale)
         if kind == "hang":
             with self.faults.lock:
                 self.faults.hanging += 1
@@ -144,7 +192,27 @@ class FaultLayer:
                 self.faults.hanging -= 1
         if kind is not None:
             return error_response(start_response, kind, action)
-        return self.app(environ, start_response)
+        # moto is not safe to call from several threads at once, and the model's picks must not
+        # interleave with another request's: one request at a time.
+        with self.model.lock:
+            answer = self.model.handle(action, params, environ)
+            if answer is not None and answer[0] == "error":
+                return error_xml(start_response, 400, answer[1], answer[2])
+            if answer is not None:
+                return xml_response(start_response, answer[1])
+            status = []
+
+            def capture(s, headers, exc_info=None):
+                status.append((s, headers))
+                return start_response(s, headers, exc_info) if exc_info else start_response(s, headers)
+
+            try:
+                body = b"".join(self.app(environ, capture))
+            finally:
+                self.model.done()
+        if action.startswith("Describe") and status and status[0][0].startswith("200"):
+            self.faults.remember(action, params, body)
+        return [body]
 
 
 def main():

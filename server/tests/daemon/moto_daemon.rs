@@ -433,6 +433,16 @@ async fn reconciliation_marks_lost_leases_and_adopts_unknown_ips() {
         .send()
         .await
         .unwrap();
+    // ...and keeps the leased one: an ENI of someone else's holds it now.
+    let someone_else = node
+        .client
+        .create_network_interface()
+        .subnet_id(&node.world.subnet_id)
+        .private_ip_address(&lost_ip)
+        .send()
+        .await
+        .expect("someone else's ENI");
+    let someone_else = someone_else.network_interface().and_then(|n| n.network_interface_id()).unwrap().to_string();
     eventually("the lease to be marked lost", async || {
         let p = api.pool().await;
         if p["lost"] == 1 { Ok(()) } else { Err(pool_summary(&p)) }
@@ -465,32 +475,37 @@ async fn reconciliation_marks_lost_leases_and_adopts_unknown_ips() {
     assert!(
         api.enis().await.iter().all(|e| e["addresses"].as_array().unwrap().iter().all(|a| a["ip"] != lost_ip.as_str()))
     );
+    node.client.delete_network_interface().network_interface_id(&someone_else).send().await.unwrap();
 
-    // An IP EC2 has and the ledger lacks is adopted, cooling first. (It takes the place of a
-    // free one, to stay within the m5.large's 9 secondary IPs per ENI, which moto does not
-    // enforce.)
+    // An IP EC2 has and the ledger lacks is adopted, cooling first.
+    // EC2 holds the ENI to its 9 secondary IPs: the free one goes first, and if the pool grew
+    // back into its slot before the stranger came, another free one goes.
     let stranger = "10.0.250.250";
-    node.client
-        .assign_private_ip_addresses()
-        .network_interface_id(&primary)
-        .private_ip_addresses(stranger)
-        .send()
-        .await
-        .unwrap();
-    let replaced = api.enis().await.iter().find(|e| e["primary"] == true).unwrap()["addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["state"] == "free")
-        .map(|a| a["ip"].as_str().unwrap().to_string())
-        .expect("a free IP on the primary ENI");
-    node.client
-        .unassign_private_ip_addresses()
-        .network_interface_id(&primary)
-        .private_ip_addresses(&replaced)
-        .send()
-        .await
-        .unwrap();
+    eventually("the stranger IP to take a free IP's place", async || {
+        let replaced = api.enis().await.iter().find(|e| e["primary"] == true).unwrap()["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["state"] == "free")
+            .map(|a| a["ip"].as_str().unwrap().to_string())
+            .expect("a free IP on the primary ENI");
+        let _ = node
+            .client
+            .unassign_private_ip_addresses()
+            .network_interface_id(&primary)
+            .private_ip_addresses(&replaced)
+            .send()
+            .await;
+        node.client
+            .assign_private_ip_addresses()
+            .network_interface_id(&primary)
+            .private_ip_addresses(stranger)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| format!("{e:?}"))
+    })
+    .await;
     let seen = eventually("the stranger IP to be adopted", async || {
         let enis = api.enis().await;
         let a = enis.iter().flat_map(|e| e["addresses"].as_array().unwrap().clone()).find(|a| a["ip"] == stranger);
@@ -543,5 +558,62 @@ async fn reconciliation_marks_lost_leases_and_adopts_unknown_ips() {
     })
     .await;
     pool_settles(&api, &[("leased", 0)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
+}
+
+#[tokio::test]
+async fn a_lost_lease_whose_ip_ec2_assigns_again_is_leased_again() {
+    // EC2 takes a leased IP and a free one off the primary ENI. Reconciliation marks the lease
+    // lost and drops the free IP; the pool grows back, and EC2, which hands out the lowest free
+    // addresses, assigns the lost IP to the same ENI again. The pod never stopped using it: its
+    // lease is whole again. (Before, the ledger refused the address as already known and the
+    // pool stopped growing.)
+    let node = Node::start("m5.large").await;
+    // Both ENIs full (2 x 9 addresses, one leased): any address EC2 takes away is grown back.
+    let d = node.daemon(&[("--ip-cooldown-period", "1s"), ("--warm-ip-target", "17")]).await;
+    let api = d.unix();
+    let pod = api.lease("pod").await;
+    pool_settles(&api, &[("enis", 2), ("leased", 1)], HOLD).await;
+    let primary = node.world.primary_eni_id.clone();
+    assert_eq!(pod["eni_id"], primary.as_str());
+    let lost_ip = pod["ip"].as_str().unwrap().to_string();
+    let free_ip = api.enis().await.iter().find(|e| e["primary"] == true).unwrap()["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] == "free")
+        .map(|a| a["ip"].as_str().unwrap().parse::<std::net::Ipv4Addr>().unwrap())
+        .max()
+        .expect("a free IP on the primary ENI")
+        .to_string();
+    node.client
+        .unassign_private_ip_addresses()
+        .network_interface_id(&primary)
+        .private_ip_addresses(&lost_ip)
+        .private_ip_addresses(&free_ip)
+        .send()
+        .await
+        .unwrap();
+    eventually("the lease to be lost, then recovered", async || {
+        let text = metrics_text(&api).await;
+        let p = api.pool().await;
+        if metric(&text, "enipool_leases_lost_total") == Some(1.0) && p["lost"] == 0 {
+            Ok(())
+        } else {
+            Err(format!("lost total {:?}, {}", metric(&text, "enipool_leases_lost_total"), pool_summary(&p)))
+        }
+    })
+    .await;
+    let again = api.get(&format!("/v1/leases/{NET}/pod/eth0")).await.expect(200).json();
+    assert_eq!((again["ip"].as_str(), again["eni_id"].as_str()), (Some(lost_ip.as_str()), Some(primary.as_str())));
+    let state = api
+        .enis()
+        .await
+        .iter()
+        .flat_map(|e| e["addresses"].as_array().unwrap().clone())
+        .find(|a| a["ip"] == lost_ip.as_str())
+        .map(|a| a["state"].clone());
+    assert_eq!(state, Some("leased".into()));
+    pool_settles(&api, &[("enis", 2), ("leased", 1), ("lost", 0)], HOLD).await;
     node.assert_matches_ec2(&api).await;
 }
