@@ -44,6 +44,12 @@ pub enum LedgerError {
     AddressInUse { ip: Ipv4Addr, state: &'static str },
     #[error("ENI {eni} still has {leased} leased and {cooling} cooling addresses")]
     EniInUse { eni: String, leased: usize, cooling: usize },
+    #[error("prefix {0} is not known")]
+    UnknownPrefix(ipnet::Ipv4Net),
+    #[error("prefix {prefix} overlaps {with}, which is already known")]
+    PrefixOverlaps { prefix: ipnet::Ipv4Net, with: String },
+    #[error("address {ip} lies in prefix {prefix}: it comes and goes with the prefix")]
+    InPrefix { ip: Ipv4Addr, prefix: ipnet::Ipv4Net },
     #[error("lease key {0} contains a NUL byte")]
     InvalidKey(LeaseKey),
     #[error("ledger storage failed: {0}")]

@@ -27,13 +27,15 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::clock::Clock;
+use ipnet::Ipv4Net;
+
 use crate::error::{LedgerError, OpenError};
 use crate::model::*;
 use crate::wal::{SyncObserver, Wal};
 
 /// The schema this build writes. Bump it with every change to the records in `model.rs`, and
 /// teach `migrate` to bring the previous version forward.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 const MAGIC: &[u8] = b"enipool-ledger";
 
 const META_MAGIC: &[u8] = b"magic";
@@ -44,6 +46,7 @@ const TREE_META: &str = "meta";
 const TREE_ENIS: &str = "enis";
 const TREE_ADDRS: &str = "addresses";
 const TREE_LEASES: &str = "leases";
+const TREE_PREFIXES: &str = "prefixes";
 
 /// How a ledger behaves. Every period is configuration, so tests and benchmarks set it.
 #[derive(Clone)]
@@ -99,6 +102,9 @@ enum Change {
     DelAddr(Ipv4Addr),
     PutLease(Lease),
     DelLease(LeaseKey),
+    // Schema 3. New variants go at the end: a record of an older schema decodes unchanged.
+    PutPrefix(PrefixRecord),
+    DelPrefix(Ipv4Net),
 }
 
 /// The in-memory mirror of the sled trees, plus the two indexes allocation needs.
@@ -107,6 +113,7 @@ struct State {
     enis: BTreeMap<String, EniRecord>,
     addrs: BTreeMap<Ipv4Addr, AddressRecord>,
     leases: BTreeMap<LeaseKey, Lease>,
+    prefixes: BTreeMap<Ipv4Net, PrefixRecord>,
     /// Allocatable addresses, oldest release first (never released sorts first).
     free: BTreeSet<(Option<UnixMillis>, Ipv4Addr)>,
     /// Cooling addresses by the instant they become free.
@@ -121,6 +128,7 @@ struct State {
 struct Dirty {
     enis: BTreeSet<String>,
     addrs: BTreeSet<Ipv4Addr>,
+    prefixes: BTreeSet<Ipv4Net>,
     /// Each dirty lease key, with whether it existed at the last checkpoint: a lease made and
     /// released between two checkpoints (most of them, under churn) never reaches sled.
     leases: BTreeMap<LeaseKey, bool>,
@@ -128,12 +136,13 @@ struct Dirty {
 
 impl Dirty {
     fn is_empty(&self) -> bool {
-        self.enis.is_empty() && self.addrs.is_empty() && self.leases.is_empty()
+        self.enis.is_empty() && self.addrs.is_empty() && self.leases.is_empty() && self.prefixes.is_empty()
     }
 
     fn merge(&mut self, other: Dirty) {
         self.enis.extend(other.enis);
         self.addrs.extend(other.addrs);
+        self.prefixes.extend(other.prefixes);
         // `other` is older than `self`, so its record of what sled holds wins.
         self.leases.extend(other.leases);
     }
@@ -146,6 +155,7 @@ struct Snapshot {
     enis: Vec<(String, Option<EniRecord>)>,
     addrs: Vec<(Ipv4Addr, Option<AddressRecord>)>,
     leases: Vec<(LeaseKey, Option<Lease>)>,
+    prefixes: Vec<(Ipv4Net, Option<PrefixRecord>)>,
 }
 
 impl State {
@@ -221,6 +231,14 @@ impl State {
                 let existed = self.leases.remove(&key).is_some();
                 self.dirty.leases.entry(key).or_insert(existed);
             }
+            Change::PutPrefix(p) => {
+                self.dirty.prefixes.insert(p.cidr);
+                self.prefixes.insert(p.cidr, p);
+            }
+            Change::DelPrefix(cidr) => {
+                self.prefixes.remove(&cidr);
+                self.dirty.prefixes.insert(cidr);
+            }
         }
     }
 
@@ -231,6 +249,7 @@ impl State {
             seq: self.last_seq,
             enis: keys.enis.iter().map(|k| (k.clone(), self.enis.get(k).cloned())).collect(),
             addrs: keys.addrs.iter().map(|k| (*k, self.addrs.get(k).cloned())).collect(),
+            prefixes: keys.prefixes.iter().map(|k| (*k, self.prefixes.get(k).cloned())).collect(),
             leases: keys
                 .leases
                 .iter()
@@ -250,7 +269,15 @@ impl State {
         self.enis.values().any(|e| e.attached && e.primary_ip == ip)
     }
 
+    /// The prefix `ip` lies in, if any.
+    fn prefix_of(&self, ip: Ipv4Addr) -> Option<&PrefixRecord> {
+        self.prefixes.values().find(|p| p.cidr.contains(&ip))
+    }
+
     fn check_new_address(&self, ip: Ipv4Addr) -> Result<(), LedgerError> {
+        if let Some(p) = self.prefix_of(ip) {
+            return Err(LedgerError::InPrefix { ip, prefix: p.cidr });
+        }
         if self.addrs.contains_key(&ip) {
             return Err(LedgerError::AddressExists(ip));
         }
@@ -307,6 +334,44 @@ impl State {
                 return Err(format!("address {ip} is an ENI primary address"));
             }
         }
+        let mut last: Option<&Ipv4Net> = None;
+        for (cidr, p) in &self.prefixes {
+            if *cidr != p.cidr || p.cidr.trunc() != p.cidr {
+                return Err(format!("prefix {cidr} is stored as {}", p.cidr));
+            }
+            if let Some(prev) = last
+                && prev.contains(&cidr.network())
+            {
+                return Err(format!("prefixes {prev} and {cidr} overlap"));
+            }
+            last = Some(cidr);
+            if !self.enis.contains_key(&p.eni_id) {
+                return Err(format!("prefix {cidr} belongs to unknown ENI {}", p.eni_id));
+            }
+            let mut present = 0;
+            for ip in p.addresses() {
+                if primary_ips.contains(&ip) {
+                    return Err(format!("prefix {cidr} holds the primary address {ip}"));
+                }
+                let Some(addr) = self.addrs.get(&ip) else { continue };
+                present += 1;
+                if addr.eni_id != p.eni_id {
+                    return Err(format!("address {ip} of prefix {cidr} belongs to {}, not {}", addr.eni_id, p.eni_id));
+                }
+                if p.state == PrefixState::Lost && !matches!(addr.state, AddressState::Lost { .. }) {
+                    return Err(format!("address {ip} of lost prefix {cidr} is not lost"));
+                }
+            }
+            match p.state {
+                PrefixState::Active if present != p.addresses().count() => {
+                    return Err(format!("prefix {cidr} has {present} of its addresses"));
+                }
+                PrefixState::Lost if present == 0 => {
+                    return Err(format!("lost prefix {cidr} has no lost address left"));
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 }
@@ -317,6 +382,7 @@ struct Trees {
     enis: sled::Tree,
     addrs: sled::Tree,
     leases: sled::Tree,
+    prefixes: sled::Tree,
 }
 
 impl Trees {
@@ -331,9 +397,11 @@ impl Trees {
         let addrs: Vec<(Vec<u8>, Option<Vec<u8>>)> =
             snap.addrs.iter().map(|(k, v)| (k.octets().to_vec(), enc(v))).collect();
         let leases: Vec<(Vec<u8>, Option<Vec<u8>>)> = snap.leases.iter().map(|(k, v)| (k.encode(), enc(v))).collect();
+        let prefixes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            snap.prefixes.iter().map(|(k, v)| (prefix_key(k), enc(v))).collect();
         let result: Result<(), TransactionError<()>> =
-            (&self.enis, &self.addrs, &self.leases, &self.meta).transaction(|(te, ta, tl, tm)| {
-                for (tree, rows) in [(te, &enis), (ta, &addrs), (tl, &leases)] {
+            (&self.enis, &self.addrs, &self.leases, &self.prefixes, &self.meta).transaction(|(te, ta, tl, tp, tm)| {
+                for (tree, rows) in [(te, &enis), (ta, &addrs), (tl, &leases), (tp, &prefixes)] {
                     for (key, value) in rows {
                         match value {
                             Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
@@ -722,6 +790,9 @@ impl Ledger {
             let mut changes = Vec::new();
             for &ip in addresses {
                 let addr = st.addrs.get(&ip).ok_or(LedgerError::UnknownAddress(ip))?;
+                if let Some(p) = st.prefix_of(ip) {
+                    return Err(LedgerError::InPrefix { ip, prefix: p.cidr });
+                }
                 if addr.eni_id != eni_id {
                     return Err(LedgerError::WrongEni { ip, requested: eni_id.into(), actual: addr.eni_id.clone() });
                 }
@@ -839,6 +910,10 @@ impl Ledger {
             let mut lost = Vec::new();
             for ip in addresses.iter().copied().collect::<std::collections::BTreeSet<_>>() {
                 let Some(addr) = st.addrs.get(&ip) else { continue };
+                if st.prefix_of(ip).is_some() {
+                    // A prefix's addresses go with it: `mark_prefixes_lost`.
+                    continue;
+                }
                 match &addr.state {
                     AddressState::Free | AddressState::Cooling { .. } => changes.push(Change::DelAddr(ip)),
                     AddressState::Leased { key } => {
@@ -864,7 +939,7 @@ impl Ledger {
             let mut recovered = Vec::new();
             for ip in addresses.iter().copied().collect::<std::collections::BTreeSet<_>>() {
                 let Some(addr) = st.addrs.get(&ip) else { continue };
-                if addr.eni_id != eni_id {
+                if addr.eni_id != eni_id || st.prefix_of(ip).is_some() {
                     continue;
                 }
                 if let AddressState::Lost { key } = &addr.state {
@@ -904,8 +979,171 @@ impl Ledger {
                     cooling: counts.cooling,
                 });
             }
+            changes.extend(st.prefixes.values().filter(|p| p.eni_id == eni_id).map(|p| Change::DelPrefix(p.cidr)));
             changes.push(Change::DelEni(eni_id.into()));
             Ok(((), changes))
+        })
+    }
+
+    /// Adds prefixes to a known ENI, every address of each free, or cooling until
+    /// `cooling_until` (adopted from the provider: nobody here leased them, but someone may have
+    /// just used them). Refused (nothing added) if a prefix is not its own network, overlaps a
+    /// known prefix or another of `cidrs`, or holds a known address or an attached ENI's primary.
+    pub fn add_prefixes(
+        &self,
+        eni_id: &str,
+        cidrs: &[Ipv4Net],
+        cooling_until: Option<UnixMillis>,
+    ) -> Result<(), LedgerError> {
+        self.run(|_, st| {
+            if !st.enis.contains_key(eni_id) {
+                return Err(LedgerError::UnknownEni(eni_id.into()));
+            }
+            let mut changes = Vec::new();
+            for (i, &cidr) in cidrs.iter().enumerate() {
+                let overlaps = |with: String| LedgerError::PrefixOverlaps { prefix: cidr, with };
+                if cidr.trunc() != cidr {
+                    return Err(overlaps(format!("its own network {}", cidr.trunc())));
+                }
+                if let Some(p) =
+                    st.prefixes.values().find(|p| p.cidr.contains(&cidr.network()) || cidr.contains(&p.cidr.network()))
+                {
+                    return Err(overlaps(format!("prefix {}", p.cidr)));
+                }
+                if let Some(other) =
+                    cidrs[..i].iter().find(|o| o.contains(&cidr.network()) || cidr.contains(&o.network()))
+                {
+                    return Err(overlaps(format!("prefix {other} of the same call")));
+                }
+                let prefix = PrefixRecord { cidr, eni_id: eni_id.into(), state: PrefixState::Active };
+                for ip in prefix.addresses() {
+                    if st.addrs.contains_key(&ip) {
+                        return Err(overlaps(format!("address {ip}")));
+                    }
+                    if st.is_primary_ip(ip) {
+                        return Err(overlaps(format!("the primary address {ip}")));
+                    }
+                    let state = cooling_until.map_or(AddressState::Free, |until| AddressState::Cooling { until });
+                    changes.push(Change::PutAddr(AddressRecord {
+                        ip,
+                        eni_id: eni_id.into(),
+                        state,
+                        last_released: None,
+                    }));
+                }
+                changes.push(Change::PutPrefix(prefix));
+            }
+            Ok(((), changes))
+        })
+    }
+
+    /// Removes a prefix and its addresses, to give it back to the provider. Refused (nothing
+    /// removed) unless every one of its addresses is free and done cooling: a prefix never goes
+    /// while a lease names any of its addresses.
+    pub fn remove_prefix(&self, eni_id: &str, cidr: Ipv4Net) -> Result<(), LedgerError> {
+        self.run(|inner, st| {
+            let prefix = st.prefixes.get(&cidr).ok_or(LedgerError::UnknownPrefix(cidr))?;
+            if prefix.eni_id != eni_id {
+                return Err(LedgerError::WrongEni {
+                    ip: cidr.network(),
+                    requested: eni_id.into(),
+                    actual: prefix.eni_id.clone(),
+                });
+            }
+            let now = inner.clock.now();
+            let mut changes = Vec::new();
+            for ip in prefix.addresses() {
+                let state = st.addrs.get(&ip).map(|a| a.effective_state(now));
+                match state {
+                    Some(EffectiveState::Free) => changes.push(Change::DelAddr(ip)),
+                    None => {}
+                    Some(EffectiveState::Leased) => return Err(LedgerError::AddressInUse { ip, state: "leased" }),
+                    Some(EffectiveState::Cooling) => return Err(LedgerError::AddressInUse { ip, state: "cooling" }),
+                    Some(EffectiveState::Lost) => {
+                        return Err(LedgerError::AddressInUse { ip, state: "lost but still leased" });
+                    }
+                }
+            }
+            changes.push(Change::DelPrefix(cidr));
+            Ok(((), changes))
+        })
+    }
+
+    /// The provider no longer lists these prefixes. One that no lease names goes at once; one
+    /// that leases name becomes `Lost`: its leased addresses `Lost`, its other addresses gone,
+    /// nothing of it handed out, and it is never given back (`recover_prefix` if the provider
+    /// lists it again; it goes with its last lease otherwise). Unknown prefixes and lost ones are
+    /// skipped. Returns the leases now lost.
+    pub fn mark_prefixes_lost(&self, cidrs: &[Ipv4Net]) -> Result<Vec<Lease>, LedgerError> {
+        self.run(|_, st| {
+            let mut changes = Vec::new();
+            let mut lost = Vec::new();
+            for cidr in cidrs.iter().copied().collect::<BTreeSet<_>>() {
+                let Some(prefix) = st.prefixes.get(&cidr) else { continue };
+                if prefix.state == PrefixState::Lost {
+                    continue;
+                }
+                let mut any_leased = false;
+                for ip in prefix.addresses() {
+                    let Some(addr) = st.addrs.get(&ip) else { continue };
+                    match &addr.state {
+                        AddressState::Leased { key } | AddressState::Lost { key } => {
+                            any_leased = true;
+                            if let Some(lease) = st.leases.get(key) {
+                                lost.push(lease.clone());
+                            }
+                            let state = AddressState::Lost { key: key.clone() };
+                            changes.push(Change::PutAddr(AddressRecord { state, ..addr.clone() }));
+                        }
+                        AddressState::Free | AddressState::Cooling { .. } => changes.push(Change::DelAddr(ip)),
+                    }
+                }
+                if any_leased {
+                    changes.push(Change::PutPrefix(PrefixRecord { state: PrefixState::Lost, ..prefix.clone() }));
+                } else {
+                    changes.push(Change::DelPrefix(cidr));
+                }
+            }
+            Ok((lost, changes))
+        })
+    }
+
+    /// The provider lists a lost prefix on `eni_id` again: it is active again, each lost address
+    /// leased to its lease once more, and the addresses it had dropped come back cooling until
+    /// `cooling_until`. Anything else is skipped. Returns the leases recovered.
+    pub fn recover_prefix(
+        &self,
+        eni_id: &str,
+        cidr: Ipv4Net,
+        cooling_until: UnixMillis,
+    ) -> Result<Vec<Lease>, LedgerError> {
+        self.run(|_, st| {
+            let Some(prefix) = st.prefixes.get(&cidr) else { return Ok((Vec::new(), Vec::new())) };
+            if prefix.eni_id != eni_id || prefix.state != PrefixState::Lost {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let mut changes = vec![Change::PutPrefix(PrefixRecord { state: PrefixState::Active, ..prefix.clone() })];
+            let mut recovered = Vec::new();
+            for ip in prefix.addresses() {
+                match st.addrs.get(&ip) {
+                    Some(addr) => {
+                        if let AddressState::Lost { key } = &addr.state {
+                            if let Some(lease) = st.leases.get(key) {
+                                recovered.push(lease.clone());
+                            }
+                            let state = AddressState::Leased { key: key.clone() };
+                            changes.push(Change::PutAddr(AddressRecord { state, ..addr.clone() }));
+                        }
+                    }
+                    None => changes.push(Change::PutAddr(AddressRecord {
+                        ip,
+                        eni_id: eni_id.into(),
+                        state: AddressState::Cooling { until: cooling_until },
+                        last_released: None,
+                    })),
+                }
+            }
+            Ok((recovered, changes))
         })
     }
 
@@ -946,7 +1184,7 @@ impl Ledger {
             };
             let now = inner.clock.now();
             let changes = release_changes(st, &lease, now, inner.config.cooldown);
-            Ok((Some(lease), changes))
+            Ok((Some(lease), with_emptied_prefixes(st, changes)))
         })
     }
 
@@ -971,7 +1209,7 @@ impl Ledger {
                 .cloned()
                 .collect();
             let changes = stale.iter().flat_map(|l| release_changes(st, l, now, inner.config.cooldown)).collect();
-            Ok((stale, changes))
+            Ok((stale, with_emptied_prefixes(st, changes)))
         })
     }
 
@@ -1037,6 +1275,17 @@ impl Ledger {
         self.inner.lock().enis.get(id).cloned()
     }
 
+    /// The prefixes of `eni_id`, or of every ENI.
+    pub fn prefixes(&self, eni_id: Option<&str>) -> Vec<PrefixRecord> {
+        let st = self.inner.lock();
+        st.prefixes.values().filter(|p| eni_id.is_none_or(|id| p.eni_id == id)).cloned().collect()
+    }
+
+    /// The prefix `ip` lies in, if any.
+    pub fn prefix_of(&self, ip: Ipv4Addr) -> Option<PrefixRecord> {
+        self.inner.lock().prefix_of(ip).cloned()
+    }
+
     pub fn address(&self, ip: Ipv4Addr) -> Option<AddressRecord> {
         self.inner.lock().addrs.get(&ip).cloned()
     }
@@ -1062,6 +1311,16 @@ impl Ledger {
             }
             stats.addresses.count(state);
             stats.per_eni.entry(addr.eni_id.clone()).or_default().count(state);
+        }
+        for p in st.prefixes.values().filter(|p| p.state == PrefixState::Active) {
+            stats.prefixes += 1;
+            *stats.per_eni_prefixes.entry(p.eni_id.clone()).or_default() += 1;
+            let free = p
+                .addresses()
+                .all(|ip| st.addrs.get(&ip).is_some_and(|a| a.effective_state(now) == EffectiveState::Free));
+            if free {
+                stats.free_prefixes += 1;
+            }
         }
         stats
     }
@@ -1090,6 +1349,23 @@ impl Ledger {
 
 fn free_address(ip: Ipv4Addr, eni_id: &str) -> Change {
     Change::PutAddr(AddressRecord { ip, eni_id: eni_id.into(), state: AddressState::Free, last_released: None })
+}
+
+/// `changes` plus the removal of each lost prefix they leave without an address (its last lost
+/// lease went).
+fn with_emptied_prefixes(st: &State, mut changes: Vec<Change>) -> Vec<Change> {
+    let deleted: BTreeSet<Ipv4Addr> =
+        changes.iter().filter_map(|c| if let Change::DelAddr(ip) = c { Some(*ip) } else { None }).collect();
+    let emptied: Vec<Ipv4Net> = st
+        .prefixes
+        .values()
+        .filter(|p| p.state == PrefixState::Lost)
+        .filter(|p| deleted.iter().any(|ip| p.cidr.contains(ip)))
+        .filter(|p| p.addresses().all(|ip| deleted.contains(&ip) || !st.addrs.contains_key(&ip)))
+        .map(|p| p.cidr)
+        .collect();
+    changes.extend(emptied.into_iter().map(Change::DelPrefix));
+    changes
 }
 
 fn release_changes(st: &State, lease: &Lease, now: UnixMillis, cooldown: Duration) -> Vec<Change> {
@@ -1185,8 +1461,14 @@ fn open_locked(dir: &Path, config: &LedgerConfig) -> Result<(Trees, State, Recov
     migrate(&db, version).map_err(corrupt)?;
 
     let open = |name: &str| db.open_tree(name).map_err(|e| sled_error(dir, e));
-    let trees =
-        Trees { enis: open(TREE_ENIS)?, addrs: open(TREE_ADDRS)?, leases: open(TREE_LEASES)?, meta, db: db.clone() };
+    let trees = Trees {
+        enis: open(TREE_ENIS)?,
+        addrs: open(TREE_ADDRS)?,
+        leases: open(TREE_LEASES)?,
+        prefixes: open(TREE_PREFIXES)?,
+        meta,
+        db: db.clone(),
+    };
 
     let applied = trees.applied_seq().map_err(corrupt)?;
     let image = take_image(dir, applied);
@@ -1203,6 +1485,9 @@ fn open_locked(dir: &Path, config: &LedgerConfig) -> Result<(Trees, State, Recov
             }
             for l in image.leases {
                 state.leases.insert(l.key.clone(), l);
+            }
+            for p in image.prefixes {
+                state.prefixes.insert(p.cidr, p);
             }
             state
         }
@@ -1261,6 +1546,11 @@ fn load_state(trees: &Trees, dir: &Path) -> Result<State, OpenError> {
                 state.index(&a);
                 state.addrs.insert(a.ip, a);
             })
+        })
+        .and_then(|()| {
+            load_tree(&trees.prefixes, TREE_PREFIXES, dir, |p: PrefixRecord| {
+                state.prefixes.insert(p.cidr, p);
+            })
         });
         (leases.join(), loaded)
     });
@@ -1279,6 +1569,16 @@ struct Image {
     enis: Vec<EniRecord>,
     addrs: Vec<AddressRecord>,
     leases: Vec<Lease>,
+    prefixes: Vec<PrefixRecord>,
+}
+
+/// The image schemas 1 and 2 wrote: the same, without prefixes.
+#[derive(Deserialize)]
+struct ImageBeforePrefixes {
+    seq: u64,
+    enis: Vec<EniRecord>,
+    addrs: Vec<AddressRecord>,
+    leases: Vec<Lease>,
 }
 
 const IMAGE_FILE: &str = "image";
@@ -1289,6 +1589,7 @@ fn write_image(dir: &Path, st: &State) -> std::io::Result<()> {
         enis: st.enis.values().cloned().collect(),
         addrs: st.addrs.values().cloned().collect(),
         leases: st.leases.values().cloned().collect(),
+        prefixes: st.prefixes.values().cloned().collect(),
     };
     let body = postcard::to_allocvec(&image).expect("records always serialize");
     let mut bytes = crc32fast::hash(&body).to_le_bytes().to_vec();
@@ -1310,7 +1611,11 @@ fn take_image(dir: &Path, applied: u64) -> Option<Image> {
     if u32::from_le_bytes(crc.try_into().ok()?) != crc32fast::hash(body) {
         return None;
     }
-    let image: Image = postcard::from_bytes(body).ok()?;
+    // An older image lacks the prefixes at the end, and so does not decode as today's.
+    let image: Image = postcard::from_bytes(body).ok().or_else(|| {
+        let old: ImageBeforePrefixes = postcard::from_bytes(body).ok()?;
+        Some(Image { seq: old.seq, enis: old.enis, addrs: old.addrs, leases: old.leases, prefixes: Vec::new() })
+    })?;
     (image.seq == applied).then_some(image)
 }
 
@@ -1365,19 +1670,31 @@ fn load_tree<T: for<'de> Deserialize<'de>>(
     Ok(())
 }
 
-/// Brings an older schema forward, in place. There is only version 1 so far.
-fn migrate(db: &sled::Db, version: u32) -> Result<(), String> {
-    match version {
-        SCHEMA_VERSION => Ok(()),
-        // 2 added `AddressState::Lost` at the end of the enum: every version-1 record reads
-        // the same, so only the number changes (older builds then refuse a ledger that may hold
-        // lost addresses).
-        1 => {
-            let meta = db.open_tree(TREE_META).map_err(|e| e.to_string())?;
-            meta.insert(META_SCHEMA, &2u32.to_be_bytes()).map_err(|e| e.to_string())?;
-            db.flush().map_err(|e| e.to_string())?;
-            Ok(())
+/// Brings an older schema forward, in place, one version at a time.
+/// - 2 added `AddressState::Lost` at the end of the enum;
+/// - 3 added prefixes (`PrefixRecord`, the `prefixes` tree, `Change::PutPrefix`/`DelPrefix` at the
+///   end of the enum, the image's last field).
+///
+/// Each only added at the end, so every older record reads the same and only the number changes
+/// (older builds then refuse a ledger that may hold what they cannot read).
+fn migrate(db: &sled::Db, mut version: u32) -> Result<(), String> {
+    while version < SCHEMA_VERSION {
+        match version {
+            1 | 2 => {
+                version += 1;
+                let meta = db.open_tree(TREE_META).map_err(|e| e.to_string())?;
+                meta.insert(META_SCHEMA, &version.to_be_bytes()).map_err(|e| e.to_string())?;
+                db.flush().map_err(|e| e.to_string())?;
+            }
+            older => return Err(format!("schema version {older} is unknown (this build knows 1..={SCHEMA_VERSION})")),
         }
-        older => Err(format!("schema version {older} is unknown (this build knows 1..={SCHEMA_VERSION})")),
     }
+    Ok(())
+}
+
+/// A prefix's sled key: its address and length.
+fn prefix_key(cidr: &Ipv4Net) -> Vec<u8> {
+    let mut key = cidr.network().octets().to_vec();
+    key.push(cidr.prefix_len());
+    key
 }

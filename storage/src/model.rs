@@ -57,6 +57,33 @@ pub struct EniRecord {
     pub attached: bool,
 }
 
+/// An IPv4 prefix (EC2's /28, 16 addresses) delegated to an ENI. Each of its addresses is an
+/// address record of that ENI, leased one by one like a secondary IP. (Added in schema 3.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixRecord {
+    pub cidr: Ipv4Net,
+    pub eni_id: String,
+    pub state: PrefixState,
+}
+
+/// Where a prefix stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrefixState {
+    /// The provider has it: its addresses are handed out.
+    Active,
+    /// The provider no longer lists it, but leases still name some of its addresses (each
+    /// `Lost`). Nothing of it is handed out and it is never given back: it goes when its last
+    /// lease does, or is active again if the provider lists it again.
+    Lost,
+}
+
+impl PrefixRecord {
+    /// The addresses of the prefix, all of which pods may use (EC2 reserves none inside it).
+    pub fn addresses(&self) -> ipnet::Ipv4AddrRange {
+        ipnet::Ipv4AddrRange::new(self.cidr.network(), self.cidr.broadcast())
+    }
+}
+
 /// Where one secondary address stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AddressState {
@@ -184,4 +211,9 @@ pub struct Stats {
     pub per_eni: BTreeMap<String, Counts>,
     /// Leased addresses the provider no longer has (`AddressState::Lost`).
     pub lost: usize,
+    /// Prefixes held (active), and how many of them have all their addresses free: the
+    /// prefix-mode pool's units.
+    pub prefixes: usize,
+    pub free_prefixes: usize,
+    pub per_eni_prefixes: BTreeMap<String, usize>,
 }

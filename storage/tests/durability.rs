@@ -941,7 +941,7 @@ fn adopted_addresses_cool_down_before_they_are_leased() {
 }
 
 #[test]
-fn a_version_1_ledger_opens_migrated_to_version_2() {
+fn a_version_1_ledger_opens_migrated_to_the_current_version() {
     let dir = tempfile::tempdir().unwrap();
     let before = closed_ledger(dir.path());
     let version = |db: &sled::Db| {
@@ -957,5 +957,5 @@ fn a_version_1_ledger_opens_migrated_to_version_2() {
     let ledger = open(dir.path(), config(Duration::from_secs(1)), &clock).unwrap();
     assert_eq!(observe(&ledger), before);
     ledger.close().unwrap();
-    assert_eq!(version(&plain_sled(dir.path())), 2);
+    assert_eq!(version(&plain_sled(dir.path())), SCHEMA_VERSION);
 }
