@@ -31,7 +31,7 @@ use aws_sdk_ec2::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_ec2::types::{
     Filter, InstanceType, NetworkInterface, NetworkInterfaceAttachmentChanges, ResourceType, Tag, TagSpecification,
 };
-use enipool_provider::{InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits};
+use enipool_provider::{InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits, instance_types};
 use ipnet::Ipv4Net;
 use tokio::sync::{Mutex, OnceCell};
 use tokio::time::Instant;
@@ -79,6 +79,14 @@ struct EniView {
     primary_ip: Ipv4Addr,
     mac: Option<String>,
     secondaries: BTreeSet<Ipv4Addr>,
+    prefixes: BTreeSet<Ipv4Net>,
+}
+
+impl EniView {
+    /// Address slots taken beside the primary: each secondary IP and each prefix take one.
+    fn slots_used(&self) -> u32 {
+        (self.secondaries.len() + self.prefixes.len()) as u32
+    }
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +97,8 @@ struct Cache {
     /// Our own recent changes, with when we made them.
     added_ips: HashMap<Ipv4Addr, (String, Instant)>,
     removed_ips: HashMap<Ipv4Addr, Instant>,
+    added_prefixes: HashMap<Ipv4Net, (String, Instant)>,
+    removed_prefixes: HashMap<Ipv4Net, Instant>,
     created_enis: HashMap<String, Instant>,
     deleted_enis: HashMap<String, Instant>,
     /// Detached by us, delete failed: the sweep retries these whatever their age.
@@ -110,7 +120,9 @@ fn failed(e: impl std::fmt::Display) -> ProviderError {
 /// Maps a call's error to what the pool manager acts on.
 fn provider_error(e: CallError) -> ProviderError {
     match e.code.as_str() {
-        "InsufficientFreeAddressesInSubnet" | "InsufficientCidrBlocks" => ProviderError::SubnetExhausted(e.to_string()),
+        "InsufficientFreeAddressesInSubnet" => ProviderError::SubnetExhausted(e.to_string()),
+        // Free addresses may remain, only no aligned /28: prefixes cannot grow, addresses can.
+        "InsufficientCidrBlocks" => ProviderError::NoCidrBlocks(e.to_string()),
         _ => ProviderError::Failed(e.to_string()),
     }
 }
@@ -333,6 +345,8 @@ impl Ec2Provider {
         let now = Instant::now();
         cache.added_ips.retain(|_, (_, at)| now.duration_since(*at) < window);
         cache.removed_ips.retain(|_, at| now.duration_since(*at) < window);
+        cache.added_prefixes.retain(|_, (_, at)| now.duration_since(*at) < window);
+        cache.removed_prefixes.retain(|_, at| now.duration_since(*at) < window);
         cache.created_enis.retain(|_, at| now.duration_since(*at) < window);
         cache.deleted_enis.retain(|_, at| now.duration_since(*at) < window);
         let mut enis: BTreeMap<String, EniView> = BTreeMap::new();
@@ -341,6 +355,7 @@ impl Ec2Provider {
                 continue;
             }
             e.secondaries.retain(|ip| !cache.removed_ips.contains_key(ip));
+            e.prefixes.retain(|p| !cache.removed_prefixes.contains_key(p));
             enis.insert(e.id.clone(), e);
         }
         for id in cache.created_enis.keys() {
@@ -353,6 +368,11 @@ impl Ec2Provider {
         for (ip, (eni, _)) in &cache.added_ips {
             if let Some(e) = enis.get_mut(eni) {
                 e.secondaries.insert(*ip);
+            }
+        }
+        for (prefix, (eni, _)) in &cache.added_prefixes {
+            if let Some(e) = enis.get_mut(eni) {
+                e.prefixes.insert(*prefix);
             }
         }
         cache.enis = enis;
@@ -370,6 +390,7 @@ impl Ec2Provider {
             subnet_gateway: gateway(subnet),
             primary_ip: e.primary_ip,
             secondary_ips: e.secondaries.iter().copied().collect(),
+            prefixes: e.prefixes.iter().copied().collect(),
             mac: e.mac.clone(),
         })
     }
@@ -444,8 +465,14 @@ fn view(n: &NetworkInterface) -> Result<EniView, ProviderError> {
             secondaries.insert(ip);
         }
     }
+    let mut prefixes = BTreeSet::new();
+    for p in n.ipv4_prefixes() {
+        let text = p.ipv4_prefix().unwrap_or_default();
+        prefixes.insert(text.parse().map_err(|e| failed(format!("prefix {text:?} of {id}: {e}")))?);
+    }
     let att = n.attachment();
     Ok(EniView {
+        prefixes,
         device_index: att.and_then(|a| a.device_index()).unwrap_or(0).max(0) as u32,
         attachment_id: att.and_then(|a| a.attachment_id()).map(String::from),
         subnet_id: n.subnet_id().ok_or_else(|| failed(format!("{id} has no subnet")))?.to_string(),
@@ -601,7 +628,7 @@ impl Provider for Ec2Provider {
             self.refresh(r, cache).await?;
         }
         let eni = cache.enis.get(eni_id).ok_or_else(|| failed(format!("{eni_id} is not attached to this instance")))?;
-        let room = r.id.limits.pod_ips_per_eni().saturating_sub(eni.secondaries.len() as u32);
+        let room = r.id.limits.pod_ips_per_eni().saturating_sub(eni.slots_used());
         if count == 0 {
             return Ok(Vec::new());
         }
@@ -660,6 +687,89 @@ impl Provider for Ec2Provider {
             cache.added_ips.insert(*ip, (eni_id.to_string(), now));
         }
         Ok(new)
+    }
+
+    async fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, ProviderError> {
+        let r = self.ready()?;
+        if instance_types::builtin_type(&r.id.instance_type).is_some_and(|t| !t.nitro) {
+            return Err(failed(format!(
+                "{} is not a Nitro instance type: EC2 delegates prefixes to Nitro types only",
+                r.id.instance_type
+            )));
+        }
+        let mut guard = self.cache.lock().await;
+        let cache = &mut *guard;
+        self.ensure_loaded(r, cache).await?;
+        if !cache.enis.contains_key(eni_id) {
+            self.refresh(r, cache).await?;
+        }
+        let eni = cache.enis.get(eni_id).ok_or_else(|| failed(format!("{eni_id} is not attached to this instance")))?;
+        let room = r.id.limits.pod_ips_per_eni().saturating_sub(eni.slots_used());
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        if count > room {
+            return Err(ProviderError::Limit(format!("{eni_id} has room for {room} more prefixes, {count} asked")));
+        }
+        let before = eni.prefixes.clone();
+        let out = self
+            .caller
+            .call("AssignPrivateIpAddresses", || {
+                r.client
+                    .assign_private_ip_addresses()
+                    .network_interface_id(eni_id)
+                    .ipv4_prefix_count(count as i32)
+                    .send()
+            })
+            .await
+            .map_err(provider_error)?;
+        let mut new: Vec<Ipv4Net> = Vec::new();
+        for p in out.assigned_ipv4_prefixes() {
+            let text = p.ipv4_prefix().unwrap_or_default();
+            let prefix: Ipv4Net = text.parse().map_err(|e| failed(format!("assigned prefix {text:?}: {e}")))?;
+            if !before.contains(&prefix) && !new.contains(&prefix) {
+                new.push(prefix);
+            }
+        }
+        let now = Instant::now();
+        if let Some(e) = cache.enis.get_mut(eni_id) {
+            e.prefixes.extend(new.iter().copied());
+        }
+        for p in &new {
+            cache.removed_prefixes.remove(p);
+            cache.added_prefixes.insert(*p, (eni_id.to_string(), now));
+        }
+        Ok(new)
+    }
+
+    async fn unassign_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), ProviderError> {
+        let r = self.ready()?;
+        if prefixes.is_empty() {
+            return Ok(());
+        }
+        let mut cache = self.cache.lock().await;
+        let list: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+        self.caller
+            .call("UnassignPrivateIpAddresses", || {
+                r.client
+                    .unassign_private_ip_addresses()
+                    .network_interface_id(eni_id)
+                    .set_ipv4_prefixes(Some(list.clone()))
+                    .send()
+            })
+            .await
+            .map_err(provider_error)?;
+        let now = Instant::now();
+        if let Some(e) = cache.enis.get_mut(eni_id) {
+            for p in prefixes {
+                e.prefixes.remove(p);
+            }
+        }
+        for p in prefixes {
+            cache.added_prefixes.remove(p);
+            cache.removed_prefixes.insert(*p, now);
+        }
+        Ok(())
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), ProviderError> {

@@ -225,6 +225,20 @@ impl FakeEc2 {
         assert_eq!(status, 200, "injecting {body}: {text}");
     }
 
+    /// Remembers the latest answers as they are now, under `name`, for `inject_stale_from`.
+    pub async fn mark(&self, name: &str) {
+        let (status, text) =
+            http(&self.addr, "POST", "/_fault/mark", &format!(r#"{{"name": "{name}"}}"#)).await.expect("fault layer");
+        assert_eq!(status, 200, "marking {name}: {text}");
+    }
+
+    /// Like `inject(action, "stale", times)`, answering with the answers remembered by `mark(name)`.
+    pub async fn inject_stale_from(&self, action: &str, name: &str, times: i64) {
+        let body = format!(r#"{{"action": "{action}", "kind": "stale", "times": {times}, "from_mark": "{name}"}}"#);
+        let (status, text) = http(&self.addr, "POST", "/_fault/inject", &body).await.expect("fault layer");
+        assert_eq!(status, 200, "injecting {body}: {text}");
+    }
+
     pub async fn clear(&self) {
         http(&self.addr, "POST", "/_fault/clear", "").await.expect("fault layer");
     }

@@ -373,3 +373,104 @@ async fn a_stale_listing_neither_re_adds_what_we_removed_nor_drops_what_we_added
     let ours = &listed.iter().find(|e| e.id == eni.id).unwrap().secondary_ips;
     assert!(ours.contains(&ips[0]) && !ours.contains(&added), "{ours:?}");
 }
+
+#[tokio::test]
+async fn prefixes_grow_and_shrink_within_the_enis_slots() {
+    let (ec2, world) = setup("m5.large").await;
+    let client = ec2.client();
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    p.init().await.expect("init");
+    let primary = world.primary_eni_id.clone();
+    let prefixes = p.assign_prefixes(&primary, 2).await.expect("two prefixes");
+    assert_eq!(prefixes.len(), 2);
+    for q in &prefixes {
+        assert_eq!(q.prefix_len(), 28, "{q}");
+        assert_eq!(q.trunc(), *q, "{q} aligned");
+    }
+    let asked = ec2.requests("AssignPrivateIpAddresses").await;
+    assert_eq!(asked.last().and_then(|r| r.get("Ipv4PrefixCount")).map(String::as_str), Some("2"));
+    let listed = p.list_enis().await.expect("list");
+    assert_eq!(listed[0].prefixes, prefixes);
+    assert!(listed[0].secondary_ips.is_empty());
+    assert_eq!(world.attached_prefixes(&client).await[0].1, prefixes.iter().map(|q| q.to_string()).collect::<Vec<_>>());
+
+    // An m5.large ENI has 9 slots beside its primary; each prefix takes one.
+    assert!(matches!(p.assign_ips(&primary, 8).await, Err(ProviderError::Limit(_))));
+    assert_eq!(p.assign_ips(&primary, 6).await.expect("six IPs").len(), 6);
+    assert!(matches!(p.assign_prefixes(&primary, 2).await, Err(ProviderError::Limit(_))));
+    let third = p.assign_prefixes(&primary, 1).await.expect("the last slot");
+    let mutating = ec2.calls().await.mutating();
+
+    p.unassign_prefixes(&primary, &prefixes[..1]).await.expect("unassign");
+    let asked = ec2.requests("UnassignPrivateIpAddresses").await;
+    assert_eq!(asked.last().and_then(|r| r.get("Ipv4Prefix.1")), Some(&prefixes[0].to_string()));
+    assert_eq!(ec2.calls().await.mutating(), mutating + 1);
+    let mut left = vec![prefixes[1], third[0]];
+    left.sort();
+    assert_eq!(p.list_enis().await.unwrap()[0].prefixes, left);
+}
+
+#[tokio::test]
+async fn no_free_block_is_not_an_exhausted_subnet() {
+    set_aws_env();
+    let ec2 = FakeEc2::start().await;
+    let client = ec2.client();
+    // A /26: only .16/28 and .32/28 can be prefixes; one address in each leaves none.
+    let world = World::make_in(&client, "m5.large", "10.0.1.0/26").await;
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    p.init().await.expect("init");
+    for a in ["10.0.1.20", "10.0.1.40"] {
+        client
+            .assign_private_ip_addresses()
+            .network_interface_id(&world.primary_eni_id)
+            .private_ip_addresses(a)
+            .send()
+            .await
+            .unwrap();
+    }
+    let r = p.assign_prefixes(&world.primary_eni_id, 1).await;
+    assert!(matches!(r, Err(ProviderError::NoCidrBlocks(ref m)) if m.contains("InsufficientCidrBlocks")), "{r:?}");
+    assert_eq!(p.assign_ips(&world.primary_eni_id, 1).await.expect("/32s are still there").len(), 1);
+    // Fill the 55 addresses left (an ENI of someone else's): now the subnet is exhausted.
+    client
+        .create_network_interface()
+        .subnet_id(&world.subnet_id)
+        .secondary_private_ip_address_count(54)
+        .send()
+        .await
+        .unwrap();
+    let r = p.assign_ips(&world.primary_eni_id, 1).await;
+    assert!(matches!(r, Err(ProviderError::SubnetExhausted(_))), "{r:?}");
+}
+
+#[tokio::test]
+async fn prefix_delegation_is_refused_on_types_that_are_not_nitro() {
+    let (ec2, world) = setup("m4.large").await;
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    p.init().await.expect("init");
+    let before = ec2.calls().await.of("AssignPrivateIpAddresses");
+    let r = p.assign_prefixes(&world.primary_eni_id, 1).await;
+    assert!(matches!(r, Err(ProviderError::Failed(ref m)) if m.contains("m4.large") && m.contains("Nitro")), "{r:?}");
+    assert_eq!(ec2.calls().await.of("AssignPrivateIpAddresses"), before, "refused before asking EC2");
+}
+
+#[tokio::test]
+async fn a_stale_listing_neither_drops_a_prefix_we_added_nor_re_adds_one_we_removed() {
+    let (ec2, world) = setup("m5.large").await;
+    let windowed = Ec2Config { consistency_window: Duration::from_secs(600), ..config(&world, &ec2) };
+    let p = Ec2Provider::new(windowed, None);
+    p.init().await.expect("init");
+    let primary = world.primary_eni_id.clone();
+    let kept = p.assign_prefixes(&primary, 1).await.expect("assign")[0];
+    assert_eq!(p.list_enis().await.unwrap()[0].prefixes, [kept], "listed as EC2 has it");
+    // Every listing from now on is that one, which shows `kept` and not `added`.
+    ec2.inject("DescribeNetworkInterfaces", "stale", -1).await;
+    let added = p.assign_prefixes(&primary, 1).await.expect("assign")[0];
+    p.unassign_prefixes(&primary, &[kept]).await.expect("unassign");
+    let listed = p.list_enis().await.unwrap();
+    assert_eq!(listed[0].prefixes, [added], "neither dropped what we added nor re-added what we removed");
+    assert!(
+        ec2.calls().await.stale.get("DescribeNetworkInterfaces").copied().unwrap_or(0) >= 1,
+        "the listing was stale"
+    );
+}

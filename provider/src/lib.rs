@@ -53,6 +53,8 @@ pub struct ProviderEni {
     pub subnet_gateway: Ipv4Addr,
     pub primary_ip: Ipv4Addr,
     pub secondary_ips: Vec<Ipv4Addr>,
+    /// IPv4 prefixes delegated to the ENI (EC2's /28s); each takes one address slot.
+    pub prefixes: Vec<Ipv4Net>,
     /// The ENI's MAC address (lower case), by which the node finds its interface.
     pub mac: Option<String>,
 }
@@ -64,6 +66,10 @@ pub enum ProviderError {
     /// The subnet has no free addresses left: growth should pause.
     #[error("subnet exhausted: {0}")]
     SubnetExhausted(String),
+    /// The subnet has no free aligned /28 left for a prefix (EC2's InsufficientCidrBlocks); single
+    /// addresses may still be there.
+    #[error("no free prefix in the subnet: {0}")]
+    NoCidrBlocks(String),
     #[error("limit reached: {0}")]
     Limit(String),
 }
@@ -75,12 +81,17 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     async fn init(&self) -> Result<InstanceInfo, ProviderError>;
     /// Every ENI attached to this instance, with its secondary IPs.
     async fn list_enis(&self) -> Result<Vec<ProviderEni>, ProviderError>;
-    /// Creates an ENI and attaches it at `device_number` (no secondary IPs yet).
+    /// Creates an ENI and attaches it at `device_number` (no secondary IPs or prefixes yet).
     async fn create_eni(&self, device_number: u32) -> Result<ProviderEni, ProviderError>;
     /// Assigns up to `count` new secondary IPs to an ENI; returns them.
     async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, ProviderError>;
     /// Removes secondary IPs from an ENI.
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), ProviderError>;
+    /// Delegates `count` new IPv4 prefixes (/28) to an ENI; returns them. Each takes one of the
+    /// ENI's address slots.
+    async fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, ProviderError>;
+    /// Gives prefixes of an ENI back.
+    async fn unassign_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), ProviderError>;
     /// Detaches and deletes a (non-primary) ENI.
     async fn delete_eni(&self, eni_id: &str) -> Result<(), ProviderError>;
     /// Deletes ENIs left behind (ours, detached, old enough), by this node or a dead one;

@@ -17,6 +17,8 @@ fault layer was told to fail its action:
          answer the same request got last before the fault was injected, as an eventually
          consistent read would; a request never answered before passes through, uncounted)
          action "*" matches every action; times -1 means until cleared.
+         A stale rule may name a mark ("from_mark": "x") to answer from instead of the latest answers.
+    POST /_fault/mark        {"name": "x"}: remember the latest answers as they are now, under "x"
     POST /_fault/clear       forget every injected fault (and release hung requests)
     POST /_fault/release     let hung requests fail now
     GET  /_fault/calls       {"calls": {action: n}, "failed": {action: n}, "hanging": n}
@@ -57,6 +59,7 @@ class Faults:
         self.rules = []  # [action, kind, remaining, snapshot of answers (stale only)]
         # The last answer to each distinct Describe* request: {(action, params): body}.
         self.answers = {}
+        self.marks = {}
         self.stale = {}
         self.calls = {}
         self.failed = {}
@@ -146,7 +149,19 @@ class FaultLayer:
             if kind not in ERRORS and kind not in QUIET_KINDS:
                 return json_response(start_response, {"error": f"unknown kind {kind}"}, "400 Bad Request")
             with f.lock:
-                f.rules.append([action, kind, times, dict(f.answers) if kind == "stale" else None])
+                mark = rule.get("from_mark")
+                if mark is not None and mark not in f.marks:
+                    return json_response(start_response, {"error": f"no mark {mark}"}, "400 Bad Request")
+                answers = dict(f.marks[mark] if mark is not None else f.answers)
+                f.rules.append([action, kind, times, answers if kind == "stale" else None])
+            return json_response(start_response, {"ok": True})
+        if path == "/_fault/mark":
+            try:
+                name = json.loads(body or b"{}")["name"]
+            except (ValueError, KeyError, TypeError) as e:
+                return json_response(start_response, {"error": str(e)}, "400 Bad Request")
+            with f.lock:
+                f.marks[name] = dict(f.answers)
             return json_response(start_response, {"ok": True})
         if path == "/_fault/clear":
             with f.lock:

@@ -180,7 +180,7 @@ async fn grow(app: &App, mut deficit: u32) -> Result<(), PoolError> {
         let with_room = enis
             .iter()
             .filter(|e| e.attached)
-            .map(|e| (e, per_eni.saturating_sub(stats.per_eni.get(&e.id).map_or(0, |c| c.total as u32))))
+            .map(|e| (e, per_eni.saturating_sub(slots_used(&stats, &e.id))))
             .find(|(_, room)| *room > 0);
         if let Some((eni, room)) = with_room {
             let n = room.min(deficit);
@@ -213,6 +213,14 @@ async fn grow(app: &App, mut deficit: u32) -> Result<(), PoolError> {
         }
     }
     Ok(())
+}
+
+/// The address slots an ENI's records take: one per secondary IP, one per prefix (whose 16
+/// addresses the ledger holds one by one).
+fn slots_used(stats: &enipool_storage::Stats, eni_id: &str) -> u32 {
+    let addresses = stats.per_eni.get(eni_id).map_or(0, |c| c.total);
+    let prefixes = stats.per_eni_prefixes.get(eni_id).copied().unwrap_or(0);
+    addresses.saturating_sub(prefixes * 16).saturating_add(prefixes) as u32
 }
 
 /// Sorts what the provider just assigned to `eni_id` by what the ledger knows of each address;
@@ -302,6 +310,8 @@ async fn shrink(app: &App, excess: u32) -> Result<bool, PoolError> {
                 .into_iter()
                 .filter(|a| a.effective_state(now) == EffectiveState::Free)
                 .map(|a| a.ip)
+                // A prefix's addresses go only with the prefix.
+                .filter(|ip| app.ledger.prefix_of(*ip).is_none())
                 .rev()
                 .take(left as usize)
                 .collect();

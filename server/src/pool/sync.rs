@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use enipool_storage::{AddressState, EniRecord};
+use enipool_storage::{AddressState, EniRecord, PrefixState};
 use tracing::{info, warn};
 
 use super::error::PoolError;
@@ -31,8 +31,9 @@ pub fn eni_record(eni: &ProviderEni) -> EniRecord {
 ///   (nobody here leased it, but we cannot know who used it last);
 /// - an IP the provider no longer has: free or cooling, it is dropped; leased, it is marked lost
 ///   (metric, log, `/v1/pool`), never handed out again, and dropped when its lease goes;
-/// - a lost IP the provider lists on its ENI again is leased to its pod again (recovered); one
-///   it lists on another of our ENIs than the ledger's is left alone, never adopted twice;
+/// - a lost IP the provider lists on its ENI again is leased to its pod again (recovered);
+/// - prefixes likewise (`sync_prefixes`): adopted cooling, marked lost but never given back
+///   while leased, recovered when listed again;
 /// - an ENI the provider no longer has: all its IPs as above, it is marked detached (nothing is
 ///   allocated from it), and dropped once nothing references it.
 ///
@@ -60,7 +61,10 @@ pub async fn sync_with_provider(app: &App) -> Result<(), PoolError> {
     // IPs the provider has and the ledger lacks are adopted; a live pod of ours on the node may
     // use one (the ledger lost its lease): that one is adopted leased to it, in the same ledger
     // operation, so it is never handed out first (see `node`).
-    let lacking = enis.iter().any(|e| e.secondary_ips.iter().any(|ip| app.ledger.address(*ip).is_none()));
+    let lacking = enis.iter().any(|e| {
+        e.secondary_ips.iter().any(|ip| app.ledger.address(*ip).is_none())
+            || e.prefixes.iter().any(|p| app.ledger.prefix_of(p.network()).is_none())
+    });
     // Fails closed: without the node, an adopted IP a pod uses would cool and then go to another.
     let on_node =
         if lacking { crate::node::read_attachments(app).await.map_err(PoolError::NodeUnreadable)? } else { Vec::new() };
@@ -84,7 +88,8 @@ pub async fn sync_with_provider(app: &App) -> Result<(), PoolError> {
             let ledger = app.ledger.clone();
             app.ledger_call(move || ledger.add_eni(record, &[])).await?;
             adopt(eni.id.clone(), eni.secondary_ips.clone()).await?;
-            info!(eni = %eni.id, ips = eni.secondary_ips.len(), "adopted ENI from provider");
+            sync_prefixes(app, eni, cooling_until, &on_node).await?;
+            info!(eni = %eni.id, ips = eni.secondary_ips.len(), prefixes = eni.prefixes.len(), "adopted ENI from provider");
             continue;
         };
         if !known.attached {
@@ -95,16 +100,7 @@ pub async fn sync_with_provider(app: &App) -> Result<(), PoolError> {
         }
         let records = app.ledger.addresses(Some(&eni.id));
         let have: Vec<Ipv4Addr> = records.iter().map(|a| a.ip).collect();
-        let (missing, elsewhere): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) = eni
-            .secondary_ips
-            .iter()
-            .copied()
-            .filter(|ip| !have.contains(ip))
-            .partition(|ip| app.ledger.address(*ip).is_none());
-        if !elsewhere.is_empty() {
-            // Never adopted twice; the provider's listing of the other ENI decides its fate.
-            warn!(eni = %eni.id, ips = ?elsewhere, "the provider lists addresses the ledger has on another ENI; left alone");
-        }
+        let missing: Vec<Ipv4Addr> = eni.secondary_ips.iter().copied().filter(|ip| !have.contains(ip)).collect();
         let back: Vec<Ipv4Addr> = records
             .iter()
             .filter(|a| matches!(a.state, AddressState::Lost { .. }) && eni.secondary_ips.contains(&a.ip))
@@ -121,6 +117,7 @@ pub async fn sync_with_provider(app: &App) -> Result<(), PoolError> {
             info!(eni = %eni.id, ips = ?missing, "adopting IPs the provider has and the ledger lacks (cooling first)");
             adopt(eni.id.clone(), missing).await?;
         }
+        sync_prefixes(app, eni, cooling_until, &on_node).await?;
         gone.extend(have.into_iter().filter(|ip| !eni.secondary_ips.contains(ip)));
     }
     let vanished: Vec<EniRecord> =
@@ -133,6 +130,9 @@ pub async fn sync_with_provider(app: &App) -> Result<(), PoolError> {
             app.ledger_call(move || ledger.set_eni_attached(&id, false)).await?;
         }
         gone.extend(app.ledger.addresses(Some(&eni.id)).iter().map(|a| a.ip));
+        let held = app.ledger.prefixes(Some(&eni.id));
+        mark_prefixes_lost(app, held.iter().filter(|p| p.state == PrefixState::Active).map(|p| p.cidr).collect())
+            .await?;
     }
     if !gone.is_empty() {
         let ledger = app.ledger.clone();
@@ -150,6 +150,68 @@ pub async fn sync_with_provider(app: &App) -> Result<(), PoolError> {
         if app.ledger_call(move || ledger.remove_eni(&id)).await.is_ok() {
             info!(eni = %eni.id, "dropped an ENI the provider no longer has");
         }
+    }
+    Ok(())
+}
+
+/// Makes the ledger's prefixes of `eni` agree with the provider's listing of it:
+/// - a prefix listed and unknown is adopted, its addresses cooling for one cooldown, and the
+///   leases of live pods found using any of them rebuilt (right after, inside that cooldown);
+/// - a lost prefix listed again is recovered, its leases whole;
+/// - a prefix not listed is marked lost (`Ledger::mark_prefixes_lost`): dropped at once if no
+///   lease names it, else kept, never handed out and never given back, whatever a stale listing
+///   says (the reference once released prefixes live pods used after a restart, #3824).
+async fn sync_prefixes(
+    app: &App,
+    eni: &ProviderEni,
+    cooling_until: u64,
+    on_node: &[crate::node::NodeAttachment],
+) -> Result<(), PoolError> {
+    let known = app.ledger.prefixes(Some(&eni.id));
+    for p in eni.prefixes.iter().filter(|p| !known.iter().any(|k| k.cidr == **p)) {
+        let ledger = app.ledger.clone();
+        let (id, cidr) = (eni.id.clone(), *p);
+        if let Err(e) = app.ledger_call(move || ledger.add_prefixes(&id, &[cidr], Some(cooling_until))).await {
+            warn!(eni = %eni.id, prefix = %p, error = %e, "cannot adopt a prefix the provider lists");
+            continue;
+        }
+        info!(eni = %eni.id, prefix = %p, "adopted a prefix the provider has and the ledger lacked (cooling first)");
+        let now = app.clock_now();
+        let in_use: Vec<_> = on_node.iter().filter(|a| p.contains(&a.ip)).map(|a| a.lease(now)).collect();
+        if !in_use.is_empty() {
+            let ledger = app.ledger.clone();
+            for l in app.ledger_call(move || ledger.restore_leases(in_use)).await? {
+                warn!(key = %l.key, ip = %l.ip, "lease rebuilt from the node: a live pod uses this adopted prefix's IP");
+            }
+        }
+    }
+    for k in known.iter().filter(|k| k.state == PrefixState::Lost && eni.prefixes.contains(&k.cidr)) {
+        let ledger = app.ledger.clone();
+        let (id, cidr) = (eni.id.clone(), k.cidr);
+        for l in app.ledger_call(move || ledger.recover_prefix(&id, cidr, cooling_until)).await? {
+            warn!(lease = %l.key, ip = %l.ip, prefix = %k.cidr, "lease recovered: the provider lists its prefix again");
+        }
+    }
+    let unlisted: Vec<_> = known
+        .iter()
+        .filter(|k| k.state == PrefixState::Active && !eni.prefixes.contains(&k.cidr))
+        .map(|k| k.cidr)
+        .collect();
+    mark_prefixes_lost(app, unlisted).await
+}
+
+async fn mark_prefixes_lost(app: &App, cidrs: Vec<ipnet::Ipv4Net>) -> Result<(), PoolError> {
+    if cidrs.is_empty() {
+        return Ok(());
+    }
+    warn!(prefixes = ?cidrs, "the provider no longer lists these prefixes; kept while leases name them");
+    let ledger = app.ledger.clone();
+    let lost = app.ledger_call(move || ledger.mark_prefixes_lost(&cidrs)).await?;
+    for l in &lost {
+        warn!(lease = %l.key, ip = %l.ip, eni = %l.eni_id, "lease lost: the provider no longer lists its prefix");
+    }
+    if !lost.is_empty() {
+        app.metrics.leases_lost(lost.len());
     }
     Ok(())
 }

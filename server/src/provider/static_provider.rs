@@ -23,6 +23,15 @@ struct SimEni {
     device_number: u32,
     primary_ip: Ipv4Addr,
     secondary_ips: Vec<Ipv4Addr>,
+    /// Delegated /28s (absent in state files written before prefixes).
+    #[serde(default)]
+    prefixes: Vec<Ipv4Net>,
+}
+
+impl SimEni {
+    fn slots_used(&self) -> usize {
+        self.secondary_ips.len() + self.prefixes.len()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,7 +98,13 @@ impl StaticProvider {
                     vpc_cidr,
                     subnet_cidr,
                     next_eni_serial: 2,
-                    enis: vec![SimEni { id: eni_id(1), device_number: 0, primary_ip, secondary_ips: Vec::new() }],
+                    enis: vec![SimEni {
+                        id: eni_id(1),
+                        device_number: 0,
+                        primary_ip,
+                        secondary_ips: Vec::new(),
+                        prefixes: Vec::new(),
+                    }],
                 };
                 std::fs::create_dir_all(data_dir)
                     .map_err(|e| failed(format!("creating {}: {e}", data_dir.display())))?;
@@ -116,6 +131,7 @@ impl StaticProvider {
             subnet_gateway: Ipv4Addr::from(u32::from(s.subnet_cidr.network()) + 1),
             primary_ip: e.primary_ip,
             secondary_ips: e.secondary_ips.clone(),
+            prefixes: e.prefixes.clone(),
             mac: Some(eni_mac(&e.id)),
         }
     }
@@ -146,14 +162,32 @@ fn save(path: &Path, s: &SimInstance) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The lowest `count` addresses of the subnet in use by nobody (AWS reserves the first four and
-/// the last address of a subnet).
+fn used_addresses(s: &SimInstance) -> BTreeSet<Ipv4Addr> {
+    s.enis.iter().flat_map(|e| std::iter::once(e.primary_ip).chain(e.secondary_ips.iter().copied())).collect()
+}
+
+/// The lowest `count` addresses of the subnet in use by nobody, outside every prefix (AWS
+/// reserves the first four and the last address of a subnet).
 fn free_addresses(s: &SimInstance, count: usize) -> Vec<Ipv4Addr> {
-    let used: BTreeSet<Ipv4Addr> =
-        s.enis.iter().flat_map(|e| std::iter::once(e.primary_ip).chain(e.secondary_ips.iter().copied())).collect();
+    let used = used_addresses(s);
+    let in_prefix = |ip: &Ipv4Addr| s.enis.iter().any(|e| e.prefixes.iter().any(|p| p.contains(ip)));
     let first = u32::from(s.subnet_cidr.network()) + 4;
     let last = u32::from(s.subnet_cidr.broadcast()) - 1;
-    (first..=last).map(Ipv4Addr::from).filter(|ip| !used.contains(ip)).take(count).collect()
+    (first..=last).map(Ipv4Addr::from).filter(|ip| !used.contains(ip) && !in_prefix(ip)).take(count).collect()
+}
+
+/// The lowest `count` /28s of the subnet that overlap no address or prefix in use nor a reserved
+/// address, as EC2 picks prefixes.
+fn free_prefixes(s: &SimInstance, count: usize) -> Vec<Ipv4Net> {
+    let used = used_addresses(s);
+    let subnet = s.subnet_cidr;
+    let Ok(blocks) = subnet.subnets(28) else { return Vec::new() };
+    blocks
+        .filter(|b| b.network() != subnet.network() && b.broadcast() != subnet.broadcast())
+        .filter(|b| !used.iter().any(|ip| b.contains(ip)))
+        .filter(|b| !s.enis.iter().any(|e| e.prefixes.contains(b)))
+        .take(count)
+        .collect()
 }
 
 #[async_trait]
@@ -197,7 +231,13 @@ impl Provider for StaticProvider {
         let serial = s.next_eni_serial;
         let mut next = s.clone();
         next.next_eni_serial += 1;
-        next.enis.push(SimEni { id: eni_id(serial), device_number, primary_ip, secondary_ips: Vec::new() });
+        next.enis.push(SimEni {
+            id: eni_id(serial),
+            device_number,
+            primary_ip,
+            secondary_ips: Vec::new(),
+            prefixes: Vec::new(),
+        });
         save(&self.path, &next).map_err(failed)?;
         *s = next;
         let eni = s.enis.last().expect("just pushed");
@@ -208,7 +248,7 @@ impl Provider for StaticProvider {
         self.delay().await;
         let mut s = self.state.lock().await;
         let idx = s.enis.iter().position(|e| e.id == eni_id).ok_or_else(|| failed(format!("no ENI {eni_id}")))?;
-        let room = self.limits.pod_ips_per_eni() as usize - s.enis[idx].secondary_ips.len();
+        let room = (self.limits.pod_ips_per_eni() as usize).saturating_sub(s.enis[idx].slots_used());
         if count as usize > room {
             return Err(ProviderError::Limit(format!("{eni_id} has room for {room} more addresses, {count} asked")));
         }
@@ -221,6 +261,36 @@ impl Provider for StaticProvider {
         save(&self.path, &next).map_err(failed)?;
         *s = next;
         Ok(ips)
+    }
+
+    async fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, ProviderError> {
+        self.delay().await;
+        let mut s = self.state.lock().await;
+        let idx = s.enis.iter().position(|e| e.id == eni_id).ok_or_else(|| failed(format!("no ENI {eni_id}")))?;
+        let room = (self.limits.pod_ips_per_eni() as usize).saturating_sub(s.enis[idx].slots_used());
+        if count as usize > room {
+            return Err(ProviderError::Limit(format!("{eni_id} has room for {room} more prefixes, {count} asked")));
+        }
+        let prefixes = free_prefixes(&s, count as usize);
+        if prefixes.len() < count as usize {
+            return Err(ProviderError::NoCidrBlocks(format!("subnet {} has no free /28 left", s.subnet_cidr)));
+        }
+        let mut next = s.clone();
+        next.enis[idx].prefixes.extend(&prefixes);
+        save(&self.path, &next).map_err(failed)?;
+        *s = next;
+        Ok(prefixes)
+    }
+
+    async fn unassign_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), ProviderError> {
+        self.delay().await;
+        let mut s = self.state.lock().await;
+        let idx = s.enis.iter().position(|e| e.id == eni_id).ok_or_else(|| failed(format!("no ENI {eni_id}")))?;
+        let mut next = s.clone();
+        next.enis[idx].prefixes.retain(|p| !prefixes.contains(p));
+        save(&self.path, &next).map_err(failed)?;
+        *s = next;
+        Ok(())
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), ProviderError> {
@@ -246,5 +316,45 @@ impl Provider for StaticProvider {
         save(&self.path, &next).map_err(failed)?;
         *s = next;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(dir: &Path) -> StaticProvider {
+        StaticProvider::open(dir, "t3.small", "10.0.0.0/16".parse().unwrap(), Duration::ZERO).unwrap()
+    }
+
+    #[tokio::test]
+    async fn prefixes_are_free_aligned_blocks_that_take_one_slot_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = provider(dir.path());
+        let primary = p.init().await.unwrap().primary_eni_id;
+        // t3.small: 3 slots beside the primary (10.0.0.10, in the first block).
+        let prefixes = p.assign_prefixes(&primary, 2).await.unwrap();
+        assert_eq!(prefixes, ["10.0.0.16/28".parse::<Ipv4Net>().unwrap(), "10.0.0.32/28".parse().unwrap()]);
+        let ips = p.assign_ips(&primary, 1).await.unwrap();
+        assert_eq!(ips, [Ipv4Addr::new(10, 0, 0, 4)], "outside every prefix");
+        assert!(matches!(p.assign_prefixes(&primary, 1).await, Err(ProviderError::Limit(_))));
+        p.unassign_prefixes(&primary, &prefixes[..1]).await.unwrap();
+        let eni = p.create_eni(1).await.unwrap();
+        assert!(!prefixes[1].contains(&eni.primary_ip));
+        // Durable: a restart lists the same.
+        let again = provider(dir.path());
+        let listed = again.list_enis().await.unwrap();
+        assert_eq!(listed[0].prefixes, prefixes[1..]);
+    }
+
+    #[tokio::test]
+    async fn a_state_file_from_before_prefixes_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(provider(dir.path()));
+        let path = dir.path().join(STATE_FILE);
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        v["enis"][0].as_object_mut().unwrap().remove("prefixes");
+        std::fs::write(&path, v.to_string()).unwrap();
+        assert!(provider(dir.path()).list_enis().await.unwrap()[0].prefixes.is_empty());
     }
 }

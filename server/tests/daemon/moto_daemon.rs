@@ -617,3 +617,75 @@ async fn a_lost_lease_whose_ip_ec2_assigns_again_is_leased_again() {
     pool_settles(&api, &[("enis", 2), ("leased", 1), ("lost", 0)], HOLD).await;
     node.assert_matches_ec2(&api).await;
 }
+
+#[tokio::test]
+async fn a_prefix_pods_use_is_kept_through_a_restart_on_a_stale_listing() {
+    // The reference once released prefixes live pods used after a restart on an incomplete
+    // listing (aws/amazon-vpc-cni-k8s #3824). Here a prefix assigned outside enipool is adopted,
+    // pods get addresses from it, and the daemon restarts while EC2's listing is one from before
+    // the prefix: the leases are marked lost, the prefix is never given back nor its addresses
+    // handed out, and once the listing is current again the leases are whole.
+    let node = Node::start("m5.large").await;
+    // A small warm target: the pool gives back its free secondary IPs, so pods land in the prefix.
+    let d = node.daemon(&[("--ip-cooldown-period", "1s"), ("--warm-ip-target", "1")]).await;
+    let api = d.unix();
+    pool_settles(&api, &[("enis", 1), ("total", 1)], HOLD).await;
+    node.ec2.mark("before the prefix").await;
+    let primary = node.world.primary_eni_id.clone();
+    let assigned = node
+        .client
+        .assign_private_ip_addresses()
+        .network_interface_id(&primary)
+        .ipv4_prefix_count(1)
+        .send()
+        .await
+        .expect("a prefix");
+    let prefix: ipnet::Ipv4Net = assigned.assigned_ipv4_prefixes()[0].ipv4_prefix().unwrap().parse().unwrap();
+    // Adopted: its 16 addresses join the pool (cooling first), the secondary IP goes. (The pool
+    // does not give prefixes back yet, so it stays in excess.)
+    eventually("the prefix to be adopted and done cooling", async || {
+        let p = api.pool().await;
+        if p["total"] == 16 && p["free"] == 16 { Ok(()) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    let mut in_prefix = Vec::new();
+    for i in 0..3 {
+        let l = api.lease(&format!("pod{i}")).await;
+        let ip: std::net::Ipv4Addr = l["ip"].as_str().unwrap().parse().unwrap();
+        assert!(prefix.contains(&ip), "{ip} outside {prefix}");
+        in_prefix.push(l);
+    }
+
+    node.ec2.inject_stale_from("DescribeNetworkInterfaces", "before the prefix", -1).await;
+    let d = d.restart().await;
+    let api = d.unix();
+    eventually("the stale listing to be seen", async || {
+        let p = api.pool().await;
+        if p["lost"] == 3 { Ok(()) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    for l in &in_prefix {
+        api.get(&format!("/v1/leases/{NET}/{}/eth0", l["container_id"].as_str().unwrap())).await.expect(200);
+    }
+    let more = api.lease("pod-new").await;
+    let ip: std::net::Ipv4Addr = more["ip"].as_str().unwrap().parse().unwrap();
+    assert!(!prefix.contains(&ip), "an address of the lost prefix was handed out: {ip}");
+    let unassigned = node.ec2.requests("UnassignPrivateIpAddresses").await;
+    assert!(
+        unassigned.iter().all(|r| !r.keys().any(|k| k.starts_with("Ipv4Prefix"))),
+        "a prefix was given back: {unassigned:?}"
+    );
+    assert_eq!(node.world.attached_prefixes(&node.client).await[0].1, [prefix.to_string()], "EC2 still has it");
+
+    node.ec2.clear().await;
+    eventually("the prefix's leases to be whole again", async || {
+        let p = api.pool().await;
+        if p["lost"] == 0 { Ok(()) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    for l in &in_prefix {
+        let now =
+            api.get(&format!("/v1/leases/{NET}/{}/eth0", l["container_id"].as_str().unwrap())).await.expect(200).json();
+        assert_eq!(now["ip"], l["ip"], "the same address");
+    }
+}
