@@ -94,3 +94,42 @@ fn a_lost_lease_of_a_known_ip_is_rebuilt_at_start_up() {
     node.del(&other, Some(&r_other));
     node.del(&pod, Some(&r));
 }
+
+/// Prefix delegation: pods on a prefix's addresses are wired as any other (one /32 each), and an
+/// emptied ledger rebuilds their leases when the provider's prefix is adopted again.
+#[test]
+fn pods_on_prefix_addresses_are_wired_and_rebuilt_like_any_other() {
+    let mut node = Node::new(&["--prefix-delegation", "true"]);
+    let (a, b) = (Pod::new("alpha"), Pod::new("beta"));
+    let (ra, rb) = (node.add(&a), node.add(&b));
+    let (ip_a, ip_b) = (result_ip(&ra), result_ip(&rb));
+    let (_, pool) = node.daemon.get("/v1/pool");
+    assert_eq!(pool["mode"], "prefixes", "{pool}");
+    let (_, enis) = node.daemon.get("/v1/enis");
+    let held: Vec<&str> = enis[0]["addresses"].as_array().unwrap().iter().map(|x| x["ip"].as_str().unwrap()).collect();
+    assert_eq!(held.len() % 16, 0, "only prefixes' addresses: {held:?}");
+    assert!(held.contains(&ip_a.as_str()) && held.contains(&ip_b.as_str()));
+    assert!(a.ns().ping(&ip_b), "alpha reaches beta");
+    assert!(b.ns().ping(NODE_IP), "beta reaches the node");
+    node.check_ok(&a, &ra);
+
+    node.daemon.stop();
+    std::fs::remove_dir_all(node.daemon.data().join("ledger")).unwrap();
+    node.daemon.restart(&["--prefix-delegation", "true"]);
+    let leases = node.daemon.leases();
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    assert_eq!(lease_with_ip(&leases, &ip_a)["container_id"], json!(a.container_id));
+    assert_eq!(lease_with_ip(&leases, &ip_b)["netns"], json!(b.netns_path));
+    for i in 0..20 {
+        let mut p = Pod::new(&format!("churn-{i}"));
+        let r = node.add(&p);
+        let ip = result_ip(&r);
+        assert!(ip != ip_a && ip != ip_b, "a new pod got {ip}, a live pod's IP");
+        node.del(&p, Some(&r));
+        p.delete_netns();
+    }
+    assert!(a.ns().ping(&ip_b));
+    node.del(&a, Some(&ra));
+    node.del(&b, Some(&rb));
+    assert_eq!(node.daemon.leases(), Vec::<Value>::new());
+}

@@ -166,6 +166,13 @@ pub struct WarmTargets {
     pub max_eni: u32,
     /// Seconds a released IP cools down before reuse.
     pub ip_cooldown_seconds: f64,
+    /// Wholly free prefixes kept in prefix mode (WARM_PREFIX_TARGET; 1 unless WARM_IP_TARGET or
+    /// MINIMUM_IP_TARGET is set).
+    #[serde(default)]
+    pub warm_prefix_target: Option<u32>,
+    /// The pool never grows beyond what this many pods need (MAX_PODS).
+    #[serde(default)]
+    pub max_pods: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -211,9 +218,35 @@ pub struct Pool {
     /// (`--cluster-name`: without one, this cluster's ENIs cannot be told from another's, so none
     /// is swept) and a non-zero `--leaked-eni-interval`.
     pub leaked_eni_sweep: bool,
+    /// How the pool grows now: `ips` (secondary IPs), `prefixes` (/28 prefixes,
+    /// ENABLE_PREFIX_DELEGATION), or `prefix-fallback` (prefix mode growing by single IPs while
+    /// EC2 has no free /28; see `prefix_fallback`).
+    #[serde(default)]
+    pub mode: String,
+    /// Prefixes held (active), and how many of them are wholly free.
+    #[serde(default)]
+    pub prefixes: u32,
+    #[serde(default)]
+    pub free_prefixes: u32,
+    /// In prefix mode: the plan in prefixes (the address figures above are 16 times these).
+    #[serde(default)]
+    pub prefix_plan: Option<PrefixPlan>,
+    /// Set while prefix mode grows by single IPs: EC2 answered InsufficientCidrBlocks (no free
+    /// aligned /28 in the subnet). Prefixes are tried again at `until`.
+    #[serde(default)]
+    pub prefix_fallback: Option<GrowthPause>,
 }
 
-/// Growth is paused: the provider said the subnet has no free addresses left.
+/// The prefix-mode plan, in prefixes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PrefixPlan {
+    pub desired: u32,
+    pub deficit: u32,
+    pub excess: u32,
+}
+
+/// Growth is paused (the provider said the subnet has no free addresses left), or prefix mode
+/// falls back to single IPs (no free /28 left).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GrowthPause {
     /// The provider's error.

@@ -51,6 +51,7 @@ pub struct Metrics {
     ec2_errors: Family<ErrorLabel, Counter>,
     ec2_seconds: Family<ActionLabel, Histogram>,
     growth_pauses: Counter,
+    prefix_fallbacks: Counter,
     leaked_enis_deleted: Counter,
     leases_lost: Counter,
     ips_lost: Gauge,
@@ -89,6 +90,7 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.0, 15))
         });
         let growth_pauses = Counter::default();
+        let prefix_fallbacks = Counter::default();
         let leaked_enis_deleted = Counter::default();
         let leases_lost = Counter::default();
         let ips_lost = Gauge::default();
@@ -133,6 +135,11 @@ impl Metrics {
             "Times growth paused because the subnet ran out of addresses",
             growth_pauses.clone(),
         );
+        registry.register(
+            "prefix_fallbacks",
+            "Times prefix growth fell back to single IPs because the subnet had no free /28 (InsufficientCidrBlocks)",
+            prefix_fallbacks.clone(),
+        );
         registry.register("leaked_enis_deleted", "Leaked ENIs deleted by the sweep", leaked_enis_deleted.clone());
         registry.register(
             "leases_lost",
@@ -171,6 +178,7 @@ impl Metrics {
             ec2_errors,
             ec2_seconds,
             growth_pauses,
+            prefix_fallbacks,
             leaked_enis_deleted,
             leases_lost,
             ips_lost,
@@ -197,6 +205,10 @@ impl Metrics {
 
     pub fn growth_paused(&self) {
         self.growth_pauses.inc();
+    }
+
+    pub fn prefix_fell_back(&self) {
+        self.prefix_fallbacks.inc();
     }
 
     pub fn leaked_enis_deleted(&self, n: usize) {

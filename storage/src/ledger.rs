@@ -1313,6 +1313,11 @@ impl Ledger {
             stats.per_eni.entry(addr.eni_id.clone()).or_default().count(state);
         }
         for p in st.prefixes.values().filter(|p| p.state == PrefixState::Active) {
+            for ip in p.addresses() {
+                if let Some(a) = st.addrs.get(&ip) {
+                    stats.prefix_addresses.count(a.effective_state(now));
+                }
+            }
             stats.prefixes += 1;
             *stats.per_eni_prefixes.entry(p.eni_id.clone()).or_default() += 1;
             let free = p

@@ -216,4 +216,6 @@ pub struct Stats {
     pub prefixes: usize,
     pub free_prefixes: usize,
     pub per_eni_prefixes: BTreeMap<String, usize>,
+    /// The addresses inside active prefixes (a subset of `addresses`).
+    pub prefix_addresses: Counts,
 }

@@ -159,7 +159,7 @@ pub fn render(app: &App, refresh: u32) -> String {
 
     // The pool: the same figures as GET /v1/pool.
     h.push_str("<h2>Pool</h2><table id=\"pool\"><tr>");
-    let figures: [(&str, u64); 11] = [
+    let figures: [(&str, u64); 13] = [
         ("enis", u64::from(pool.enis)),
         ("total", u64::from(pool.total)),
         ("free", u64::from(pool.free)),
@@ -171,6 +171,8 @@ pub fn render(app: &App, refresh: u32) -> String {
         ("excess", u64::from(pool.excess)),
         ("exhausted_allocations", pool.exhausted_allocations),
         ("max_enis", u64::from(pool.max_enis)),
+        ("prefixes", u64::from(pool.prefixes)),
+        ("free_prefixes", u64::from(pool.free_prefixes)),
     ];
     for (name, _) in &figures {
         let _ = write!(h, "<th>{}</th>", name.replace('_', " "));
@@ -180,6 +182,15 @@ pub fn render(app: &App, refresh: u32) -> String {
         let _ = write!(h, "<td id=\"pool-{name}\" data-value=\"{value}\">{value}</td>");
     }
     h.push_str("</tr></table>");
+    let _ = write!(h, "<p id=\"pool-mode\" data-value=\"{0}\">Grows by: {0}</p>", esc(&pool.mode));
+    if let Some(p) = &pool.prefix_fallback {
+        let _ = write!(
+            h,
+            "<p id=\"prefix-fallback\" class=\"error\">No free /28 in the subnet: growing by single IPs until {}: {}</p>",
+            utc(p.until),
+            esc(&p.reason)
+        );
+    }
     if let Some(p) = &pool.growth_paused {
         let _ = write!(
             h,

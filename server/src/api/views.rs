@@ -74,6 +74,11 @@ pub fn pool(app: &App) -> api::Pool {
             minimum_ip_target: c.minimum_ip_target,
             max_eni: c.max_eni.map_or(limits.max_enis, |m| m.min(limits.max_enis)),
             ip_cooldown_seconds: c.ip_cooldown.as_secs_f64(),
+            warm_prefix_target: c.prefix_delegation.then(|| {
+                let others = c.warm_ip_target.is_some() || c.minimum_ip_target.is_some();
+                c.warm_prefix_target.unwrap_or(if others { 0 } else { 1 })
+            }),
+            max_pods: c.max_pods,
         },
         desired_total: plan.desired_total,
         deficit: plan.deficit,
@@ -86,5 +91,19 @@ pub fn pool(app: &App) -> api::Pool {
         leaked_eni_sweep: c.provider == crate::config::ProviderKind::Ec2
             && c.ec2.cluster_name.is_some()
             && !c.leaked_eni_interval.is_zero(),
+        mode: match pool::mode_now(app) {
+            pool::Mode::Ips => "ips",
+            pool::Mode::Prefixes => "prefixes",
+            pool::Mode::PrefixFallback => "prefix-fallback",
+        }
+        .into(),
+        prefixes: stats.prefixes as u32,
+        free_prefixes: stats.free_prefixes as u32,
+        prefix_plan: plan.prefixes.map(|p| api::PrefixPlan {
+            desired: p.desired,
+            deficit: p.deficit,
+            excess: p.excess,
+        }),
+        prefix_fallback: app.pool.prefix_fallback().map(|p| api::GrowthPause { reason: p.reason, until: p.until_ms }),
     }
 }

@@ -139,6 +139,14 @@ impl App {
         self.pool.pause_growth(for_, self.clock_now() + for_.as_millis() as u64, reason);
     }
 
+    /// Prefix mode grows by single IPs for `for_`: EC2 has no free /28 (pods never wait for a
+    /// prefix that cannot come).
+    pub fn fall_back_from_prefixes(&self, for_: Duration, reason: String) {
+        tracing::warn!(pause = ?for_, %reason, "no free prefix in the subnet: growing by single IPs meanwhile");
+        self.metrics.prefix_fell_back();
+        self.pool.fall_back_from_prefixes(for_, self.clock_now() + for_.as_millis() as u64, reason);
+    }
+
     pub fn clock_now(&self) -> u64 {
         SystemClock.now()
     }

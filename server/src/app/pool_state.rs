@@ -38,6 +38,8 @@ pub struct PoolState {
     events: Mutex<Events>,
     exhausted_allocations: AtomicU64,
     growth_pause: Mutex<Option<GrowthPause>>,
+    /// Prefix mode growing by single IPs for a while: EC2 had no free /28.
+    prefix_fallback: Mutex<Option<GrowthPause>>,
     /// ENI id -> MAC, as the provider reported them.
     macs: Mutex<HashMap<String, String>>,
     /// ENIs whose node side is done.
@@ -54,6 +56,7 @@ impl Default for PoolState {
             events: Mutex::default(),
             exhausted_allocations: AtomicU64::new(0),
             growth_pause: Mutex::default(),
+            prefix_fallback: Mutex::default(),
             macs: Mutex::default(),
             host_done: Mutex::default(),
             wake: Notify::new(),
@@ -98,6 +101,19 @@ impl PoolState {
     /// Pauses growth until `until_ms` (`for_` from now), with the reason the API shows.
     pub fn pause_growth(&self, for_: Duration, until_ms: u64, reason: String) {
         *lock(&self.growth_pause) = Some(GrowthPause { until: Instant::now() + for_, until_ms, reason });
+    }
+
+    pub fn fall_back_from_prefixes(&self, for_: Duration, until_ms: u64, reason: String) {
+        *lock(&self.prefix_fallback) = Some(GrowthPause { until: Instant::now() + for_, until_ms, reason });
+    }
+
+    /// The prefix fallback in force, if any.
+    pub fn prefix_fallback(&self) -> Option<GrowthPause> {
+        let mut p = lock(&self.prefix_fallback);
+        if p.as_ref().is_some_and(|p| p.until <= Instant::now()) {
+            *p = None;
+        }
+        p.clone()
     }
 
     /// The pause in force, if any.

@@ -52,6 +52,8 @@ pub const NODE_CLEANUP: bool = true;
 pub const ENI_MTU: u32 = 9001;
 /// `--warm-eni-target`.
 pub const WARM_ENI_TARGET: u32 = 1;
+pub const PREFIX_DELEGATION: bool = false;
+pub const PREFIX_FALLBACK_PAUSE: &str = "120s";
 /// `--ip-cooldown-period`.
 pub const IP_COOLDOWN_PERIOD: &str = "30";
 /// `--pod-mtu`.

@@ -195,6 +195,16 @@ pub struct DaemonArgs {
     /// Cap on ENIs, below the instance type's limit (reference name). [default: the type's limit]
     #[arg(long, env = "MAX_ENI")]
     pub max_eni: Option<u32>,
+    #[arg(long, env = "ENABLE_PREFIX_DELEGATION", help = with_default("Grow the pool by /28 prefixes (16 addresses per ENI slot; Nitro types only) instead of single IPs (reference name).", defaults::PREFIX_DELEGATION))]
+    pub prefix_delegation: Option<bool>,
+    /// With prefix delegation: keep this many wholly free prefixes; WARM_IP_TARGET and MINIMUM_IP_TARGET override it, met in whole prefixes (reference name). [default: 1 unless WARM_IP_TARGET or MINIMUM_IP_TARGET is set]
+    #[arg(long, env = "WARM_PREFIX_TARGET")]
+    pub warm_prefix_target: Option<u32>,
+    /// The pool never grows beyond what this many pods need (kubelet's --max-pods; `enipoold max-pods` works it out). [default: unset]
+    #[arg(long, env = "MAX_PODS")]
+    pub max_pods: Option<u32>,
+    #[arg(long, env = "ENIPOOL_PREFIX_FALLBACK_PAUSE", help = with_default("With prefix delegation: after EC2 has no free /28 left (InsufficientCidrBlocks), grow with single IPs for this long before trying prefixes again.", defaults::PREFIX_FALLBACK_PAUSE))]
+    pub prefix_fallback_pause: Option<String>,
     #[arg(long, env = "IP_COOLDOWN_PERIOD", help = with_default("How long a released IP cools down before reuse; bare numbers are seconds (reference name).", defaults::IP_COOLDOWN_PERIOD))]
     pub ip_cooldown_period: Option<String>,
 
@@ -287,6 +297,10 @@ pub struct Config {
     pub warm_ip_target: Option<u32>,
     pub minimum_ip_target: Option<u32>,
     pub max_eni: Option<u32>,
+    pub prefix_delegation: bool,
+    pub warm_prefix_target: Option<u32>,
+    pub max_pods: Option<u32>,
+    pub prefix_fallback_pause: Duration,
     pub ip_cooldown: Duration,
     pub pod_mtu: u32,
     pub external_snat: bool,
@@ -377,6 +391,10 @@ impl DaemonArgs {
             warm_ip_target,
             minimum_ip_target,
             max_eni,
+            prefix_delegation,
+            warm_prefix_target,
+            max_pods,
+            prefix_fallback_pause,
             ip_cooldown_period,
             pod_mtu,
             external_snat,
@@ -455,6 +473,19 @@ impl DaemonArgs {
         if a.max_eni == Some(0) {
             return Err(invalid("--max-eni", "must be at least 1 (the primary ENI)"));
         }
+        if a.max_pods == Some(0) {
+            return Err(invalid("--max-pods", "must be at least 1"));
+        }
+        // The reference does not support zero targets in prefix mode: nothing would ever be warm.
+        let zero_targets = a.warm_prefix_target == Some(0)
+            && a.warm_ip_target.unwrap_or(0) == 0
+            && a.minimum_ip_target.unwrap_or(0) == 0;
+        if a.prefix_delegation == Some(true) && zero_targets {
+            return Err(invalid(
+                "--warm-prefix-target",
+                "with prefix delegation, set one of WARM_PREFIX_TARGET, WARM_IP_TARGET, MINIMUM_IP_TARGET above zero (as the reference requires)",
+            ));
+        }
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let ec2_max_attempts = a.ec2_max_attempts.unwrap_or(defaults::EC2_MAX_ATTEMPTS);
         if ec2_max_attempts == 0 {
@@ -531,6 +562,14 @@ impl DaemonArgs {
             warm_ip_target: a.warm_ip_target,
             minimum_ip_target: a.minimum_ip_target,
             max_eni: a.max_eni,
+            prefix_delegation: a.prefix_delegation.unwrap_or(defaults::PREFIX_DELEGATION),
+            warm_prefix_target: a.warm_prefix_target,
+            max_pods: a.max_pods,
+            prefix_fallback_pause: duration(
+                "prefix-fallback-pause",
+                a.prefix_fallback_pause,
+                defaults::PREFIX_FALLBACK_PAUSE,
+            )?,
             ip_cooldown: duration("ip-cooldown-period", a.ip_cooldown_period, defaults::IP_COOLDOWN_PERIOD)?,
             pod_mtu,
             external_snat: a.external_snat.unwrap_or(defaults::EXTERNAL_SNAT),
@@ -586,6 +625,8 @@ mod tests {
             "warm-ip-target",
             "minimum-ip-target",
             "max-eni",
+            "warm-prefix-target",
+            "max-pods",
             "exclude-snat-cidrs",
             "cni-conf-dir",
             "wal-segment-bytes",
@@ -649,6 +690,31 @@ mod tests {
         assert_eq!(c.pool_tick, Duration::from_millis(50));
         assert_eq!(c.instance_type, "c5.4xlarge");
         assert_eq!(c.warm_eni_target, 1);
+    }
+
+    #[test]
+    fn prefix_settings_and_what_is_refused() {
+        let c = DaemonArgs::default().resolve().unwrap();
+        assert!(!c.prefix_delegation);
+        assert_eq!((c.warm_prefix_target, c.max_pods), (None, None));
+        assert_eq!(c.prefix_fallback_pause, Duration::from_secs(120));
+        let refused = |a: DaemonArgs, flag: &str| {
+            let e = a.resolve().expect_err("refused");
+            assert!(e.to_string().contains(flag), "{e}");
+        };
+        // Zero targets in prefix mode are refused, as the reference refuses them.
+        let zero = DaemonArgs { prefix_delegation: Some(true), warm_prefix_target: Some(0), ..DaemonArgs::default() };
+        refused(zero, "--warm-prefix-target");
+        let with_ip = DaemonArgs {
+            prefix_delegation: Some(true),
+            warm_prefix_target: Some(0),
+            minimum_ip_target: Some(20),
+            ..DaemonArgs::default()
+        };
+        assert!(with_ip.resolve().is_ok(), "MINIMUM_IP_TARGET keeps something warm");
+        refused(DaemonArgs { max_pods: Some(0), ..DaemonArgs::default() }, "--max-pods");
+        let pause = DaemonArgs { prefix_fallback_pause: Some("never".into()), ..DaemonArgs::default() };
+        refused(pause, "prefix-fallback-pause");
     }
 
     #[test]

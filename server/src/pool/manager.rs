@@ -9,11 +9,11 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use enipool_storage::{AddressState, EffectiveState};
+use enipool_storage::{AddressState, EffectiveState, EniRecord};
 use tracing::{info, warn};
 
 use super::error::PoolError;
-use super::plan::plan_now;
+use super::plan::{Mode, mode_now, plan_now};
 use super::sync::{eni_record, sync_with_provider};
 use crate::app::App;
 use crate::node::eni_setup::{EniHost, HostError, HostNet};
@@ -143,7 +143,9 @@ fn host_net(app: &App) -> Option<HostNet> {
     app.config.eni_host_setup.then(|| HostNet { netns: app.config.host_netns.clone() })
 }
 
-/// One look at the pool: grow to the target, or shrink what is in excess (rate-limited).
+/// One look at the pool: grow to the target, or shrink what is in excess (rate-limited). In
+/// prefix mode the pool grows and shrinks by prefixes, and secondary IPs held from before go back
+/// once free; without it, prefixes held from before go back once wholly free.
 pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), PoolError> {
     let stats = app.ledger.stats();
     let p = plan_now(app, &stats);
@@ -151,15 +153,52 @@ pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), Po
         if app.pool.growth_pause().is_some() {
             return Ok(());
         }
-        let grown = grow(app, p.deficit).await;
-        if let Err(e) = &grown
-            && let PoolError::Provider(ProviderError::SubnetExhausted(reason)) = e
-        {
-            app.pause_growth(app.config.subnet_exhausted_pause, reason.clone());
+        let grown = match p.prefixes {
+            Some(prefixes) => grow_prefixes(app, prefixes.deficit).await,
+            None => grow(app, p.deficit).await,
+        };
+        match &grown {
+            Err(PoolError::Provider(ProviderError::SubnetExhausted(reason))) => {
+                app.pause_growth(app.config.subnet_exhausted_pause, reason.clone());
+            }
+            Err(PoolError::Provider(ProviderError::NoCidrBlocks(reason))) => {
+                // Pods never wait for a prefix that cannot come: single IPs, now.
+                app.fall_back_from_prefixes(app.config.prefix_fallback_pause, reason.clone());
+                let p = plan_now(app, &app.ledger.stats());
+                let grown = grow(app, p.deficit).await;
+                if let Err(PoolError::Provider(ProviderError::SubnetExhausted(reason))) = &grown {
+                    app.pause_growth(app.config.subnet_exhausted_pause, reason.clone());
+                }
+                return grown;
+            }
+            _ => {}
         }
         grown
-    } else if p.excess > 0 && last_shrink.is_none_or(|at| at.elapsed() >= app.config.shrink_interval) {
-        let shrunk = shrink(app, p.excess).await?;
+    } else if last_shrink.is_none_or(|at| at.elapsed() >= app.config.shrink_interval) {
+        let mut shrunk = false;
+        match (mode_now(app), p.prefixes) {
+            (Mode::Prefixes, Some(prefixes)) => {
+                if prefixes.excess > 0 {
+                    shrunk |= shrink_prefixes(app, prefixes.excess).await?;
+                }
+                shrunk |= give_back_free_secondaries(app).await?;
+                // Secondary ENIs left with neither prefixes nor addresses go too.
+                shrunk |= shrink(app, 0).await?;
+            }
+            (Mode::Ips, _) => {
+                if p.excess > 0 {
+                    shrunk |= shrink(app, p.excess).await?;
+                }
+                if stats.prefixes > 0 {
+                    shrunk |= shrink_prefixes(app, u32::MAX).await?;
+                }
+            }
+            _ => {
+                if p.excess > 0 {
+                    shrunk |= shrink(app, p.excess).await?;
+                }
+            }
+        }
         if shrunk {
             *last_shrink = Some(Instant::now());
         }
@@ -169,7 +208,158 @@ pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), Po
     }
 }
 
-async fn grow(app: &App, mut deficit: u32) -> Result<(), PoolError> {
+/// Grows by up to `deficit` prefixes: as many as an ENI with room takes, in one call (so a burst
+/// of pods costs one call, not one per prefix); a new ENI when none has room.
+async fn grow_prefixes(app: &App, deficit: u32) -> Result<(), PoolError> {
+    grow_by(app, deficit, Unit::Prefixes).await
+}
+
+/// Puts up to `n` prefixes on `eni`; how many it got.
+async fn fill_prefixes(app: &App, eni: &EniRecord, n: u32) -> Result<u32, PoolError> {
+    let prefixes = app.provider_call("assign_prefixes", app.provider.assign_prefixes(&eni.id, n)).await?;
+    for prefix in &prefixes {
+        let ledger = app.ledger.clone();
+        let (id, cidr) = (eni.id.clone(), *prefix);
+        let Err(e) = app.ledger_call(move || ledger.add_prefixes(&id, &[cidr], None)).await else { continue };
+        // Ours already (lost, and EC2 gives it back), or overlapping what the ledger holds:
+        // never handed out twice.
+        let lost_here = app
+            .ledger
+            .prefixes(Some(&eni.id))
+            .iter()
+            .any(|p| p.cidr == *prefix && p.state == enipool_storage::PrefixState::Lost);
+        if lost_here {
+            let ledger = app.ledger.clone();
+            let (id, cidr, until) = (eni.id.clone(), *prefix, app.clock_now());
+            app.ledger_call(move || ledger.recover_prefix(&id, cidr, until)).await?;
+        } else {
+            warn!(eni = %eni.id, %prefix, error = %e, "the provider assigned a prefix the ledger cannot take; giving it back");
+            app.provider_call("unassign_prefixes", app.provider.unassign_prefixes(&eni.id, &[*prefix])).await?;
+        }
+    }
+    app.note_action("assign_prefixes", format!("{} prefixes to {}", prefixes.len(), eni.id));
+    Ok(prefixes.len() as u32)
+}
+
+/// Gives back up to `excess` prefixes that are wholly free and done cooling, one call per ENI
+/// (secondary ENIs first, highest device first, so they empty). Returns whether any went.
+async fn shrink_prefixes(app: &App, excess: u32) -> Result<bool, PoolError> {
+    let now = app.clock_now();
+    let mut left = excess;
+    let mut enis = app.ledger.enis();
+    enis.sort_by_key(|e| std::cmp::Reverse(e.device_number));
+    let mut shrunk = false;
+    for eni in enis.iter().filter(|e| e.attached) {
+        if left == 0 {
+            break;
+        }
+        let free: Vec<_> = app
+            .ledger
+            .prefixes(Some(&eni.id))
+            .into_iter()
+            .filter(|p| p.state == enipool_storage::PrefixState::Active)
+            .filter(|p| {
+                p.addresses()
+                    .all(|ip| app.ledger.address(ip).is_some_and(|a| a.effective_state(now) == EffectiveState::Free))
+            })
+            .map(|p| p.cidr)
+            .rev()
+            .take(left as usize)
+            .collect();
+        let mut gone = Vec::new();
+        for cidr in free {
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            // The ledger refuses if an allocation took one of its addresses meanwhile.
+            if app.ledger_call(move || ledger.remove_prefix(&id, cidr)).await.is_ok() {
+                gone.push(cidr);
+            }
+        }
+        if gone.is_empty() {
+            continue;
+        }
+        if let Err(e) = app.provider_call("unassign_prefixes", app.provider.unassign_prefixes(&eni.id, &gone)).await {
+            let ledger = app.ledger.clone();
+            let id = eni.id.clone();
+            let back = gone.clone();
+            let _ = app.ledger_call(move || ledger.add_prefixes(&id, &back, None)).await;
+            return Err(e.into());
+        }
+        app.note_action("unassign_prefixes", format!("{} prefixes from {}", gone.len(), eni.id));
+        left = left.saturating_sub(gone.len() as u32);
+        shrunk = true;
+    }
+    Ok(shrunk)
+}
+
+/// The free (and done cooling) secondary IPs of an ENI, by address; a prefix's addresses go
+/// only with the prefix.
+fn free_secondaries(app: &App, eni_id: &str, now: u64) -> Vec<Ipv4Addr> {
+    app.ledger
+        .addresses(Some(eni_id))
+        .into_iter()
+        .filter(|a| a.effective_state(now) == EffectiveState::Free)
+        .map(|a| a.ip)
+        .filter(|ip| app.ledger.prefix_of(*ip).is_none())
+        .collect()
+}
+
+/// Gives secondary IPs back: out of the ledger first (refused, and false, if an allocation took
+/// one meanwhile), then to the provider; if that fails they are the ledger's again.
+async fn give_back_ips(app: &App, eni_id: &str, ips: Vec<Ipv4Addr>, why: &str) -> Result<bool, PoolError> {
+    let ledger = app.ledger.clone();
+    let (id, gone) = (eni_id.to_string(), ips.clone());
+    if app.ledger_call(move || ledger.remove_addresses(&id, &gone)).await.is_err() {
+        return Ok(false);
+    }
+    if let Err(e) = app.provider_call("unassign_ips", app.provider.unassign_ips(eni_id, &ips)).await {
+        let ledger = app.ledger.clone();
+        let id = eni_id.to_string();
+        let _ = app.ledger_call(move || ledger.add_addresses(&id, &ips)).await;
+        return Err(e.into());
+    }
+    app.note_action("unassign_ips", format!("{} IPs from {eni_id}{why}", ips.len()));
+    Ok(true)
+}
+
+/// Prefix mode: secondary IPs held from before serve their pods until free, then go back.
+async fn give_back_free_secondaries(app: &App) -> Result<bool, PoolError> {
+    let now = app.clock_now();
+    let mut shrunk = false;
+    for eni in app.ledger.enis().iter().filter(|e| e.attached) {
+        let free = free_secondaries(app, &eni.id, now);
+        if !free.is_empty() && give_back_ips(app, &eni.id, free, " (prefix mode)").await? {
+            shrunk = true;
+        }
+    }
+    Ok(shrunk)
+}
+
+async fn grow(app: &App, deficit: u32) -> Result<(), PoolError> {
+    grow_by(app, deficit, Unit::Ips).await
+}
+
+/// Puts up to `n` secondary IPs on `eni`; how many it got.
+async fn fill_ips(app: &App, eni: &EniRecord, n: u32) -> Result<u32, PoolError> {
+    let ips = app.provider_call("assign_ips", app.provider.assign_ips(&eni.id, n)).await?;
+    let fresh = take_assigned(app, &eni.id, &ips).await?;
+    let ledger = app.ledger.clone();
+    let id = eni.id.clone();
+    app.ledger_call(move || ledger.add_addresses(&id, &fresh)).await?;
+    app.note_action("assign_ips", format!("{} IPs to {}", ips.len(), eni.id));
+    Ok(ips.len() as u32)
+}
+
+/// What the pool grows by: each takes one ENI slot.
+#[derive(Clone, Copy)]
+enum Unit {
+    Ips,
+    Prefixes,
+}
+
+/// Grows by up to `deficit` units: as many as the first attached ENI with room takes, in one
+/// call; a new ENI when none has room, up to the limit.
+async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolError> {
     let limits = app.info().limits;
     let per_eni = limits.pod_ips_per_eni();
     let max_enis = app.config.max_eni.map_or(limits.max_enis, |m| m.min(limits.max_enis));
@@ -184,15 +374,13 @@ async fn grow(app: &App, mut deficit: u32) -> Result<(), PoolError> {
             .find(|(_, room)| *room > 0);
         if let Some((eni, room)) = with_room {
             let n = room.min(deficit);
-            let ips = app.provider_call("assign_ips", app.provider.assign_ips(&eni.id, n)).await?;
-            let fresh = take_assigned(app, &eni.id, &ips).await?;
-            let ledger = app.ledger.clone();
-            let id = eni.id.clone();
-            app.ledger_call(move || ledger.add_addresses(&id, &fresh)).await?;
-            app.note_action("assign_ips", format!("{} IPs to {}", ips.len(), eni.id));
-            deficit = deficit.saturating_sub(ips.len() as u32);
+            let got = match unit {
+                Unit::Ips => fill_ips(app, eni, n).await?,
+                Unit::Prefixes => fill_prefixes(app, eni, n).await?,
+            };
+            deficit = deficit.saturating_sub(got);
             app.pool.grew();
-            if ips.is_empty() {
+            if got == 0 {
                 break;
             }
         } else if (enis.iter().filter(|e| e.attached).count() as u32) < max_enis {
@@ -304,35 +492,13 @@ async fn shrink(app: &App, excess: u32) -> Result<bool, PoolError> {
             if left == 0 {
                 break;
             }
-            let free: Vec<Ipv4Addr> = app
-                .ledger
-                .addresses(Some(&eni.id))
-                .into_iter()
-                .filter(|a| a.effective_state(now) == EffectiveState::Free)
-                .map(|a| a.ip)
-                // A prefix's addresses go only with the prefix.
-                .filter(|ip| app.ledger.prefix_of(*ip).is_none())
-                .rev()
-                .take(left as usize)
-                .collect();
-            if free.is_empty() {
-                continue;
+            let free: Vec<Ipv4Addr> =
+                free_secondaries(app, &eni.id, now).into_iter().rev().take(left as usize).collect();
+            let n = free.len() as u32;
+            if !free.is_empty() && give_back_ips(app, &eni.id, free, "").await? {
+                left -= n;
+                shrunk = true;
             }
-            let ledger = app.ledger.clone();
-            let id = eni.id.clone();
-            let gone = free.clone();
-            if app.ledger_call(move || ledger.remove_addresses(&id, &gone)).await.is_err() {
-                continue;
-            }
-            if let Err(e) = app.provider_call("unassign_ips", app.provider.unassign_ips(&eni.id, &free)).await {
-                let ledger = app.ledger.clone();
-                let id = eni.id.clone();
-                let _ = app.ledger_call(move || ledger.add_addresses(&id, &free)).await;
-                return Err(e.into());
-            }
-            app.note_action("unassign_ips", format!("{} IPs from {}", free.len(), eni.id));
-            left -= free.len() as u32;
-            shrunk = true;
         }
     }
     Ok(shrunk)

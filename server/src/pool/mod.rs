@@ -15,5 +15,5 @@ pub mod sync;
 
 pub use error::PoolError;
 pub use manager::{prepare_node, run, step};
-pub use plan::{Plan, plan, plan_now};
+pub use plan::{Mode, Plan, mode_now, plan, plan_now};
 pub use sync::{eni_record, sync_with_provider};

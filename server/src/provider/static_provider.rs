@@ -266,6 +266,12 @@ impl Provider for StaticProvider {
     async fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, ProviderError> {
         self.delay().await;
         let mut s = self.state.lock().await;
+        if enipool_provider::instance_types::builtin_type(&s.instance_type).is_some_and(|t| !t.nitro) {
+            return Err(failed(format!(
+                "{} is not a Nitro instance type: EC2 delegates prefixes to Nitro types only",
+                s.instance_type
+            )));
+        }
         let idx = s.enis.iter().position(|e| e.id == eni_id).ok_or_else(|| failed(format!("no ENI {eni_id}")))?;
         let room = (self.limits.pod_ips_per_eni() as usize).saturating_sub(s.enis[idx].slots_used());
         if count as usize > room {

@@ -22,9 +22,14 @@ struct Node {
 
 impl Node {
     async fn start(instance_type: &str) -> Node {
+        Node::start_in(instance_type, enipool_ec2::testing::SUBNET_CIDR).await
+    }
+
+    /// A node in a subnet of `subnet_cidr` (small ones run out, or fragment).
+    async fn start_in(instance_type: &str, subnet_cidr: &str) -> Node {
         let ec2 = FakeEc2::start().await;
         let client = ec2.client();
-        let world = World::make(&client, instance_type).await;
+        let world = World::make_in(&client, instance_type, subnet_cidr).await;
         Node { ec2, world, client }
     }
 
@@ -621,33 +626,24 @@ async fn a_lost_lease_whose_ip_ec2_assigns_again_is_leased_again() {
 #[tokio::test]
 async fn a_prefix_pods_use_is_kept_through_a_restart_on_a_stale_listing() {
     // The reference once released prefixes live pods used after a restart on an incomplete
-    // listing (aws/amazon-vpc-cni-k8s #3824). Here a prefix assigned outside enipool is adopted,
-    // pods get addresses from it, and the daemon restarts while EC2's listing is one from before
-    // the prefix: the leases are marked lost, the prefix is never given back nor its addresses
-    // handed out, and once the listing is current again the leases are whole.
+    // listing (aws/amazon-vpc-cni-k8s #3824). Here pods get addresses from the daemon's prefix,
+    // and the daemon restarts while EC2's listing is one from before any prefix: the leases are
+    // marked lost, the prefix is never given back nor its addresses handed out, and once the
+    // listing is current again the leases are whole.
     let node = Node::start("m5.large").await;
-    // A small warm target: the pool gives back its free secondary IPs, so pods land in the prefix.
-    let d = node.daemon(&[("--ip-cooldown-period", "1s"), ("--warm-ip-target", "1")]).await;
+    let d = node.daemon(&[("--ip-cooldown-period", "0"), ("--warm-ip-target", "1")]).await;
+    pool_settles(&d.unix(), &[("enis", 1), ("total", 1), ("prefixes", 0)], HOLD).await;
+    // The daemon's last listing, from before any prefix.
+    node.ec2.mark("before any prefix").await;
+    let d = d.restart_with(&[("--prefix-delegation", "true"), ("--warm-ip-target", "16")]).await;
     let api = d.unix();
-    pool_settles(&api, &[("enis", 1), ("total", 1)], HOLD).await;
-    node.ec2.mark("before the prefix").await;
-    let primary = node.world.primary_eni_id.clone();
-    let assigned = node
-        .client
-        .assign_private_ip_addresses()
-        .network_interface_id(&primary)
-        .ipv4_prefix_count(1)
-        .send()
-        .await
-        .expect("a prefix");
-    let prefix: ipnet::Ipv4Net = assigned.assigned_ipv4_prefixes()[0].ipv4_prefix().unwrap().parse().unwrap();
-    // Adopted: its 16 addresses join the pool (cooling first), the secondary IP goes. (The pool
-    // does not give prefixes back yet, so it stays in excess.)
-    eventually("the prefix to be adopted and done cooling", async || {
+    // A prefix comes; the secondary IP from before goes back.
+    eventually("a prefix and no secondary IP", async || {
         let p = api.pool().await;
-        if p["total"] == 16 && p["free"] == 16 { Ok(()) } else { Err(pool_summary(&p)) }
+        if p["mode"] == "prefixes" && p["prefixes"] == 1 && p["total"] == 16 { Ok(()) } else { Err(pool_summary(&p)) }
     })
     .await;
+    let prefix: ipnet::Ipv4Net = node.world.attached_prefixes(&node.client).await[0].1[0].parse().unwrap();
     let mut in_prefix = Vec::new();
     for i in 0..3 {
         let l = api.lease(&format!("pod{i}")).await;
@@ -656,8 +652,10 @@ async fn a_prefix_pods_use_is_kept_through_a_restart_on_a_stale_listing() {
         in_prefix.push(l);
     }
 
-    node.ec2.inject_stale_from("DescribeNetworkInterfaces", "before the prefix", -1).await;
-    let d = d.restart().await;
+    node.ec2.inject_stale_from("DescribeNetworkInterfaces", "before any prefix", -1).await;
+    // (The stale listing also shows the secondary IP given back since; it is adopted cooling,
+    // and the cooldown keeps it from a pod until a current listing drops it.)
+    let d = d.restart_with(&[("--ip-cooldown-period", "60s")]).await;
     let api = d.unix();
     eventually("the stale listing to be seen", async || {
         let p = api.pool().await;
@@ -675,7 +673,8 @@ async fn a_prefix_pods_use_is_kept_through_a_restart_on_a_stale_listing() {
         unassigned.iter().all(|r| !r.keys().any(|k| k.starts_with("Ipv4Prefix"))),
         "a prefix was given back: {unassigned:?}"
     );
-    assert_eq!(node.world.attached_prefixes(&node.client).await[0].1, [prefix.to_string()], "EC2 still has it");
+    let held = node.world.attached_prefixes(&node.client).await;
+    assert!(held[0].1.contains(&prefix.to_string()), "EC2 still has it: {held:?}");
 
     node.ec2.clear().await;
     eventually("the prefix's leases to be whole again", async || {
@@ -688,4 +687,79 @@ async fn a_prefix_pods_use_is_kept_through_a_restart_on_a_stale_listing() {
             api.get(&format!("/v1/leases/{NET}/{}/eth0", l["container_id"].as_str().unwrap())).await.expect(200).json();
         assert_eq!(now["ip"], l["ip"], "the same address");
     }
+}
+
+#[tokio::test]
+async fn prefix_mode_falls_back_to_single_ips_while_no_block_is_free_and_returns() {
+    // Someone else's ENIs hold an address in every /28 of the /24 that could be a prefix: EC2
+    // answers InsufficientCidrBlocks, though single addresses abound.
+    let node = Node::start_in("m5.large", "10.0.1.0/24").await;
+    let mut blockers = Vec::new();
+    for block in 1..15u32 {
+        let made = node
+            .client
+            .create_network_interface()
+            .subnet_id(&node.world.subnet_id)
+            .private_ip_address(format!("10.0.1.{}", block * 16 + 4))
+            .send()
+            .await
+            .expect("a blocker ENI");
+        blockers.push(made.network_interface().and_then(|n| n.network_interface_id()).unwrap().to_string());
+    }
+    let d = node
+        .daemon(&[
+            ("--prefix-delegation", "true"),
+            ("--prefix-fallback-pause", "300ms"),
+            ("--ip-cooldown-period", "0"),
+            ("--shrink-interval", "50ms"),
+        ])
+        .await;
+    let api = d.unix();
+    // Pods do not wait for a prefix that cannot come: single IPs, one prefix's worth.
+    let p = eventually("the fallback to single IPs", async || {
+        let p = api.pool().await;
+        if p["mode"] == "prefix-fallback" && p["total"] == 16 { Ok(p) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    assert!(p["prefix_fallback"]["reason"].as_str().unwrap().contains("InsufficientCidrBlocks"), "{p}");
+    assert_eq!(p["prefixes"], 0);
+    let text = metrics_text(&api).await;
+    assert!(metric(&text, "enipool_prefix_fallbacks_total").unwrap_or(0.0) >= 1.0);
+    assert_eq!(metric(&text, "enipool_growth_pauses_total"), Some(0.0), "not an exhausted subnet");
+    let pods: Vec<_> = futures_lease(&api, 3).await;
+
+    // Blocks free up; once the pause is over, prefixes again, and the single IPs go back as
+    // they are freed.
+    for id in &blockers {
+        node.client.delete_network_interface().network_interface_id(id).send().await.unwrap();
+    }
+    eventually("prefixes again", async || {
+        let p = api.pool().await;
+        if p["mode"] == "prefixes" && p["prefixes"].as_u64() >= Some(1) { Ok(()) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    for l in &pods {
+        api.release(l["container_id"].as_str().unwrap()).await;
+    }
+    eventually("the single IPs to go back", async || {
+        let p = api.pool().await;
+        let prefixes = p["prefixes"].as_u64().unwrap_or(0);
+        if p["total"].as_u64() == Some(16 * prefixes) && prefixes >= 1 { Ok(()) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    // The ledger lets them go before the call that gives them back to EC2 returns.
+    eventually("no secondary IP left in EC2", async || {
+        let attached = node.world.attached(&node.client).await;
+        if attached.iter().all(|(_, _, ips)| ips.is_empty()) { Ok(()) } else { Err(format!("{attached:?}")) }
+    })
+    .await;
+    assert!(!node.world.attached_prefixes(&node.client).await.iter().all(|(_, p)| p.is_empty()));
+}
+
+async fn futures_lease(api: &Api, n: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(api.lease(&format!("pod{i}")).await);
+    }
+    out
 }

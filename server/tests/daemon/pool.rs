@@ -134,3 +134,85 @@ async fn cooling_ips_are_not_counted_as_available() {
     assert!(ips_of(&second).is_disjoint(&cooling), "{:?} vs cooling {cooling:?}", ips_of(&second));
     pool_settles(&api, &[("total", 6), ("free", 2), ("leased", 2), ("cooling", 2)], HOLD).await;
 }
+
+/// Prefix delegation on the static provider's m5.large: the pool grows and shrinks by whole /28s,
+/// each taking one slot of the ENI, with WARM_PREFIX_TARGET's default of one wholly free prefix.
+#[tokio::test]
+async fn prefix_mode_grows_and_shrinks_by_whole_prefixes() {
+    let d = Daemon::start(&[("--prefix-delegation", "true")]).await;
+    let api = d.unix();
+    let p = pool_settles(&api, &[("enis", 1), ("prefixes", 1), ("free_prefixes", 1), ("total", 16)], HOLD).await;
+    assert_eq!(p["mode"], "prefixes");
+    assert_eq!(p["targets"]["warm_prefix_target"], 1);
+    assert_eq!(p["prefix_plan"]["desired"], 1);
+    last_action_is(&api, "assign_prefixes").await;
+
+    // 20 pods fill one prefix and part of a second; one wholly free prefix stays: 3, on the
+    // primary ENI (9 slots).
+    let leases: Vec<Value> = futures_join(&api, 20).await;
+    assert_eq!(ips_of(&leases).len(), 20, "one address per pod");
+    pool_settles(&api, &[("enis", 1), ("prefixes", 3), ("leased", 20), ("total", 48)], HOLD).await;
+    let enis = api.enis().await;
+    let held: BTreeSet<String> =
+        enis[0]["addresses"].as_array().unwrap().iter().map(|a| a["ip"].as_str().unwrap().to_string()).collect();
+    assert_eq!(held.len(), 48, "the 3 prefixes' addresses, one by one");
+    assert!(ips_of(&leases).is_subset(&held));
+
+    // All gone (no cooldown in tests): wholly free prefixes go back, down to the warm one.
+    for i in 0..20 {
+        api.release(&format!("pod{i:02}")).await;
+    }
+    pool_settles(&api, &[("enis", 1), ("prefixes", 1), ("leased", 0), ("total", 16)], HOLD).await;
+    last_action_is(&api, "unassign_prefixes").await;
+}
+
+/// Leases `n` pods (`pod00`..) one after another.
+async fn futures_join(api: &crate::common::Api, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(api.lease(&format!("pod{i:02}")).await);
+    }
+    out
+}
+
+/// Switching prefix delegation on keeps the secondary IPs pods hold until they are free, then
+/// gives them back; switching it off does the same for prefixes.
+#[tokio::test]
+async fn switching_modes_keeps_what_pods_hold_until_it_is_free() {
+    let d = Daemon::start(&[("--warm-ip-target", "2")]).await;
+    let api = d.unix();
+    let on_ip = api.lease("on-ip").await;
+    pool_settles(&api, &[("enis", 1), ("prefixes", 0), ("leased", 1), ("total", 3)], HOLD).await;
+
+    let d = d.restart_with(&[("--prefix-delegation", "true")]).await;
+    let api = d.unix();
+    // The leased secondary IP stays; the free ones go; a prefix comes (WARM_IP_TARGET 2, met in
+    // whole prefixes).
+    let p = reaches(&api, &[("enis", 1), ("prefixes", 1), ("leased", 1), ("total", 17)]).await;
+    assert_eq!(p["mode"], "prefixes");
+    let again = api.get(&format!("/v1/leases/{NET}/on-ip/eth0")).await.expect(200).json();
+    assert_eq!(again["ip"], on_ip["ip"]);
+    let on_prefix = api.lease("on-prefix").await;
+    assert_ne!(on_prefix["ip"], on_ip["ip"]);
+    api.release("on-ip").await;
+    reaches(&api, &[("enis", 1), ("prefixes", 1), ("leased", 1), ("total", 16)]).await;
+    let enis = api.enis().await;
+    assert!(enis[0]["addresses"].as_array().unwrap().iter().all(|a| a["ip"] != on_ip["ip"]), "the freed IP went back");
+
+    // Off again: the prefix stays while its pod does, then goes; single IPs come.
+    let d = d.restart_with(&[("--prefix-delegation", "false")]).await;
+    let api = d.unix();
+    let p = reaches(&api, &[("enis", 1), ("prefixes", 1), ("leased", 1), ("total", 16)]).await;
+    assert_eq!(p["mode"], "ips");
+    api.release("on-prefix").await;
+    pool_settles(&api, &[("enis", 1), ("prefixes", 0), ("leased", 0), ("total", 2)], HOLD).await;
+}
+
+/// The pool shows `want` (figures only: a prefix a pod holds may leave it in excess).
+async fn reaches(api: &crate::common::Api, want: &[(&str, u64)]) -> Value {
+    crate::common::eventually(&format!("the pool to show {want:?}"), async || {
+        let p = api.pool().await;
+        if want.iter().all(|(k, v)| p[*k] == *v) { Ok(p) } else { Err(crate::common::pool_summary(&p)) }
+    })
+    .await
+}

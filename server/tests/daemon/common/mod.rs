@@ -325,6 +325,17 @@ impl Daemon {
         d
     }
 
+    /// Like `restart`, with `extra` flags replacing or joining the ones it ran with.
+    pub async fn restart_with(mut self, extra: &[(&str, &str)]) -> Daemon {
+        for (k, v) in extra {
+            match self.flags.iter_mut().find(|(a, _)| a == k) {
+                Some(slot) => slot.1 = v.to_string(),
+                None => self.flags.push((k.to_string(), v.to_string())),
+            }
+        }
+        self.restart().await
+    }
+
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns its status.
     pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
         self.signal_term();
@@ -581,12 +592,15 @@ pub fn lease_request(network: &str, container_id: &str, ifname: &str) -> Value {
 /// `total=.. free=.. ...`: a pool document in one line, for failure messages.
 pub fn pool_summary(p: &Value) -> String {
     format!(
-        "enis={} total={} free={} leased={} cooling={} desired={} deficit={} excess={} exhausted={} last_action={}",
+        "mode={} enis={} prefixes={} total={} free={} leased={} cooling={} lost={} desired={} deficit={} excess={} exhausted={} last_action={}",
+        p["mode"],
         p["enis"],
+        p["prefixes"],
         p["total"],
         p["free"],
         p["leased"],
         p["cooling"],
+        p["lost"],
         p["desired_total"],
         p["deficit"],
         p["excess"],
