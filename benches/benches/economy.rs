@@ -1,7 +1,10 @@
 //! Issue 5 item 4, the EC2 economy report: EC2 calls by action and idle IPs held while the real
 //! `enipoold` (`--provider ec2`) serves a scripted burst of pods on an m5.large, 0 -> 27 (the
 //! instance's maximum: 3 ENIs x 9 pod IPs) -> 0 -> 27 -> 0, under WARM_ENI_TARGET=1 and under
-//! WARM_IP_TARGET=5 / MINIMUM_IP_TARGET=10 (given as those environment variables).
+//! WARM_IP_TARGET=5 / MINIMUM_IP_TARGET=10 (given as those environment variables); and (issue 16)
+//! in prefix mode, ENABLE_PREFIX_DELEGATION=true with WARM_PREFIX_TARGET=1, 0 -> 110 -> 0 -> 110
+//! -> 0 (110: the m5.large's max-pods with prefixes), beside what the reference's
+//! one-prefix-as-each-fills rule would cost (computed).
 //!
 //! EC2 is a real moto server behind the fault layer the EC2 tests use
 //! (`ec2/tests/support/fake_ec2.py`, whose `GET /_fault/calls` counts every request by action);
@@ -16,9 +19,10 @@
 //! the settled points, computed from its documented warm-target formula (`vpc-cni.md`), not
 //! measured.
 //!
-//! `cargo bench -p enipool-benches --bench economy` is the full run (release `enipoold`, both
-//! configurations, two bursts of 27). Without `--bench` (as `cargo test --benches` runs it) it is
-//! a smoke run in the test profile: one configuration, one burst of [`SMOKE_PODS`] pods, with
+//! `cargo bench -p enipool-benches --bench economy` is the full run (release `enipoold`, the
+//! three configurations, two bursts each). Without `--bench` (as `cargo test --benches` runs it)
+//! it is a smoke run in the test profile: WARM_ENI_TARGET=1 with one burst of [`SMOKE_PODS`] pods
+//! and prefix mode with one of [`SMOKE_PREFIX_PODS`], with
 //! the same assertions.
 
 use std::collections::BTreeMap;
@@ -46,6 +50,12 @@ const POD_IPS_PER_ENI: u32 = IPV4_PER_ENI - 1;
 const MAX_POD_IPS: u32 = MAX_ENIS * POD_IPS_PER_ENI;
 
 const FULL_PODS: u32 = MAX_POD_IPS;
+/// Prefix mode: an m5.large's max-pods (`enipoold max-pods m5.large --prefix-delegation`).
+const FULL_PREFIX_PODS: u32 = 110;
+const SMOKE_PREFIX_PODS: u32 = 20;
+const PREFIX_SIZE: u32 = 16;
+/// Prefix mode's target: at most this many mutating calls for the whole run.
+const PREFIX_CALL_TARGET: u64 = 10;
 const FULL_BURSTS: usize = 2;
 /// Enough pods to need a second ENI under either configuration.
 const SMOKE_PODS: u32 = 10;
@@ -114,9 +124,15 @@ const AWS_ENV: &[(&str, &str)] = &[
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug)]
+#[allow(clippy::enum_variant_names)] // the reference's knob names: WARM_ENI, WARM_IP, WARM_PREFIX
 enum Targets {
     WarmEni(u32),
-    WarmIp { warm: u32, minimum: u32 },
+    WarmIp {
+        warm: u32,
+        minimum: u32,
+    },
+    /// ENABLE_PREFIX_DELEGATION=true, WARM_PREFIX_TARGET=n, nothing else set.
+    WarmPrefix(u32),
 }
 
 impl Targets {
@@ -124,6 +140,15 @@ impl Targets {
         match self {
             Targets::WarmEni(n) => format!("WARM_ENI_TARGET={n}"),
             Targets::WarmIp { warm, minimum } => format!("WARM_IP_TARGET={warm} MINIMUM_IP_TARGET={minimum}"),
+            Targets::WarmPrefix(n) => format!("ENABLE_PREFIX_DELEGATION=true WARM_PREFIX_TARGET={n}"),
+        }
+    }
+
+    /// Addresses the instance can hold in this mode.
+    fn max_addresses(self) -> u32 {
+        match self {
+            Targets::WarmPrefix(_) => MAX_POD_IPS * PREFIX_SIZE,
+            _ => MAX_POD_IPS,
         }
     }
 
@@ -133,6 +158,9 @@ impl Targets {
             Targets::WarmEni(n) => vec![("WARM_ENI_TARGET", n.to_string())],
             Targets::WarmIp { warm, minimum } => {
                 vec![("WARM_IP_TARGET", warm.to_string()), ("MINIMUM_IP_TARGET", minimum.to_string())]
+            }
+            Targets::WarmPrefix(n) => {
+                vec![("ENABLE_PREFIX_DELEGATION", "true".into()), ("WARM_PREFIX_TARGET", n.to_string())]
             }
         }
     }
@@ -145,8 +173,19 @@ impl Targets {
         let total = match self {
             Targets::WarmEni(n) => (leased + n * POD_IPS_PER_ENI).div_ceil(POD_IPS_PER_ENI) * POD_IPS_PER_ENI,
             Targets::WarmIp { warm, minimum } => (leased + warm).max(minimum),
+            // Whole prefixes: as many as the pods fill, and n wholly free.
+            Targets::WarmPrefix(n) => (leased.div_ceil(PREFIX_SIZE) + n) * PREFIX_SIZE,
         };
-        total.min(MAX_POD_IPS).max(leased) - leased
+        total.min(self.max_addresses()).max(leased) - leased
+    }
+
+    /// Computed, not measured: the mutating calls the reference's documented prefix rule makes
+    /// for `bursts` of 0 -> `pods` -> 0 (one prefix per call as each fills, one per call as each
+    /// empties; the warm prefix at start).
+    fn reference_prefix_calls(self, pods: u32, bursts: usize) -> Option<u64> {
+        let Targets::WarmPrefix(n) = self else { return None };
+        let grown = pods.div_ceil(PREFIX_SIZE) as u64;
+        Some(n as u64 + bursts as u64 * 2 * grown)
     }
 }
 
@@ -457,7 +496,7 @@ async fn settle(client: &mut Client, ec2: &FakeEc2, leased: u32, phase: &str) ->
             last = Some(now);
             stable_since = Instant::now();
         }
-        let quiet = p.leased == leased && p.deficit == 0 && p.cooling == 0;
+        let quiet = p.leased == leased && p.deficit == 0 && p.cooling == 0 && p.excess == 0;
         if quiet && stable_since.elapsed() >= HOLD {
             return (p, stable_since);
         }
@@ -564,7 +603,7 @@ fn check(targets: Targets, phases: &[Phase], samples: &[Sample], pods: u32) {
     assert!(!samples.is_empty(), "{label}: no pool samples");
     for s in samples {
         assert!(s.enis <= MAX_ENIS, "{label}: {} ENIs on an m5.large: {s:?}", s.enis);
-        assert!(s.total <= MAX_POD_IPS, "{label}: {} IPs on an m5.large: {s:?}", s.total);
+        assert!(s.total <= targets.max_addresses(), "{label}: {} IPs on an m5.large: {s:?}", s.total);
     }
     for p in phases {
         let s = &p.settled;
@@ -577,6 +616,13 @@ fn check(targets: Targets, phases: &[Phase], samples: &[Sample], pods: u32) {
         assert_eq!(idle, targets.reference_idle(s.leased), "{label} {}: idle IPs once settled: {s:?}", p.name);
     }
     let total = |action: &str| phases.iter().map(|p| p.calls.get(action).copied().unwrap_or(0)).sum::<u64>();
+    if let Targets::WarmPrefix(_) = targets {
+        assert!(phases.iter().all(|p| p.settled.mode == "prefixes"), "{label}: not in prefix mode throughout");
+        if pods == FULL_PREFIX_PODS {
+            let mutating: u64 = phases.iter().map(Phase::mutating).sum();
+            assert!(mutating <= PREFIX_CALL_TARGET, "{label}: {mutating} mutating calls, target {PREFIX_CALL_TARGET}");
+        }
+    }
     assert!(phases.iter().map(Phase::mutating).sum::<u64>() > 0, "{label}: no mutating EC2 call was counted");
     assert!(phases[1..].iter().any(|p| p.mutating() > 0), "{label}: the burst of {pods} made no mutating EC2 call");
     // Nothing leaked: every ENI made was deleted, except the ones still attached at the end.
@@ -678,17 +724,32 @@ fn today() -> String {
 
 fn main() {
     let full = full_mode();
-    let (configs, pods, bursts, cooldown) = if full {
-        (vec![Targets::WarmEni(1), Targets::WarmIp { warm: 5, minimum: 10 }], FULL_PODS, FULL_BURSTS, FULL_COOLDOWN)
+    // (configuration, pods per burst)
+    let (configs, bursts, cooldown) = if full {
+        (
+            vec![
+                (Targets::WarmEni(1), FULL_PODS),
+                (Targets::WarmIp { warm: 5, minimum: 10 }, FULL_PODS),
+                (Targets::WarmPrefix(1), FULL_PREFIX_PODS),
+            ],
+            FULL_BURSTS,
+            FULL_COOLDOWN,
+        )
     } else {
-        (vec![Targets::WarmEni(1)], SMOKE_PODS, SMOKE_BURSTS, SMOKE_COOLDOWN)
+        (
+            vec![(Targets::WarmEni(1), SMOKE_PODS), (Targets::WarmPrefix(1), SMOKE_PREFIX_PODS)],
+            SMOKE_BURSTS,
+            SMOKE_COOLDOWN,
+        )
     };
+    let pods: Vec<String> = configs.iter().map(|(t, n)| format!("{n} with {}", t.label())).collect();
+    let pods = pods.join(", ");
     let python = venv_python();
     let moto = moto_version(&python);
     let bin = build_binaries(full).daemon;
     println!(
         "economy ({}): `{COMMAND}`, {}, moto {moto}, {INSTANCE_TYPE} ({MAX_ENIS} ENIs x {POD_IPS_PER_ENI} pod IPs), \
-         {bursts} burst(s) of 0 -> {pods} -> 0 pods, IP cooldown {cooldown}, load average {}",
+         {bursts} burst(s) of 0 -> N -> 0 pods (N: {pods}), IP cooldown {cooldown}, load average {}",
         if full { "full run" } else { "smoke mode" },
         today(),
         load_average(),
@@ -702,9 +763,22 @@ fn main() {
          formula at the settled point, NOT measured."
     );
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    for targets in configs {
+    for (targets, pods) in configs {
         let (phases, samples) = runtime.block_on(run_config(&python, &bin, targets, pods, bursts, cooldown));
         report(targets, &phases, &samples);
+        if let Some(reference) = targets.reference_prefix_calls(pods, bursts) {
+            let ours: u64 = phases.iter().map(Phase::mutating).sum();
+            println!();
+            println!(
+                "prefix mode, 0 -> {pods} -> 0 x {bursts}: {ours} mutating calls (target <= {PREFIX_CALL_TARGET}); the \
+                 reference's one-prefix-as-each-fills rule: {reference} (computed: {} warm, then one Assign per prefix \
+                 as each fills and one Unassign per prefix as each empties)",
+                match targets {
+                    Targets::WarmPrefix(n) => n,
+                    _ => 0,
+                }
+            );
+        }
         check(targets, &phases, &samples, pods);
     }
     println!();
@@ -715,6 +789,6 @@ fn main() {
          and releases excess at most every 30 s."
     );
     if !full {
-        println!("(smoke mode: one configuration, one short burst, test-profile enipoold)");
+        println!("(smoke mode: two configurations, one short burst each, test-profile enipoold)");
     }
 }

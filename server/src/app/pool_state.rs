@@ -40,6 +40,8 @@ pub struct PoolState {
     growth_pause: Mutex<Option<GrowthPause>>,
     /// Prefix mode growing by single IPs for a while: EC2 had no free /28.
     prefix_fallback: Mutex<Option<GrowthPause>>,
+    /// The last prefix growth: when, and how many prefixes it asked for.
+    last_prefix_growth: Mutex<Option<(Instant, u32)>>,
     /// ENI id -> MAC, as the provider reported them.
     macs: Mutex<HashMap<String, String>>,
     /// ENIs whose node side is done.
@@ -57,6 +59,7 @@ impl Default for PoolState {
             exhausted_allocations: AtomicU64::new(0),
             growth_pause: Mutex::default(),
             prefix_fallback: Mutex::default(),
+            last_prefix_growth: Mutex::default(),
             macs: Mutex::default(),
             host_done: Mutex::default(),
             wake: Notify::new(),
@@ -105,6 +108,15 @@ impl PoolState {
 
     pub fn fall_back_from_prefixes(&self, for_: Duration, until_ms: u64, reason: String) {
         *lock(&self.prefix_fallback) = Some(GrowthPause { until: Instant::now() + for_, until_ms, reason });
+    }
+
+    /// Prefixes asked for by the last growth, if it was less than `window` ago.
+    pub fn recent_prefix_growth(&self, window: Duration) -> Option<u32> {
+        lock(&self.last_prefix_growth).and_then(|(at, n)| (at.elapsed() < window).then_some(n))
+    }
+
+    pub fn note_prefix_growth(&self, asked: u32) {
+        *lock(&self.last_prefix_growth) = Some((Instant::now(), asked));
     }
 
     /// The prefix fallback in force, if any.

@@ -54,6 +54,7 @@ pub const ENI_MTU: u32 = 9001;
 pub const WARM_ENI_TARGET: u32 = 1;
 pub const PREFIX_DELEGATION: bool = false;
 pub const PREFIX_FALLBACK_PAUSE: &str = "120s";
+pub const PREFIX_BURST_WINDOW: &str = "5s";
 /// `--ip-cooldown-period`.
 pub const IP_COOLDOWN_PERIOD: &str = "30";
 /// `--pod-mtu`.

@@ -205,6 +205,8 @@ pub struct DaemonArgs {
     pub max_pods: Option<u32>,
     #[arg(long, env = "ENIPOOL_PREFIX_FALLBACK_PAUSE", help = with_default("With prefix delegation: after EC2 has no free /28 left (InsufficientCidrBlocks), grow with single IPs for this long before trying prefixes again.", defaults::PREFIX_FALLBACK_PAUSE))]
     pub prefix_fallback_pause: Option<String>,
+    #[arg(long, env = "ENIPOOL_PREFIX_BURST_WINDOW", help = with_default("With prefix delegation: growth within this long of the last growth asks for twice as many prefixes as the last did (pods are arriving in a burst), and nothing is given back meanwhile; 0 turns it off.", defaults::PREFIX_BURST_WINDOW))]
+    pub prefix_burst_window: Option<String>,
     #[arg(long, env = "IP_COOLDOWN_PERIOD", help = with_default("How long a released IP cools down before reuse; bare numbers are seconds (reference name).", defaults::IP_COOLDOWN_PERIOD))]
     pub ip_cooldown_period: Option<String>,
 
@@ -301,6 +303,7 @@ pub struct Config {
     pub warm_prefix_target: Option<u32>,
     pub max_pods: Option<u32>,
     pub prefix_fallback_pause: Duration,
+    pub prefix_burst_window: Duration,
     pub ip_cooldown: Duration,
     pub pod_mtu: u32,
     pub external_snat: bool,
@@ -395,6 +398,7 @@ impl DaemonArgs {
             warm_prefix_target,
             max_pods,
             prefix_fallback_pause,
+            prefix_burst_window,
             ip_cooldown_period,
             pod_mtu,
             external_snat,
@@ -570,6 +574,7 @@ impl DaemonArgs {
                 a.prefix_fallback_pause,
                 defaults::PREFIX_FALLBACK_PAUSE,
             )?,
+            prefix_burst_window: duration("prefix-burst-window", a.prefix_burst_window, defaults::PREFIX_BURST_WINDOW)?,
             ip_cooldown: duration("ip-cooldown-period", a.ip_cooldown_period, defaults::IP_COOLDOWN_PERIOD)?,
             pod_mtu,
             external_snat: a.external_snat.unwrap_or(defaults::EXTERNAL_SNAT),

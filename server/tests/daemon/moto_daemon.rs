@@ -763,3 +763,31 @@ async fn futures_lease(api: &Api, n: usize) -> Vec<serde_json::Value> {
     }
     out
 }
+
+#[tokio::test]
+async fn pods_arriving_in_a_burst_cost_few_prefix_calls() {
+    // 0 -> 110 pods on an m5.large in prefix mode, as fast as they come: growth within the burst
+    // window doubles what the last one asked for, so 8 prefixes take 4 calls (1 warm, then 1, 2,
+    // 4), not 8; nothing is given back during the burst, and what is in excess after it goes.
+    let node = Node::start("m5.large").await;
+    let d = node.daemon(&[("--prefix-delegation", "true"), ("--prefix-burst-window", "2s")]).await;
+    let api = d.unix();
+    eventually("the warm prefix", async || {
+        let p = api.pool().await;
+        if p["prefixes"] == 1 && p["deficit"] == 0 { Ok(()) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    let before = node.calls().await.of("AssignPrivateIpAddresses");
+    for i in 0..110 {
+        api.lease(&format!("pod{i:03}")).await;
+    }
+    let p = eventually("110 pods and one free prefix", async || {
+        let p = api.pool().await;
+        if p["leased"] == 110 && p["deficit"] == 0 && p["excess"] == 0 { Ok(p) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    assert_eq!(p["prefixes"], 8, "{}", pool_summary(&p));
+    let calls = node.calls().await.of("AssignPrivateIpAddresses") - before;
+    assert!(calls <= 3, "{calls} Assign calls for 7 prefixes");
+    assert_eq!(p["exhausted_allocations"], 0, "no pod waited for EC2 while an address was free");
+}

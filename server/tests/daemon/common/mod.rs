@@ -199,6 +199,7 @@ impl Daemon {
             ("--metrics-listen", "off"),
             ("--pool-tick", "20ms"),
             ("--shrink-interval", "50ms"),
+            ("--prefix-burst-window", "100ms"),
             ("--allocation-wait", "1s"),
             ("--ip-cooldown-period", "0"),
             ("--checkpoint-interval", "50ms"),
