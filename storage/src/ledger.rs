@@ -987,14 +987,18 @@ impl Ledger {
 
     /// Adds prefixes to a known ENI, every address of each free, or cooling until
     /// `cooling_until` (adopted from the provider: nobody here leased them, but someone may have
-    /// just used them). Refused (nothing added) if a prefix is not its own network, overlaps a
-    /// known prefix or another of `cidrs`, or holds a known address or an attached ENI's primary.
+    /// just used them), except those that a lease of `in_use` names (pods found on the node using
+    /// them: leased to them in the same operation, so never handed out first; a lease whose key
+    /// already holds one is skipped). Refused (nothing added) if a prefix is not its own network,
+    /// overlaps a known prefix or another of `cidrs`, or holds a known address or an attached
+    /// ENI's primary. Returns the leases made.
     pub fn add_prefixes(
         &self,
         eni_id: &str,
         cidrs: &[Ipv4Net],
         cooling_until: Option<UnixMillis>,
-    ) -> Result<(), LedgerError> {
+        in_use: Vec<Lease>,
+    ) -> Result<Vec<Lease>, LedgerError> {
         self.run(|_, st| {
             if !st.enis.contains_key(eni_id) {
                 return Err(LedgerError::UnknownEni(eni_id.into()));
@@ -1033,7 +1037,26 @@ impl Ledger {
                 }
                 changes.push(Change::PutPrefix(prefix));
             }
-            Ok(((), changes))
+            let mut made: Vec<Lease> = Vec::new();
+            for mut lease in in_use {
+                check_key(&lease.key)?;
+                let ours = cidrs.iter().any(|c| c.contains(&lease.ip));
+                let taken =
+                    st.leases.contains_key(&lease.key) || made.iter().any(|m| m.key == lease.key || m.ip == lease.ip);
+                if ours && !taken {
+                    lease.eni_id = eni_id.into();
+                    made.push(lease);
+                }
+            }
+            for change in &mut changes {
+                if let Change::PutAddr(rec) = change
+                    && let Some(l) = made.iter().find(|l| l.ip == rec.ip)
+                {
+                    rec.state = AddressState::Leased { key: l.key.clone() };
+                }
+            }
+            changes.extend(made.iter().cloned().map(Change::PutLease));
+            Ok((made, changes))
         })
     }
 

@@ -139,7 +139,7 @@ fn migrates(old: Old, name: &str, remove_image: bool, expect: Expect) {
     // What the new schema adds works on the migrated ledger, and is durable.
     let prefix: ipnet::Ipv4Net = "10.9.0.16/28".parse().unwrap();
     let ledger = open_at(dir.path(), old.written_at + COOLDOWN_MS);
-    ledger.add_prefixes("eni-0bbb", &[prefix], None).unwrap();
+    ledger.add_prefixes("eni-0bbb", &[prefix], None, Vec::new()).unwrap();
     ledger.close().unwrap();
     let ledger = open_at(dir.path(), old.written_at + COOLDOWN_MS);
     assert!(ledger.recovery().from_image);

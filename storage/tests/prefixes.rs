@@ -39,7 +39,7 @@ fn key(name: &str) -> LeaseKey {
 fn node(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Ledger {
     let ledger = open(dir, clock);
     ledger.add_eni(eni("eni-1", 1, Ipv4Addr::new(10, 0, 0, 10), true), &[Ipv4Addr::new(10, 0, 0, 11)]).unwrap();
-    ledger.add_prefixes("eni-1", &[net("10.0.0.16/28")], None).unwrap();
+    ledger.add_prefixes("eni-1", &[net("10.0.0.16/28")], None, Vec::new()).unwrap();
     ledger
 }
 
@@ -69,17 +69,20 @@ fn prefixes_overlap_nothing_and_their_addresses_come_and_go_with_them() {
     let ledger = node(dir.path(), &clock);
     ledger.add_eni(eni("eni-2", 2, Ipv4Addr::new(10, 0, 0, 12), true), &[]).unwrap();
     let refused = |cidr: &str, eni_id: &str| {
-        let r = ledger.add_prefixes(eni_id, &[net(cidr)], None);
+        let r = ledger.add_prefixes(eni_id, &[net(cidr)], None, Vec::new());
         assert!(matches!(r, Err(LedgerError::PrefixOverlaps { .. })), "{cidr}: {r:?}");
     };
     refused("10.0.0.16/28", "eni-2"); // the same prefix, on another ENI
     refused("10.0.0.0/27", "eni-1"); // contains it
     refused("10.0.0.0/28", "eni-1"); // holds the secondary and both primaries
     refused("10.0.0.40/28", "eni-1"); // not its own network
-    let twice = ledger.add_prefixes("eni-1", &[net("10.0.0.32/28"), net("10.0.0.32/28")], None);
+    let twice = ledger.add_prefixes("eni-1", &[net("10.0.0.32/28"), net("10.0.0.32/28")], None, Vec::new());
     assert!(matches!(twice, Err(LedgerError::PrefixOverlaps { .. })), "{twice:?}");
     assert!(ledger.prefix_of(Ipv4Addr::new(10, 0, 0, 33)).is_none(), "a refused call adds nothing");
-    assert!(matches!(ledger.add_prefixes("eni-9", &[net("10.0.0.48/28")], None), Err(LedgerError::UnknownEni(_))));
+    assert!(matches!(
+        ledger.add_prefixes("eni-9", &[net("10.0.0.48/28")], None, Vec::new()),
+        Err(LedgerError::UnknownEni(_))
+    ));
 
     let inside = Ipv4Addr::new(10, 0, 0, 20);
     assert!(matches!(ledger.add_addresses("eni-2", &[inside]), Err(LedgerError::InPrefix { .. })));
@@ -113,7 +116,7 @@ fn a_prefix_goes_back_only_when_every_address_is_free_and_done_cooling() {
     assert!(ledger.address(pod.ip).is_none() && ledger.prefixes(None).is_empty());
     ledger.check_invariants().unwrap();
     // Durable, also after a crash (replayed from the log).
-    ledger.add_prefixes("eni-1", &[net("10.0.0.48/28")], Some(START + 2 * COOLDOWN)).unwrap();
+    ledger.add_prefixes("eni-1", &[net("10.0.0.48/28")], Some(START + 2 * COOLDOWN), Vec::new()).unwrap();
     ledger.simulate_crash();
     let ledger = open(dir.path(), &clock);
     assert_eq!(ledger.prefixes(None).iter().map(|p| p.cidr).collect::<Vec<_>>(), [net("10.0.0.48/28")]);
@@ -127,7 +130,7 @@ fn a_prefix_the_provider_stops_listing_is_kept_while_leased_and_recovered_whole(
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(START));
     let ledger = node(dir.path(), &clock);
-    ledger.add_prefixes("eni-1", &[net("10.0.0.32/28")], None).unwrap();
+    ledger.add_prefixes("eni-1", &[net("10.0.0.32/28")], None, Vec::new()).unwrap();
     ledger.allocate(key("secondary"), meta("d", "s")).unwrap();
     let a = ledger.allocate(key("a"), meta("d", "a")).unwrap().lease;
     let b = ledger.allocate(key("b"), meta("d", "b")).unwrap().lease;
@@ -185,5 +188,35 @@ fn removing_an_eni_removes_its_idle_prefixes() {
     clock.set(START + COOLDOWN);
     ledger.remove_eni("eni-1").unwrap();
     assert!(ledger.prefixes(None).is_empty() && ledger.addresses(None).is_empty());
+    ledger.check_invariants().unwrap();
+}
+
+#[test]
+fn an_adopted_prefix_is_leased_to_the_pods_using_it_in_the_same_operation() {
+    // Reconciliation adopts a prefix the provider lists while pods on the node use two of its
+    // addresses (the ledger lost their leases). Even with no cooldown at all, neither address can
+    // be handed out first: the leases are made in the same operation.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = open(dir.path(), &clock);
+    ledger.add_eni(eni("eni-1", 1, Ipv4Addr::new(10, 0, 0, 10), true), &[]).unwrap();
+    ledger.allocate(key("holder"), meta("d", "holder")).unwrap_err();
+    let pod = |name: &str, ip: Ipv4Addr| Lease {
+        key: key(name),
+        ip,
+        eni_id: String::new(),
+        meta: meta("d", name),
+        created_at: START,
+    };
+    let (a, b) = (Ipv4Addr::new(10, 0, 0, 16), Ipv4Addr::new(10, 0, 0, 20));
+    let in_use = vec![pod("a", a), pod("b", b), pod("elsewhere", Ipv4Addr::new(10, 0, 0, 99)), pod("a", b)];
+    let made = ledger.add_prefixes("eni-1", &[net("10.0.0.16/28")], None, in_use).unwrap();
+    assert_eq!(made.iter().map(|l| (l.key.container_id.as_str(), l.ip)).collect::<Vec<_>>(), [("a", a), ("b", b)]);
+    assert!(made.iter().all(|l| l.eni_id == "eni-1"));
+    for i in 0..14 {
+        let got = ledger.allocate(key(&format!("new{i}")), meta("d", "n")).unwrap().lease.ip;
+        assert!(got != a && got != b, "a live pod's address was handed out: {got}");
+    }
+    assert!(matches!(ledger.allocate(key("one-more"), meta("d", "n")), Err(LedgerError::NoFreeAddress)));
     ledger.check_invariants().unwrap();
 }

@@ -481,7 +481,8 @@ impl DaemonArgs {
             return Err(invalid("--max-pods", "must be at least 1"));
         }
         // The reference does not support zero targets in prefix mode: nothing would ever be warm.
-        let zero_targets = a.warm_prefix_target == Some(0)
+        let ip_targets_set = a.warm_ip_target.is_some() || a.minimum_ip_target.is_some();
+        let zero_targets = a.warm_prefix_target.unwrap_or(if ip_targets_set { 0 } else { 1 }) == 0
             && a.warm_ip_target.unwrap_or(0) == 0
             && a.minimum_ip_target.unwrap_or(0) == 0;
         if a.prefix_delegation == Some(true) && zero_targets {
@@ -717,6 +718,9 @@ mod tests {
             ..DaemonArgs::default()
         };
         assert!(with_ip.resolve().is_ok(), "MINIMUM_IP_TARGET keeps something warm");
+        // WARM_IP_TARGET=0 alone leaves nothing warm either (it overrides WARM_PREFIX_TARGET).
+        let zero_ip = DaemonArgs { prefix_delegation: Some(true), warm_ip_target: Some(0), ..DaemonArgs::default() };
+        refused(zero_ip, "--warm-prefix-target");
         refused(DaemonArgs { max_pods: Some(0), ..DaemonArgs::default() }, "--max-pods");
         let pause = DaemonArgs { prefix_fallback_pause: Some("never".into()), ..DaemonArgs::default() };
         refused(pause, "prefix-fallback-pause");

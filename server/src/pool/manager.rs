@@ -243,18 +243,20 @@ async fn fill_prefixes(app: &App, eni: &EniRecord, n: u32) -> Result<u32, PoolEr
     for prefix in &prefixes {
         let ledger = app.ledger.clone();
         let (id, cidr) = (eni.id.clone(), *prefix);
-        let Err(e) = app.ledger_call(move || ledger.add_prefixes(&id, &[cidr], None)).await else { continue };
-        // Ours already (lost, and EC2 gives it back), or overlapping what the ledger holds:
-        // never handed out twice.
-        let lost_here = app
-            .ledger
-            .prefixes(Some(&eni.id))
-            .iter()
-            .any(|p| p.cidr == *prefix && p.state == enipool_storage::PrefixState::Lost);
-        if lost_here {
-            let ledger = app.ledger.clone();
-            let (id, cidr, until) = (eni.id.clone(), *prefix, app.clock_now());
-            app.ledger_call(move || ledger.recover_prefix(&id, cidr, until)).await?;
+        let Err(e) = app.ledger_call(move || ledger.add_prefixes(&id, &[cidr], None, Vec::new())).await else {
+            continue;
+        };
+        // The same prefix the ledger has on this ENI (EC2 took it away and gives it back before
+        // reconciliation noticed): an active one stays as it is, a lost one is leased to its pods
+        // again. Anything else overlapping what the ledger holds goes back: never handed out twice.
+        let same = app.ledger.prefixes(Some(&eni.id)).into_iter().find(|p| p.cidr == *prefix);
+        if let Some(same) = same {
+            if same.state == enipool_storage::PrefixState::Lost {
+                let ledger = app.ledger.clone();
+                let cooling_until = app.clock_now() + app.config.ip_cooldown.as_millis() as u64;
+                let (id, cidr) = (eni.id.clone(), *prefix);
+                app.ledger_call(move || ledger.recover_prefix(&id, cidr, cooling_until)).await?;
+            }
         } else {
             warn!(eni = %eni.id, %prefix, error = %e, "the provider assigned a prefix the ledger cannot take; giving it back");
             app.provider_call("unassign_prefixes", app.provider.unassign_prefixes(&eni.id, &[*prefix])).await?;
@@ -302,10 +304,13 @@ async fn shrink_prefixes(app: &App, excess: u32) -> Result<bool, PoolError> {
             continue;
         }
         if let Err(e) = app.provider_call("unassign_prefixes", app.provider.unassign_prefixes(&eni.id, &gone)).await {
+            // Back in the ledger, cooling: the call may have gone through (a timeout), and then
+            // EC2 may give them to another node until reconciliation drops them.
             let ledger = app.ledger.clone();
             let id = eni.id.clone();
             let back = gone.clone();
-            let _ = app.ledger_call(move || ledger.add_prefixes(&id, &back, None)).await;
+            let cooling_until = app.clock_now() + app.config.ip_cooldown.as_millis() as u64;
+            let _ = app.ledger_call(move || ledger.add_prefixes(&id, &back, Some(cooling_until), Vec::new())).await;
             return Err(e.into());
         }
         app.note_action("unassign_prefixes", format!("{} prefixes from {}", gone.len(), eni.id));
@@ -445,11 +450,12 @@ async fn take_assigned(app: &App, eni_id: &str, ips: &[Ipv4Addr]) -> Result<Vec<
     let mut lost_here = Vec::new();
     let mut held = Vec::new();
     // The primary address of an ENI EC2 deleted behind our back, kept in the ledger while its
-    // lost leases last, is free in EC2 and may come back as a secondary.
+    // lost leases last, is free in EC2 and may come back as a secondary; so may an address a
+    // lost prefix dropped.
     let primaries: Vec<Ipv4Addr> = app.ledger.enis().iter().map(|e| e.primary_ip).collect();
     for &ip in ips {
         match app.ledger.address(ip) {
-            None if primaries.contains(&ip) => held.push(ip),
+            None if primaries.contains(&ip) || app.ledger.prefix_of(ip).is_some() => held.push(ip),
             None => fresh.push(ip),
             Some(a) if a.eni_id == eni_id => {
                 if matches!(a.state, AddressState::Lost { .. }) {
@@ -491,7 +497,14 @@ async fn shrink(app: &App, excess: u32) -> Result<bool, PoolError> {
         if c.leased + c.cooling > 0 || c.total as u32 > left {
             continue;
         }
-        let ips: Vec<Ipv4Addr> = app.ledger.addresses(Some(&eni.id)).iter().map(|a| a.ip).collect();
+        let prefixes: Vec<_> = app.ledger.prefixes(Some(&eni.id)).into_iter().map(|p| p.cidr).collect();
+        let ips: Vec<Ipv4Addr> = app
+            .ledger
+            .addresses(Some(&eni.id))
+            .iter()
+            .map(|a| a.ip)
+            .filter(|ip| !prefixes.iter().any(|p| p.contains(ip)))
+            .collect();
         let ledger = app.ledger.clone();
         let id = eni.id.clone();
         // The ledger refuses if an allocation took one of its IPs meanwhile; then we keep it.
@@ -499,10 +512,16 @@ async fn shrink(app: &App, excess: u32) -> Result<bool, PoolError> {
             continue;
         }
         if let Err(e) = app.provider_call("delete_eni", app.provider.delete_eni(&eni.id)).await {
-            // Put it back so its IPs stay usable; the next step retries.
+            // Put it back as it was (secondary IPs and prefixes), so its addresses stay usable;
+            // the next step retries.
             let ledger = app.ledger.clone();
             let record = eni.clone();
-            let _ = app.ledger_call(move || ledger.add_eni(record, &ips)).await;
+            let _ = app
+                .ledger_call(move || {
+                    ledger.add_eni(record.clone(), &ips)?;
+                    ledger.add_prefixes(&record.id, &prefixes, None, Vec::new()).map(drop)
+                })
+                .await;
             return Err(e.into());
         }
         app.note_action("delete_eni", format!("{} ({} IPs)", eni.id, c.total));

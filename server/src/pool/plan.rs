@@ -92,6 +92,16 @@ pub fn plan(config: &Config, limits: Limits, total: u32, leased: u32, cooling: u
     }
 }
 
+/// The prefix fallback's target in addresses: `want`, within what the ENI slots still free
+/// (beside the prefixes and secondary IPs held) can add to what is held.
+fn fallback_total(config: &Config, limits: Limits, stats: &Stats, want: u32) -> u32 {
+    let held = stats.addresses.total as u32;
+    let secondaries = held.saturating_sub(stats.prefix_addresses.total as u32);
+    let max_enis = config.max_eni.map_or(limits.max_enis, |m| m.min(limits.max_enis));
+    let free_slots = (max_enis * limits.pod_ips_per_eni()).saturating_sub(stats.prefixes as u32 + secondaries);
+    want.min(held + free_slots).max(held)
+}
+
 /// The mode the pool grows in now.
 pub fn mode_now(app: &App) -> Mode {
     match (app.config.prefix_delegation, app.pool.prefix_fallback().is_some()) {
@@ -124,10 +134,7 @@ pub fn plan_now(app: &App, stats: &Stats) -> Plan {
             let want = (prefix_target(&app.config, in_use) * PREFIX_SIZE)
                 .min(app.config.max_pods.unwrap_or(u32::MAX))
                 .max(in_use);
-            let max_enis = app.config.max_eni.map_or(limits.max_enis, |m| m.min(limits.max_enis));
-            let slots_left = max_enis * limits.pod_ips_per_eni() - stats.prefixes as u32;
-            let max_total = c.total as u32 - (stats.prefix_addresses.total as u32) + slots_left;
-            let desired_total = want.min(max_total.max(c.total as u32));
+            let desired_total = fallback_total(&app.config, limits, stats, want);
             Plan { desired_total, deficit: desired_total.saturating_sub(c.total as u32), excess: 0, prefixes: None }
         }
     }
@@ -219,6 +226,28 @@ mod tests {
             a.warm_eni_target = Some(3);
         });
         assert_eq!(prefix_plan(&by_ip, M5_LARGE, 0, 0, 0).desired, 1);
+    }
+
+    #[test]
+    fn the_fallback_grows_single_ips_into_the_free_slots() {
+        // An m5.large (27 slots) with 2 prefixes, 31 pods on them: 48 addresses wanted, 32 held;
+        // 25 free slots take single IPs, so the target is 48 and 16 are missing.
+        let c = config(|a| a.prefix_delegation = Some(true));
+        let mut stats = Stats { prefixes: 2, ..Stats::default() };
+        stats.addresses.total = 32;
+        stats.prefix_addresses.total = 32;
+        assert_eq!(fallback_total(&c, M5_LARGE, &stats, 48), 48);
+        // With every slot taken, what is held.
+        let mut full = Stats { prefixes: 20, ..Stats::default() };
+        full.addresses.total = 20 * 16 + 7;
+        full.prefix_addresses.total = 20 * 16;
+        assert_eq!(fallback_total(&c, M5_LARGE, &full, 500), 327);
+        // --max-eni below the ENIs holding prefixes: no underflow.
+        let capped = config(|a| {
+            a.prefix_delegation = Some(true);
+            a.max_eni = Some(1);
+        });
+        assert_eq!(fallback_total(&capped, M5_LARGE, &full, 500), 327);
     }
 
     #[test]

@@ -100,7 +100,17 @@ pub async fn sync_with_provider(app: &App) -> Result<(), PoolError> {
         }
         let records = app.ledger.addresses(Some(&eni.id));
         let have: Vec<Ipv4Addr> = records.iter().map(|a| a.ip).collect();
-        let missing: Vec<Ipv4Addr> = eni.secondary_ips.iter().copied().filter(|ip| !have.contains(ip)).collect();
+        let (inside, missing): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) = eni
+            .secondary_ips
+            .iter()
+            .copied()
+            .filter(|ip| !have.contains(ip))
+            .partition(|ip| app.ledger.prefix_of(*ip).is_some());
+        if !inside.is_empty() {
+            // An address a lost prefix dropped, now a secondary IP: adopting it would put one
+            // address in two records; the pool gives such addresses back when it meets them.
+            warn!(eni = %eni.id, ips = ?inside, "the provider lists secondary IPs inside a prefix the ledger holds; not adopted");
+        }
         let back: Vec<Ipv4Addr> = records
             .iter()
             .filter(|a| matches!(a.state, AddressState::Lost { .. }) && eni.secondary_ips.contains(&a.ip))
@@ -169,20 +179,20 @@ async fn sync_prefixes(
 ) -> Result<(), PoolError> {
     let known = app.ledger.prefixes(Some(&eni.id));
     for p in eni.prefixes.iter().filter(|p| !known.iter().any(|k| k.cidr == **p)) {
-        let ledger = app.ledger.clone();
-        let (id, cidr) = (eni.id.clone(), *p);
-        if let Err(e) = app.ledger_call(move || ledger.add_prefixes(&id, &[cidr], Some(cooling_until))).await {
-            warn!(eni = %eni.id, prefix = %p, error = %e, "cannot adopt a prefix the provider lists");
-            continue;
-        }
-        info!(eni = %eni.id, prefix = %p, "adopted a prefix the provider has and the ledger lacked (cooling first)");
+        // The leases of live pods using its addresses are made in the same ledger operation, so
+        // none of those addresses is ever handed out first (whatever the cooldown).
         let now = app.clock_now();
         let in_use: Vec<_> = on_node.iter().filter(|a| p.contains(&a.ip)).map(|a| a.lease(now)).collect();
-        if !in_use.is_empty() {
-            let ledger = app.ledger.clone();
-            for l in app.ledger_call(move || ledger.restore_leases(in_use)).await? {
-                warn!(key = %l.key, ip = %l.ip, "lease rebuilt from the node: a live pod uses this adopted prefix's IP");
+        let ledger = app.ledger.clone();
+        let (id, cidr) = (eni.id.clone(), *p);
+        match app.ledger_call(move || ledger.add_prefixes(&id, &[cidr], Some(cooling_until), in_use)).await {
+            Ok(made) => {
+                info!(eni = %eni.id, prefix = %p, "adopted a prefix the provider has and the ledger lacked (cooling first)");
+                for l in made {
+                    warn!(key = %l.key, ip = %l.ip, "lease rebuilt from the node: a live pod uses this adopted prefix's IP");
+                }
             }
+            Err(e) => warn!(eni = %eni.id, prefix = %p, error = %e, "cannot adopt a prefix the provider lists"),
         }
     }
     for k in known.iter().filter(|k| k.state == PrefixState::Lost && eni.prefixes.contains(&k.cidr)) {
