@@ -791,3 +791,39 @@ async fn pods_arriving_in_a_burst_cost_few_prefix_calls() {
     assert!(calls <= 3, "{calls} Assign calls for 7 prefixes");
     assert_eq!(p["exhausted_allocations"], 0, "no pod waited for EC2 while an address was free");
 }
+
+#[tokio::test]
+async fn prefix_mode_in_a_subnet_running_out_falls_back_then_pauses_growth() {
+    // A /27 has no /28 that can be a prefix (one holds the network and reserved addresses, the
+    // other the broadcast address): single IPs at once, until the subnet is out of them; then
+    // growth pauses and says why, and pods beyond what the subnet holds are refused, not hung.
+    let node = Node::start_in("m5.large", "10.0.1.0/27").await;
+    let d = node
+        .daemon(&[("--prefix-delegation", "true"), ("--prefix-fallback-pause", "600s"), ("--allocation-wait", "300ms")])
+        .await;
+    let api = d.unix();
+    eventually("the fallback to single IPs", async || {
+        let p = api.pool().await;
+        if p["mode"] == "prefix-fallback" && p["deficit"] == 0 { Ok(()) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    // 27 usable addresses: the instance's and two more ENIs', 24 for pods at most; fewer when the
+    // last request asks for more than the subnet has left (EC2 grants all or nothing).
+    let mut served = 0;
+    for i in 0..30 {
+        let r = api.post_unchecked("/v1/leases", &lease_request(NET, &format!("pod{i:02}"), "eth0")).await;
+        if r.status == 201 {
+            served += 1;
+        } else {
+            r.assert_problem(503, problem::POOL_EXHAUSTED, None);
+        }
+    }
+    assert!((18..=24).contains(&served), "{served} pods served");
+    let p = eventually("growth to pause for the exhausted subnet", async || {
+        let p = api.pool().await;
+        if !p["growth_paused"].is_null() { Ok(p) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    assert!(p["growth_paused"]["reason"].as_str().unwrap().contains("InsufficientFreeAddressesInSubnet"), "{p}");
+    assert_eq!(p["mode"], "prefix-fallback");
+}
