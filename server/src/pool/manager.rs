@@ -219,8 +219,10 @@ pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), Po
 async fn grow_prefixes(app: &App, deficit: u32) -> Result<(), PoolError> {
     let window = app.config.prefix_burst_window;
     let mut want = deficit;
-    if let Some(last) = app.pool.recent_prefix_growth(window) {
-        let stats = app.ledger.stats();
+    let stats = app.ledger.stats();
+    // A burst is pods arriving: growth with no pod yet (the warm prefix at start) starts none.
+    let pods_arriving = stats.prefix_addresses.leased > 0;
+    if let Some(last) = app.pool.recent_prefix_growth(window).filter(|_| pods_arriving) {
         let per_eni = app.info().limits.pod_ips_per_eni();
         let room: u32 = app
             .ledger
@@ -233,7 +235,9 @@ async fn grow_prefixes(app: &App, deficit: u32) -> Result<(), PoolError> {
         let allowed = room.min(pods_cap.saturating_sub(stats.prefixes as u32));
         want = deficit.max(last.saturating_mul(2).min(allowed));
     }
-    app.pool.note_prefix_growth(want);
+    if pods_arriving {
+        app.pool.note_prefix_growth(want);
+    }
     grow_by(app, want, Unit::Prefixes).await
 }
 
@@ -270,6 +274,20 @@ async fn fill_prefixes(app: &App, eni: &EniRecord, n: u32) -> Result<u32, PoolEr
 /// (secondary ENIs first, highest device first, so they empty). Returns whether any went.
 async fn shrink_prefixes(app: &App, excess: u32) -> Result<bool, PoolError> {
     let now = app.clock_now();
+    // Pods just went: more prefixes empty as their addresses finish cooling. Wait until none
+    // will within a shrink interval, and give them back together.
+    let soon = now + app.config.shrink_interval.as_millis() as u64;
+    let emptying =
+        app.ledger.prefixes(None).iter().filter(|p| p.state == enipool_storage::PrefixState::Active).any(|p| {
+            p.addresses().any(|ip| {
+                app.ledger
+                    .address(ip)
+                    .is_some_and(|a| matches!(a.state, AddressState::Cooling { until } if until > now && until <= soon))
+            })
+        });
+    if emptying {
+        return Ok(false);
+    }
     let mut left = excess;
     let mut enis = app.ledger.enis();
     enis.sort_by_key(|e| std::cmp::Reverse(e.device_number));
