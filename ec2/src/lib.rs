@@ -105,6 +105,13 @@ struct Cache {
     pending_delete: BTreeSet<String>,
 }
 
+/// What one UnassignPrivateIpAddresses gives back.
+#[derive(Clone, Copy)]
+enum Unassigned<'a> {
+    Ips(&'a [Ipv4Addr]),
+    Prefixes(&'a [Ipv4Net]),
+}
+
 #[derive(Debug)]
 pub struct Ec2Provider {
     config: Ec2Config,
@@ -441,6 +448,54 @@ impl Ec2Provider {
         }
     }
 
+    /// UnassignPrivateIpAddresses for secondary IPs or prefixes of one ENI; what went is taken
+    /// off the cache and overlaid as removed for the consistency window.
+    async fn unassign(&self, eni_id: &str, what: Unassigned<'_>) -> Result<(), ProviderError> {
+        let r = self.ready()?;
+        let list: Vec<String> = match what {
+            Unassigned::Ips(ips) => ips.iter().map(|ip| ip.to_string()).collect(),
+            Unassigned::Prefixes(prefixes) => prefixes.iter().map(|p| p.to_string()).collect(),
+        };
+        if list.is_empty() {
+            return Ok(());
+        }
+        let mut cache = self.cache.lock().await;
+        self.caller
+            .call("UnassignPrivateIpAddresses", || {
+                let request = r.client.unassign_private_ip_addresses().network_interface_id(eni_id);
+                match what {
+                    Unassigned::Ips(_) => request.set_private_ip_addresses(Some(list.clone())),
+                    Unassigned::Prefixes(_) => request.set_ipv4_prefixes(Some(list.clone())),
+                }
+                .send()
+            })
+            .await
+            .map_err(provider_error)?;
+        let now = Instant::now();
+        let cache = &mut *cache;
+        match what {
+            Unassigned::Ips(ips) => {
+                for ip in ips {
+                    if let Some(e) = cache.enis.get_mut(eni_id) {
+                        e.secondaries.remove(ip);
+                    }
+                    cache.added_ips.remove(ip);
+                    cache.removed_ips.insert(*ip, now);
+                }
+            }
+            Unassigned::Prefixes(prefixes) => {
+                for p in prefixes {
+                    if let Some(e) = cache.enis.get_mut(eni_id) {
+                        e.prefixes.remove(p);
+                    }
+                    cache.added_prefixes.remove(p);
+                    cache.removed_prefixes.insert(*p, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn tags(&self, r: &Ready) -> Vec<Tag> {
         let now = DateTime::from(SystemTime::now()).fmt(DateTimeFormat::DateTime).unwrap_or_default();
         let mut tags = vec![
@@ -743,63 +798,11 @@ impl Provider for Ec2Provider {
     }
 
     async fn unassign_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), ProviderError> {
-        let r = self.ready()?;
-        if prefixes.is_empty() {
-            return Ok(());
-        }
-        let mut cache = self.cache.lock().await;
-        let list: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
-        self.caller
-            .call("UnassignPrivateIpAddresses", || {
-                r.client
-                    .unassign_private_ip_addresses()
-                    .network_interface_id(eni_id)
-                    .set_ipv4_prefixes(Some(list.clone()))
-                    .send()
-            })
-            .await
-            .map_err(provider_error)?;
-        let now = Instant::now();
-        if let Some(e) = cache.enis.get_mut(eni_id) {
-            for p in prefixes {
-                e.prefixes.remove(p);
-            }
-        }
-        for p in prefixes {
-            cache.added_prefixes.remove(p);
-            cache.removed_prefixes.insert(*p, now);
-        }
-        Ok(())
+        self.unassign(eni_id, Unassigned::Prefixes(prefixes)).await
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), ProviderError> {
-        let r = self.ready()?;
-        if ips.is_empty() {
-            return Ok(());
-        }
-        let mut cache = self.cache.lock().await;
-        let list: Vec<String> = ips.iter().map(|ip| ip.to_string()).collect();
-        self.caller
-            .call("UnassignPrivateIpAddresses", || {
-                r.client
-                    .unassign_private_ip_addresses()
-                    .network_interface_id(eni_id)
-                    .set_private_ip_addresses(Some(list.clone()))
-                    .send()
-            })
-            .await
-            .map_err(provider_error)?;
-        let now = Instant::now();
-        if let Some(e) = cache.enis.get_mut(eni_id) {
-            for ip in ips {
-                e.secondaries.remove(ip);
-            }
-        }
-        for ip in ips {
-            cache.added_ips.remove(ip);
-            cache.removed_ips.insert(*ip, now);
-        }
-        Ok(())
+        self.unassign(eni_id, Unassigned::Ips(ips)).await
     }
 
     async fn delete_eni(&self, eni_id: &str) -> Result<(), ProviderError> {

@@ -122,6 +122,18 @@ impl StaticProvider {
         }
     }
 
+    /// Changes one ENI of the simulated instance, durably (written whole before it counts).
+    async fn change_eni(&self, eni_id: &str, change: impl FnOnce(&mut SimEni)) -> Result<(), ProviderError> {
+        self.delay().await;
+        let mut s = self.state.lock().await;
+        let idx = s.enis.iter().position(|e| e.id == eni_id).ok_or_else(|| failed(format!("no ENI {eni_id}")))?;
+        let mut next = s.clone();
+        change(&mut next.enis[idx]);
+        save(&self.path, &next).map_err(failed)?;
+        *s = next;
+        Ok(())
+    }
+
     fn view(s: &SimInstance, e: &SimEni) -> ProviderEni {
         ProviderEni {
             id: e.id.clone(),
@@ -289,25 +301,11 @@ impl Provider for StaticProvider {
     }
 
     async fn unassign_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), ProviderError> {
-        self.delay().await;
-        let mut s = self.state.lock().await;
-        let idx = s.enis.iter().position(|e| e.id == eni_id).ok_or_else(|| failed(format!("no ENI {eni_id}")))?;
-        let mut next = s.clone();
-        next.enis[idx].prefixes.retain(|p| !prefixes.contains(p));
-        save(&self.path, &next).map_err(failed)?;
-        *s = next;
-        Ok(())
+        self.change_eni(eni_id, |e| e.prefixes.retain(|p| !prefixes.contains(p))).await
     }
 
     async fn unassign_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), ProviderError> {
-        self.delay().await;
-        let mut s = self.state.lock().await;
-        let idx = s.enis.iter().position(|e| e.id == eni_id).ok_or_else(|| failed(format!("no ENI {eni_id}")))?;
-        let mut next = s.clone();
-        next.enis[idx].secondary_ips.retain(|ip| !ips.contains(ip));
-        save(&self.path, &next).map_err(failed)?;
-        *s = next;
-        Ok(())
+        self.change_eni(eni_id, |e| e.secondary_ips.retain(|ip| !ips.contains(ip))).await
     }
 
     async fn delete_eni(&self, eni_id: &str) -> Result<(), ProviderError> {
