@@ -31,7 +31,9 @@ use aws_sdk_ec2::primitives::{DateTime, DateTimeFormat};
 use aws_sdk_ec2::types::{
     Filter, InstanceType, NetworkInterface, NetworkInterfaceAttachmentChanges, ResourceType, Tag, TagSpecification,
 };
-use enipool_provider::{InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits, instance_types};
+use enipool_provider::{
+    Fill, InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits, instance_types,
+};
 use ipnet::Ipv4Net;
 use tokio::sync::{Mutex, OnceCell};
 use tokio::time::Instant;
@@ -496,6 +498,17 @@ impl Ec2Provider {
         Ok(())
     }
 
+    /// EC2 delegates prefixes to Nitro types only: refused here rather than by EC2.
+    fn check_nitro(&self, r: &Ready) -> Result<(), ProviderError> {
+        if instance_types::builtin_type(&r.id.instance_type).is_some_and(|t| !t.nitro) {
+            return Err(failed(format!(
+                "{} is not a Nitro instance type: EC2 delegates prefixes to Nitro types only",
+                r.id.instance_type
+            )));
+        }
+        Ok(())
+    }
+
     fn tags(&self, r: &Ready) -> Vec<Tag> {
         let now = DateTime::from(SystemTime::now()).fmt(DateTimeFormat::DateTime).unwrap_or_default();
         let mut tags = vec![
@@ -576,8 +589,20 @@ impl Provider for Ec2Provider {
         Ok(out)
     }
 
-    async fn create_eni(&self, device_number: u32) -> Result<ProviderEni, ProviderError> {
+    async fn create_eni(&self, device_number: u32, fill: Fill) -> Result<ProviderEni, ProviderError> {
         let r = self.ready()?;
+        if let Fill::Prefixes(n) = fill
+            && n > 0
+        {
+            self.check_nitro(r)?;
+        }
+        let room = r.id.limits.pod_ips_per_eni();
+        if fill.slots() > room {
+            return Err(ProviderError::Limit(format!(
+                "a new ENI has room for {room} secondary IPs or prefixes, {} asked",
+                fill.slots()
+            )));
+        }
         let mut guard = self.cache.lock().await;
         let cache = &mut *guard;
         self.ensure_loaded(r, cache).await?;
@@ -596,11 +621,18 @@ impl Provider for Ec2Provider {
         }
         let description = format!("{DESCRIPTION_PREFIX}{}", r.id.instance_id);
         let tags = self.tags(r);
+        let (secondary_ips, prefixes) = match fill {
+            Fill::Ips(0) | Fill::Prefixes(0) => (None, None),
+            Fill::Ips(n) => (Some(n as i32), None),
+            Fill::Prefixes(n) => (None, Some(n as i32)),
+        };
         let created = self
             .caller
             .call("CreateNetworkInterface", || {
                 r.client
                     .create_network_interface()
+                    .set_secondary_private_ip_address_count(secondary_ips)
+                    .set_ipv4_prefix_count(prefixes)
                     .subnet_id(&r.id.subnet_id)
                     .set_groups(Some(r.id.security_groups.clone()))
                     .description(&description)
@@ -667,8 +699,15 @@ impl Provider for Ec2Provider {
         }
         v.device_index = device_number;
         v.attachment_id = Some(attachment_id);
-        v.secondaries.clear();
-        cache.created_enis.insert(eni_id.clone(), Instant::now());
+        let now = Instant::now();
+        // A listing soon after may show the ENI without what it was created with.
+        for ip in &v.secondaries {
+            cache.added_ips.insert(*ip, (eni_id.clone(), now));
+        }
+        for p in &v.prefixes {
+            cache.added_prefixes.insert(*p, (eni_id.clone(), now));
+        }
+        cache.created_enis.insert(eni_id.clone(), now);
         cache.enis.insert(eni_id.clone(), v.clone());
         drop(guard);
         self.to_provider(r, &v).await
@@ -746,12 +785,7 @@ impl Provider for Ec2Provider {
 
     async fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, ProviderError> {
         let r = self.ready()?;
-        if instance_types::builtin_type(&r.id.instance_type).is_some_and(|t| !t.nitro) {
-            return Err(failed(format!(
-                "{} is not a Nitro instance type: EC2 delegates prefixes to Nitro types only",
-                r.id.instance_type
-            )));
-        }
+        self.check_nitro(r)?;
         let mut guard = self.cache.lock().await;
         let cache = &mut *guard;
         self.ensure_loaded(r, cache).await?;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use enipool_ec2::testing::{FakeEc2, FakeImds, World, set_aws_env};
 use enipool_ec2::{CallPolicy, Ec2Config, Ec2Provider, TAG_CLUSTER, TAG_CREATED_AT, TAG_INSTANCE_ID};
-use enipool_provider::{Limits, Provider, ProviderError};
+use enipool_provider::{Fill, Limits, Provider, ProviderError};
 
 fn policy() -> CallPolicy {
     CallPolicy {
@@ -34,7 +34,7 @@ fn config(world: &World, ec2: &FakeEc2) -> Ec2Config {
 /// An ENI `p` (initialised) creates at device 1 and then leaves detached, as a node killed
 /// between Detach and Delete does; its id.
 async fn create_and_leave_detached(p: &Ec2Provider, world: &World, client: &aws_sdk_ec2::Client) -> String {
-    let eni = p.create_eni(1).await.expect("create");
+    let eni = p.create_eni(1, Fill::NOTHING).await.expect("create");
     let att = world
         .enis(client)
         .await
@@ -108,7 +108,7 @@ async fn grows_and_shrinks_within_the_type_limits() {
     let p = Ec2Provider::new(Ec2Config { cluster_name: Some("prod".into()), ..config(&world, &ec2) }, None);
     p.init().await.expect("init");
 
-    let eni = p.create_eni(1).await.expect("create");
+    let eni = p.create_eni(1, Fill::NOTHING).await.expect("create");
     assert_eq!(eni.device_number, 1);
     assert!(!eni.primary && eni.secondary_ips.is_empty());
     let moto = world.enis(&client).await;
@@ -139,8 +139,11 @@ async fn grows_and_shrinks_within_the_type_limits() {
     assert_eq!(attached[1].2.len(), 9, "{attached:?}");
     // 10 IPv4 per ENI on an m5.large: the primary and 9 secondaries. We refuse the 10th.
     assert!(matches!(p.assign_ips(&eni.id, 1).await, Err(ProviderError::Limit(_))));
-    p.create_eni(2).await.expect("third ENI");
-    assert!(matches!(p.create_eni(3).await, Err(ProviderError::Limit(_))), "a fourth ENI is beyond the limit");
+    p.create_eni(2, Fill::NOTHING).await.expect("third ENI");
+    assert!(
+        matches!(p.create_eni(3, Fill::NOTHING).await, Err(ProviderError::Limit(_))),
+        "a fourth ENI is beyond the limit"
+    );
     assert_eq!(world.attached(&client).await.len(), 3);
 
     p.unassign_ips(&eni.id, &ips[..2]).await.expect("unassign");
@@ -162,7 +165,7 @@ async fn throttling_and_5xx_are_retried_but_bad_requests_are_not() {
     let (ec2, world) = setup("m5.large").await;
     let p = Ec2Provider::new(config(&world, &ec2), None);
     p.init().await.expect("init");
-    let eni = p.create_eni(1).await.expect("create");
+    let eni = p.create_eni(1, Fill::NOTHING).await.expect("create");
 
     ec2.inject("AssignPrivateIpAddresses", "throttle", 2).await;
     ec2.inject("AssignPrivateIpAddresses", "500", 1).await;
@@ -188,11 +191,11 @@ async fn subnet_exhaustion_is_reported_as_such() {
     let (ec2, world) = setup("m5.large").await;
     let p = Ec2Provider::new(config(&world, &ec2), None);
     p.init().await.expect("init");
-    let eni = p.create_eni(1).await.expect("create");
+    let eni = p.create_eni(1, Fill::NOTHING).await.expect("create");
     ec2.inject("AssignPrivateIpAddresses", "subnet", 1).await;
     assert!(matches!(p.assign_ips(&eni.id, 2).await, Err(ProviderError::SubnetExhausted(_))));
     ec2.inject("CreateNetworkInterface", "subnet", 1).await;
-    assert!(matches!(p.create_eni(2).await, Err(ProviderError::SubnetExhausted(_))));
+    assert!(matches!(p.create_eni(2, Fill::NOTHING).await, Err(ProviderError::SubnetExhausted(_))));
 }
 
 #[tokio::test]
@@ -202,7 +205,7 @@ async fn an_eni_that_fails_to_attach_is_deleted() {
     let p = Ec2Provider::new(config(&world, &ec2), None);
     p.init().await.expect("init");
     ec2.inject("AttachNetworkInterface", "invalid", 1).await;
-    assert!(p.create_eni(1).await.is_err());
+    assert!(p.create_eni(1, Fill::NOTHING).await.is_err());
     let calls = ec2.calls().await;
     assert_eq!(calls.of("CreateNetworkInterface"), 1);
     assert_eq!(calls.of("DeleteNetworkInterface"), 1);
@@ -210,10 +213,10 @@ async fn an_eni_that_fails_to_attach_is_deleted() {
 
     // Failing after the attach (DeleteOnTermination) rolls back too: detach, then delete.
     ec2.inject("ModifyNetworkInterfaceAttribute", "invalid", 1).await;
-    assert!(p.create_eni(1).await.is_err());
+    assert!(p.create_eni(1, Fill::NOTHING).await.is_err());
     assert_eq!(world.enis(&client).await.len(), 1, "only the primary ENI is left");
     // And the device index is free again.
-    p.create_eni(1).await.expect("create after the rollbacks");
+    p.create_eni(1, Fill::NOTHING).await.expect("create after the rollbacks");
 }
 
 #[tokio::test]
@@ -244,7 +247,7 @@ async fn the_sweep_deletes_our_detached_enis_and_nothing_else() {
     // Ours, left detached (a node killed between Detach and Delete).
     let leaked = create_and_leave_detached(&p, &world, &client).await;
     // Ours and attached: kept.
-    let live = p.create_eni(2).await.expect("create");
+    let live = p.create_eni(2, Fill::NOTHING).await.expect("create");
     // Someone else's, detached: kept.
     let foreign = client.create_network_interface().subnet_id(&world.subnet_id).send().await.unwrap();
     let foreign = foreign.network_interface().unwrap().network_interface_id().unwrap().to_string();
@@ -270,7 +273,7 @@ async fn the_sweep_deletes_our_detached_enis_and_nothing_else() {
         None,
     );
     young.init().await.unwrap();
-    let eni = young.create_eni(1).await.unwrap();
+    let eni = young.create_eni(1, Fill::NOTHING).await.unwrap();
     let att = world
         .enis(&client)
         .await
@@ -341,7 +344,7 @@ async fn a_stale_listing_neither_re_adds_what_we_removed_nor_drops_what_we_added
     let windowed = Ec2Config { consistency_window: Duration::from_secs(600), ..config(&world, &ec2) };
     let p = Ec2Provider::new(windowed, None);
     p.init().await.expect("init");
-    let eni = p.create_eni(1).await.expect("create");
+    let eni = p.create_eni(1, Fill::NOTHING).await.expect("create");
     let ips = p.assign_ips(&eni.id, 3).await.expect("assign");
     let added = p.assign_ips(&eni.id, 1).await.expect("assign")[0];
     p.unassign_ips(&eni.id, &ips[..1]).await.expect("unassign");
@@ -473,4 +476,72 @@ async fn a_stale_listing_neither_drops_a_prefix_we_added_nor_re_adds_one_we_remo
         ec2.calls().await.stale.get("DescribeNetworkInterfaces").copied().unwrap_or(0) >= 1,
         "the listing was stale"
     );
+}
+
+#[tokio::test]
+async fn a_new_eni_comes_with_its_ips_or_prefixes_in_the_one_create_call() {
+    let (ec2, world) = setup("m5.large").await;
+    let client = ec2.client();
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    p.init().await.expect("init");
+    let before = ec2.calls().await.mutating();
+    let with_ips = p.create_eni(1, Fill::Ips(3)).await.expect("create with IPs");
+    assert_eq!(with_ips.secondary_ips.len(), 3, "{with_ips:?}");
+    let asked = ec2.requests("CreateNetworkInterface").await;
+    assert_eq!(asked.last().and_then(|r| r.get("SecondaryPrivateIpAddressCount")).map(String::as_str), Some("3"));
+    // Create, attach, and delete-on-termination: no separate assign.
+    assert_eq!(ec2.calls().await.mutating(), before + 3);
+    assert_eq!(ec2.calls().await.of("AssignPrivateIpAddresses"), 0);
+
+    let with_prefixes = p.create_eni(2, Fill::Prefixes(2)).await.expect("create with prefixes");
+    assert_eq!(with_prefixes.prefixes.len(), 2, "{with_prefixes:?}");
+    assert!(with_prefixes.secondary_ips.is_empty());
+    let asked = ec2.requests("CreateNetworkInterface").await;
+    assert_eq!(asked.last().and_then(|r| r.get("Ipv4PrefixCount")).map(String::as_str), Some("2"));
+    assert!(!with_prefixes.prefixes.iter().any(|q| q.contains(&with_prefixes.primary_ip)));
+    // As EC2 records them, and as the provider lists them.
+    let recorded = world.attached_prefixes(&client).await;
+    let on_new = recorded.iter().find(|(id, _)| *id == with_prefixes.id).map(|(_, q)| q.clone());
+    assert_eq!(on_new, Some(with_prefixes.prefixes.iter().map(|q| q.to_string()).collect::<Vec<_>>()));
+    let listed = p.list_enis().await.unwrap();
+    assert_eq!(listed.iter().find(|e| e.id == with_ips.id).unwrap().secondary_ips, with_ips.secondary_ips);
+    assert_eq!(listed.iter().find(|e| e.id == with_prefixes.id).unwrap().prefixes, with_prefixes.prefixes);
+}
+
+#[tokio::test]
+async fn a_new_eni_is_refused_what_it_cannot_hold_before_ec2_is_asked() {
+    let (ec2, world) = setup("m4.large").await;
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    p.init().await.expect("init");
+    let r = p.create_eni(1, Fill::Prefixes(1)).await;
+    assert!(matches!(r, Err(ProviderError::Failed(ref m)) if m.contains("Nitro")), "{r:?}");
+    // An m4.large ENI has 10 addresses: 9 beside its primary.
+    let r = p.create_eni(1, Fill::Ips(10)).await;
+    assert!(matches!(r, Err(ProviderError::Limit(_))), "{r:?}");
+    assert_eq!(ec2.calls().await.of("CreateNetworkInterface"), 0);
+    assert_eq!(p.create_eni(1, Fill::Ips(9)).await.expect("a full ENI").secondary_ips.len(), 9);
+}
+
+#[tokio::test]
+async fn a_new_eni_in_a_fragmented_subnet_is_no_cidr_blocks_and_leaves_nothing() {
+    set_aws_env();
+    let ec2 = FakeEc2::start().await;
+    let client = ec2.client();
+    // A /26: only .16/28 and .32/28 can be prefixes; one address in each leaves none.
+    let world = World::make_in(&client, "m5.large", "10.0.1.0/26").await;
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    p.init().await.expect("init");
+    for a in ["10.0.1.20", "10.0.1.40"] {
+        client
+            .assign_private_ip_addresses()
+            .network_interface_id(&world.primary_eni_id)
+            .private_ip_addresses(a)
+            .send()
+            .await
+            .unwrap();
+    }
+    let r = p.create_eni(1, Fill::Prefixes(1)).await;
+    assert!(matches!(r, Err(ProviderError::NoCidrBlocks(_))), "{r:?}");
+    assert_eq!(world.enis(&client).await.len(), 1, "no ENI left behind");
+    assert_eq!(p.create_eni(1, Fill::Ips(2)).await.expect("single IPs still come").secondary_ips.len(), 2);
 }

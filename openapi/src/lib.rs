@@ -155,7 +155,28 @@ pub struct Eni {
     pub subnet_cidr: String,
     pub subnet_gateway: String,
     pub route_table: u32,
+    /// Every address the ENI serves pods from: its secondary IPs and its prefixes' addresses.
     pub addresses: Vec<Address>,
+    /// The IPv4 prefixes (/28) delegated to the ENI; their addresses are in `addresses` too.
+    #[serde(default)]
+    pub prefixes: Vec<Prefix>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefixState {
+    Active,
+    /// The provider (EC2) no longer lists the prefix while pods still use addresses in it: kept,
+    /// never given back nor handed out, until those pods go or the provider lists it again.
+    Lost,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Prefix {
+    pub cidr: String,
+    pub state: PrefixState,
+    /// How many of its 16 addresses are leased.
+    pub leased: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]

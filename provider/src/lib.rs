@@ -59,6 +59,28 @@ pub struct ProviderEni {
     pub mac: Option<String>,
 }
 
+/// What a new ENI comes with beside its primary address, in the same call that creates it (so a
+/// new ENI costs no separate assign). Either kind takes one of the ENI's address slots per unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// This many secondary IPs.
+    Ips(u32),
+    /// This many IPv4 prefixes (/28s).
+    Prefixes(u32),
+}
+
+impl Fill {
+    /// Nothing beside the primary address.
+    pub const NOTHING: Fill = Fill::Ips(0);
+
+    /// The address slots it takes.
+    pub fn slots(self) -> u32 {
+        match self {
+            Fill::Ips(n) | Fill::Prefixes(n) => n,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("{0}")]
@@ -81,8 +103,9 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     async fn init(&self) -> Result<InstanceInfo, ProviderError>;
     /// Every ENI attached to this instance, with its secondary IPs.
     async fn list_enis(&self) -> Result<Vec<ProviderEni>, ProviderError>;
-    /// Creates an ENI and attaches it at `device_number` (no secondary IPs or prefixes yet).
-    async fn create_eni(&self, device_number: u32) -> Result<ProviderEni, ProviderError>;
+    /// Creates an ENI with `fill`'s secondary IPs or prefixes and attaches it at `device_number`;
+    /// all or nothing, as EC2's CreateNetworkInterface is.
+    async fn create_eni(&self, device_number: u32, fill: Fill) -> Result<ProviderEni, ProviderError>;
     /// Assigns up to `count` new secondary IPs to an ENI; returns them.
     async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, ProviderError>;
     /// Removes secondary IPs from an ENI.

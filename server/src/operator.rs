@@ -95,11 +95,12 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<String> {
                 count(api::AddressState::Free),
                 count(api::AddressState::Leased),
                 count(api::AddressState::Cooling),
+                e.prefixes.len().to_string(),
             ]
         })
         .collect();
     out.push_str(&table(
-        &["ENI", "DEVICE", "PRIMARY", "PRIMARY IP", "SUBNET", "TABLE", "IPS", "FREE", "LEASED", "COOLING"],
+        &["ENI", "DEVICE", "PRIMARY", "PRIMARY IP", "SUBNET", "TABLE", "IPS", "FREE", "LEASED", "COOLING", "PREFIXES"],
         &rows,
     ));
     Ok(out)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use enipool_api::{AddressState, problem};
+use enipool_api::{AddressState, PrefixState, problem};
 use enipool_storage::LeaseFilter;
 use serde::Deserialize;
 
@@ -246,6 +246,21 @@ pub fn render(app: &App, refresh: u32) -> String {
             table = e.route_table,
             lost_text = if lost > 0 { format!(", <span class=\"lost\">{lost} lost</span>") } else { String::new() },
         );
+        if !e.prefixes.is_empty() {
+            h.push_str("<p>prefixes: ");
+            for (i, p) in e.prefixes.iter().enumerate() {
+                let _ = write!(
+                    h,
+                    "{sep}<code class=\"prefix\" data-cidr=\"{cidr}\" data-state=\"{state}\" data-leased=\"{leased}\">{cidr}</code> ({leased} leased{lost})",
+                    sep = if i == 0 { "" } else { ", " },
+                    cidr = esc(&p.cidr),
+                    state = if p.state == PrefixState::Lost { "lost" } else { "active" },
+                    leased = p.leased,
+                    lost = if p.state == PrefixState::Lost { ", <span class=\"lost\">lost</span>" } else { "" },
+                );
+            }
+            h.push_str("</p>");
+        }
         if !e.addresses.is_empty() {
             h.push_str("<table><tr><th>IP</th><th>state</th><th>lease</th><th>pod</th><th>since / until</th></tr>");
             for a in &e.addresses {

@@ -35,6 +35,26 @@ pub fn enis(app: &App) -> Vec<api::Eni> {
                     api::Address { ip: a.ip.to_string(), state, lease, cooling_until, last_released: a.last_released }
                 })
                 .collect();
+            let prefixes = app
+                .ledger
+                .prefixes(Some(&e.id))
+                .into_iter()
+                .map(|p| api::Prefix {
+                    cidr: p.cidr.to_string(),
+                    state: match p.state {
+                        enipool_storage::PrefixState::Active => api::PrefixState::Active,
+                        enipool_storage::PrefixState::Lost => api::PrefixState::Lost,
+                    },
+                    leased: p
+                        .addresses()
+                        .filter(|ip| {
+                            app.ledger.address(*ip).is_some_and(|a| {
+                                matches!(a.state, AddressState::Leased { .. } | AddressState::Lost { .. })
+                            })
+                        })
+                        .count() as u32,
+                })
+                .collect();
             api::Eni {
                 primary: e.id == primary_eni_id,
                 id: e.id,
@@ -45,6 +65,7 @@ pub fn enis(app: &App) -> Vec<api::Eni> {
                 subnet_gateway: e.subnet_gateway.to_string(),
                 route_table: e.route_table,
                 addresses,
+                prefixes,
             }
         })
         .collect()

@@ -7,6 +7,8 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+
+use ipnet::Ipv4Net;
 use std::time::Instant;
 
 use enipool_storage::{AddressState, EffectiveState, EniRecord};
@@ -17,7 +19,7 @@ use super::plan::{Mode, PREFIX_SIZE, mode_now, plan_now};
 use super::sync::{eni_record, sync_with_provider};
 use crate::app::App;
 use crate::node::eni_setup::{EniHost, HostError, HostNet};
-use crate::provider::ProviderError;
+use crate::provider::{Fill, ProviderError};
 
 /// Runs the pool manager until shutdown. Besides growing and shrinking, it reconciles the
 /// ledger with the provider every `reconcile_interval` and runs the leaked-ENI sweep every
@@ -244,30 +246,36 @@ async fn grow_prefixes(app: &App, deficit: u32) -> Result<(), PoolError> {
 /// Puts up to `n` prefixes on `eni`; how many it got.
 async fn fill_prefixes(app: &App, eni: &EniRecord, n: u32) -> Result<u32, PoolError> {
     let prefixes = app.provider_call("assign_prefixes", app.provider.assign_prefixes(&eni.id, n)).await?;
-    for prefix in &prefixes {
+    take_prefixes(app, &eni.id, &prefixes).await?;
+    app.note_action("assign_prefixes", format!("{} prefixes to {}", prefixes.len(), eni.id));
+    Ok(prefixes.len() as u32)
+}
+
+/// Adds what the provider just delegated to `eni_id` to the ledger, prefix by prefix.
+async fn take_prefixes(app: &App, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), PoolError> {
+    for prefix in prefixes {
         let ledger = app.ledger.clone();
-        let (id, cidr) = (eni.id.clone(), *prefix);
+        let (id, cidr) = (eni_id.to_string(), *prefix);
         let Err(e) = app.ledger_call(move || ledger.add_prefixes(&id, &[cidr], None, Vec::new())).await else {
             continue;
         };
         // The same prefix the ledger has on this ENI (EC2 took it away and gives it back before
         // reconciliation noticed): an active one stays as it is, a lost one is leased to its pods
         // again. Anything else overlapping what the ledger holds goes back: never handed out twice.
-        let same = app.ledger.prefixes(Some(&eni.id)).into_iter().find(|p| p.cidr == *prefix);
+        let same = app.ledger.prefixes(Some(eni_id)).into_iter().find(|p| p.cidr == *prefix);
         if let Some(same) = same {
             if same.state == enipool_storage::PrefixState::Lost {
                 let ledger = app.ledger.clone();
                 let cooling_until = app.clock_now() + app.config.ip_cooldown.as_millis() as u64;
-                let (id, cidr) = (eni.id.clone(), *prefix);
+                let (id, cidr) = (eni_id.to_string(), *prefix);
                 app.ledger_call(move || ledger.recover_prefix(&id, cidr, cooling_until)).await?;
             }
         } else {
-            warn!(eni = %eni.id, %prefix, error = %e, "the provider assigned a prefix the ledger cannot take; giving it back");
-            app.provider_call("unassign_prefixes", app.provider.unassign_prefixes(&eni.id, &[*prefix])).await?;
+            warn!(eni = %eni_id, %prefix, error = %e, "the provider assigned a prefix the ledger cannot take; giving it back");
+            app.provider_call("unassign_prefixes", app.provider.unassign_prefixes(eni_id, &[*prefix])).await?;
         }
     }
-    app.note_action("assign_prefixes", format!("{} prefixes to {}", prefixes.len(), eni.id));
-    Ok(prefixes.len() as u32)
+    Ok(())
 }
 
 /// Gives back up to `excess` prefixes that are wholly free and done cooling, one call per ENI
@@ -434,13 +442,30 @@ async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolErro
             // not hold its device index.
             let used: Vec<u32> = enis.iter().filter(|e| e.attached).map(|e| e.device_number).collect();
             let device = (1..).find(|d| !used.contains(d)).expect("a free device number");
-            let eni = app.provider_call("create_eni", app.provider.create_eni(device)).await?;
+            // The new ENI comes with what it can take of the deficit: no separate assign.
+            let n = per_eni.min(deficit);
+            let fill = match unit {
+                Unit::Ips => Fill::Ips(n),
+                Unit::Prefixes => Fill::Prefixes(n),
+            };
+            let eni = app.provider_call("create_eni", app.provider.create_eni(device, fill)).await?;
             app.pool.note_macs([&eni]);
             let record = eni_record(&eni);
+            let fresh = take_assigned(app, &eni.id, &eni.secondary_ips).await?;
             let ledger = app.ledger.clone();
-            let ips = eni.secondary_ips.clone();
-            app.ledger_call(move || ledger.add_eni(record, &ips)).await?;
-            app.note_action("create_eni", format!("{} at device {device}", eni.id));
+            app.ledger_call(move || ledger.add_eni(record, &fresh)).await?;
+            take_prefixes(app, &eni.id, &eni.prefixes).await?;
+            let got = (eni.secondary_ips.len() + eni.prefixes.len()) as u32;
+            deficit = deficit.saturating_sub(got);
+            app.pool.grew();
+            let with = match unit {
+                Unit::Ips => format!("{} IPs", eni.secondary_ips.len()),
+                Unit::Prefixes => format!("{} prefixes", eni.prefixes.len()),
+            };
+            app.note_action("create_eni", format!("{} at device {device} with {with}", eni.id));
+            if got == 0 && n > 0 {
+                break;
+            }
         } else {
             // At the instance's limit: nothing more to do until pods go away.
             break;

@@ -13,7 +13,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use enipool_provider::{InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits};
+use enipool_provider::{Fill, InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits};
 
 const STATE_FILE: &str = "static-instance.json";
 
@@ -202,6 +202,17 @@ fn free_prefixes(s: &SimInstance, count: usize) -> Vec<Ipv4Net> {
         .collect()
 }
 
+/// EC2 delegates prefixes to Nitro types only.
+fn check_nitro(s: &SimInstance) -> Result<(), ProviderError> {
+    if enipool_provider::instance_types::builtin_type(&s.instance_type).is_some_and(|t| !t.nitro) {
+        return Err(failed(format!(
+            "{} is not a Nitro instance type: EC2 delegates prefixes to Nitro types only",
+            s.instance_type
+        )));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Provider for StaticProvider {
     fn name(&self) -> &'static str {
@@ -228,7 +239,7 @@ impl Provider for StaticProvider {
         Ok(s.enis.iter().map(|e| Self::view(&s, e)).collect())
     }
 
-    async fn create_eni(&self, device_number: u32) -> Result<ProviderEni, ProviderError> {
+    async fn create_eni(&self, device_number: u32, fill: Fill) -> Result<ProviderEni, ProviderError> {
         self.delay().await;
         let mut s = self.state.lock().await;
         if s.enis.len() as u32 >= self.limits.max_enis {
@@ -237,18 +248,44 @@ impl Provider for StaticProvider {
         if s.enis.iter().any(|e| e.device_number == device_number) {
             return Err(failed(format!("device index {device_number} is in use")));
         }
-        let primary_ip = *free_addresses(&s, 1)
-            .first()
-            .ok_or_else(|| ProviderError::SubnetExhausted(format!("subnet {} is full", s.subnet_cidr)))?;
+        let room = self.limits.pod_ips_per_eni();
+        if fill.slots() > room {
+            return Err(ProviderError::Limit(format!(
+                "a new ENI has room for {room} secondary IPs or prefixes, {} asked",
+                fill.slots()
+            )));
+        }
+        if matches!(fill, Fill::Prefixes(n) if n > 0) {
+            check_nitro(&s)?;
+        }
+        // Prefixes first, as EC2 picks them: the addresses then come from outside them.
+        let (prefixes, secondaries) = match fill {
+            Fill::Prefixes(n) => {
+                let prefixes = free_prefixes(&s, n as usize);
+                if prefixes.len() < n as usize {
+                    return Err(ProviderError::NoCidrBlocks(format!("subnet {} has no free /28 left", s.subnet_cidr)));
+                }
+                (prefixes, 0)
+            }
+            Fill::Ips(n) => (Vec::new(), n as usize),
+        };
+        let addresses: Vec<Ipv4Addr> = free_addresses(&s, secondaries + 1 + prefixes.len() * 16)
+            .into_iter()
+            .filter(|ip| !prefixes.iter().any(|p| p.contains(ip)))
+            .take(secondaries + 1)
+            .collect();
+        if addresses.len() < secondaries + 1 {
+            return Err(ProviderError::SubnetExhausted(format!("subnet {} is full", s.subnet_cidr)));
+        }
         let serial = s.next_eni_serial;
         let mut next = s.clone();
         next.next_eni_serial += 1;
         next.enis.push(SimEni {
             id: eni_id(serial),
             device_number,
-            primary_ip,
-            secondary_ips: Vec::new(),
-            prefixes: Vec::new(),
+            primary_ip: addresses[0],
+            secondary_ips: addresses[1..].to_vec(),
+            prefixes,
         });
         save(&self.path, &next).map_err(failed)?;
         *s = next;
@@ -278,12 +315,7 @@ impl Provider for StaticProvider {
     async fn assign_prefixes(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Net>, ProviderError> {
         self.delay().await;
         let mut s = self.state.lock().await;
-        if enipool_provider::instance_types::builtin_type(&s.instance_type).is_some_and(|t| !t.nitro) {
-            return Err(failed(format!(
-                "{} is not a Nitro instance type: EC2 delegates prefixes to Nitro types only",
-                s.instance_type
-            )));
-        }
+        check_nitro(&s)?;
         let idx = s.enis.iter().position(|e| e.id == eni_id).ok_or_else(|| failed(format!("no ENI {eni_id}")))?;
         let room = (self.limits.pod_ips_per_eni() as usize).saturating_sub(s.enis[idx].slots_used());
         if count as usize > room {
@@ -343,12 +375,41 @@ mod tests {
         assert_eq!(ips, [Ipv4Addr::new(10, 0, 0, 4)], "outside every prefix");
         assert!(matches!(p.assign_prefixes(&primary, 1).await, Err(ProviderError::Limit(_))));
         p.unassign_prefixes(&primary, &prefixes[..1]).await.unwrap();
-        let eni = p.create_eni(1).await.unwrap();
+        let eni = p.create_eni(1, Fill::NOTHING).await.unwrap();
         assert!(!prefixes[1].contains(&eni.primary_ip));
         // Durable: a restart lists the same.
         let again = provider(dir.path());
         let listed = again.list_enis().await.unwrap();
         assert_eq!(listed[0].prefixes, prefixes[1..]);
+    }
+
+    #[tokio::test]
+    async fn a_new_eni_comes_with_its_fill_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = provider(dir.path());
+        p.init().await.unwrap();
+        // t3.small: 3 ENIs, 3 slots each beside the primary.
+        assert!(matches!(p.create_eni(1, Fill::Ips(4)).await, Err(ProviderError::Limit(_))));
+        let with_ips = p.create_eni(1, Fill::Ips(3)).await.unwrap();
+        assert_eq!(with_ips.secondary_ips.len(), 3);
+        let with_prefixes = p.create_eni(2, Fill::Prefixes(2)).await.unwrap();
+        assert_eq!(with_prefixes.prefixes.len(), 2);
+        assert!(with_prefixes.secondary_ips.is_empty());
+        assert!(!with_prefixes.prefixes.iter().any(|q| q.contains(&with_prefixes.primary_ip)));
+        let listed = provider(dir.path()).list_enis().await.unwrap();
+        assert_eq!(listed[1].secondary_ips, with_ips.secondary_ips);
+        assert_eq!(listed[2].prefixes, with_prefixes.prefixes);
+    }
+
+    #[tokio::test]
+    async fn a_new_eni_without_room_for_its_prefixes_is_not_made() {
+        let dir = tempfile::tempdir().unwrap();
+        // A /26: its first and last /28 hold reserved addresses (and the primary, .10): two left.
+        let p = StaticProvider::open(dir.path(), "t3.small", "10.0.0.0/26".parse().unwrap(), Duration::ZERO).unwrap();
+        p.init().await.unwrap();
+        let r = p.create_eni(1, Fill::Prefixes(3)).await;
+        assert!(matches!(r, Err(ProviderError::NoCidrBlocks(_))), "{r:?}");
+        assert_eq!(p.list_enis().await.unwrap().len(), 1, "nothing made");
     }
 
     #[tokio::test]

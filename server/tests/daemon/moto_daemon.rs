@@ -98,6 +98,23 @@ impl Node {
         Ok(())
     }
 
+    /// The ledger's prefixes, per ENI, equal EC2's.
+    async fn prefixes_match_ec2(&self, api: &Api) -> Result<(), String> {
+        let mut ledger: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for e in api.enis().await {
+            let mut q: Vec<String> =
+                e["prefixes"].as_array().unwrap().iter().map(|p| p["cidr"].as_str().unwrap().to_string()).collect();
+            q.sort();
+            ledger.insert(e["id"].as_str().unwrap().to_string(), q);
+        }
+        let ec2: BTreeMap<String, Vec<String>> = self.world.attached_prefixes(&self.client).await.into_iter().collect();
+        if ledger != ec2 { Err(format!("ledger {ledger:?} != EC2 {ec2:?}")) } else { Ok(()) }
+    }
+
+    async fn assert_prefixes_match_ec2(&self, api: &Api) {
+        eventually("the ledger's prefixes to match EC2's", async || self.prefixes_match_ec2(api).await).await;
+    }
+
     async fn assert_matches_ec2(&self, api: &Api) {
         eventually("the ledger to match EC2 with nothing leaked", async || self.matches_ec2(api).await).await;
     }
@@ -826,4 +843,69 @@ async fn prefix_mode_in_a_subnet_running_out_falls_back_then_pauses_growth() {
     .await;
     assert!(p["growth_paused"]["reason"].as_str().unwrap().contains("InsufficientFreeAddressesInSubnet"), "{p}");
     assert_eq!(p["mode"], "prefix-fallback");
+}
+
+#[tokio::test]
+async fn prefix_mode_makes_enis_with_their_prefixes_and_mode_off_drains_them_once_free() {
+    // A t3.small ENI has 3 slots beside its primary: past 48 pods the pool needs a second ENI,
+    // which comes with its prefixes in the CreateNetworkInterface call. Then the mode goes off:
+    // the prefixes keep serving their pods, and go back to EC2 as they are wholly free.
+    let node = Node::start("t3.small").await;
+    let d = node.daemon(&[("--prefix-delegation", "true"), ("--shrink-interval", "50ms")]).await;
+    let api = d.unix();
+    let mut pods = Vec::new();
+    for i in 0..50 {
+        pods.push(api.lease(&format!("pod{i:02}")).await);
+    }
+    let p = eventually("two ENIs and no deficit", async || {
+        let p = api.pool().await;
+        if p["enis"] == 2 && p["deficit"] == 0 { Ok(p) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    assert_eq!(p["total"], 16 * p["prefixes"].as_u64().unwrap(), "prefixes only: {}", pool_summary(&p));
+    let second = node.world.attached(&node.client).await.into_iter().find(|(_, device, _)| *device == 1).unwrap().0;
+    let created = node.ec2.requests("CreateNetworkInterface").await;
+    assert_eq!(created.len(), 1);
+    let asked: u64 = created[0].get("Ipv4PrefixCount").expect("prefixes asked for on create").parse().unwrap();
+    assert!(asked >= 1, "{created:?}");
+    // What the new ENI holds came with it, or in later growth.
+    let assigned_later: u64 = node
+        .ec2
+        .requests("AssignPrivateIpAddresses")
+        .await
+        .iter()
+        .filter(|r| r.get("NetworkInterfaceId") == Some(&second))
+        .map(|r| r.get("Ipv4PrefixCount").expect("prefixes only").parse::<u64>().unwrap())
+        .sum();
+    let on_second = node.world.attached_prefixes(&node.client).await.into_iter().find(|(id, _)| *id == second).unwrap();
+    assert_eq!(on_second.1.len() as u64, asked + assigned_later, "{on_second:?}");
+    node.assert_prefixes_match_ec2(&api).await;
+
+    let d = d.restart_with(&[("--prefix-delegation", "false"), ("--warm-ip-target", "2")]).await;
+    let api = d.unix();
+    eventually("secondary-IP mode", async || {
+        let p = api.pool().await;
+        if p["mode"] == "ips" && p["deficit"] == 0 { Ok(()) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    for l in &pods {
+        let now =
+            api.get(&format!("/v1/leases/{NET}/{}/eth0", l["container_id"].as_str().unwrap())).await.expect(200).json();
+        assert_eq!(now["ip"], l["ip"], "a pod keeps its prefix address");
+    }
+    for l in &pods {
+        api.release(l["container_id"].as_str().unwrap()).await;
+    }
+    eventually("every prefix given back", async || {
+        let held = node.world.attached_prefixes(&node.client).await;
+        let p = api.pool().await;
+        if held.iter().all(|(_, q)| q.is_empty()) && p["prefixes"] == 0 {
+            Ok(())
+        } else {
+            Err(format!("EC2 {held:?}, pool {}", pool_summary(&p)))
+        }
+    })
+    .await;
+    pool_settles(&api, &[("prefixes", 0), ("leased", 0), ("free", 2)], HOLD).await;
+    node.assert_matches_ec2(&api).await;
 }

@@ -157,6 +157,21 @@ async fn prefix_mode_grows_and_shrinks_by_whole_prefixes() {
         enis[0]["addresses"].as_array().unwrap().iter().map(|a| a["ip"].as_str().unwrap().to_string()).collect();
     assert_eq!(held.len(), 48, "the 3 prefixes' addresses, one by one");
     assert!(ips_of(&leases).is_subset(&held));
+    // /v1/enis names each prefix with how many of its addresses are leased; so does the page.
+    let prefixes = enis[0]["prefixes"].as_array().unwrap();
+    assert_eq!(prefixes.len(), 3);
+    let leased: Vec<u64> = prefixes.iter().map(|p| p["leased"].as_u64().unwrap()).collect();
+    assert_eq!(leased.iter().sum::<u64>(), 20, "{prefixes:?}");
+    assert!(prefixes.iter().all(|p| p["state"] == "active"));
+    let page = d.tcp().get("/status?refresh=0").await.text();
+    for p in prefixes {
+        let shown = format!(
+            "data-cidr=\"{}\" data-state=\"active\" data-leased=\"{}\"",
+            p["cidr"].as_str().unwrap(),
+            p["leased"]
+        );
+        assert!(page.contains(&shown), "the page shows {shown}");
+    }
 
     // All gone (no cooldown in tests): wholly free prefixes go back, down to the warm one.
     for i in 0..20 {
