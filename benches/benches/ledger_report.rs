@@ -27,6 +27,9 @@ struct Sizes {
     json_pairs: u64,
     /// Throughput runs per configuration for the headline ledger figures (the median is kept).
     runs: usize,
+    /// Runs of each pool, alternating, for the prefix / secondary-IP ratio (a ratio of two
+    /// medians needs more runs than one figure to be steadier than its target's margin).
+    mode_runs: usize,
     reopen_leases: u64,
     reopen_pool: usize,
     /// Ledgers written and reopened, each timed on its first open and on `opens_per_round - 1` more.
@@ -43,6 +46,7 @@ const FULL: Sizes = Sizes {
     ledger_pairs: 16_384,
     json_pairs: 512,
     runs: 3,
+    mode_runs: 9,
     reopen_leases: 10_000,
     reopen_pool: 16_384,
     reopen_rounds: 5,
@@ -58,6 +62,7 @@ const SMOKE: Sizes = Sizes {
     ledger_pairs: 128,
     json_pairs: 64,
     runs: 1,
+    mode_runs: 1,
     reopen_leases: 100,
     reopen_pool: 256,
     reopen_rounds: 2,
@@ -153,6 +158,11 @@ fn throughput<S: LeaseStore>(store: &S, callers: usize, total: u64, runs: usize,
             pairs_per_sec(per * callers as u64, run_pairs(store, callers, per, base))
         })
         .collect();
+    rates.sort_by(|a, b| a.total_cmp(b));
+    rates[rates.len() / 2]
+}
+
+fn median(rates: &mut [f64]) -> f64 {
     rates.sort_by(|a, b| a.total_cmp(b));
     rates[rates.len() / 2]
 }
@@ -291,6 +301,53 @@ fn main() {
             }
         }
         ledger.close().expect("close");
+    }
+
+    // --- prefix delegation: the same pool held as /28 prefixes ------------------------------
+    // Runs alternate between the two ledgers, so drift on the machine falls on both alike.
+    {
+        let idir = scratch_dir("modes-ips");
+        let pdir = scratch_dir("modes-prefixes");
+        let ips = open_pool(idir.path(), COOLDOWN, POOL_SIZE);
+        let prefixes = open_prefix_pool(pdir.path(), COOLDOWN, POOL_SIZE);
+        println!(
+            "\n[prefix mode] {} pairs per run, runs alternating, median of {} each; pool {POOL_SIZE} as secondary IPs in {}, as {} prefixes in {}",
+            sizes.ledger_pairs,
+            sizes.mode_runs,
+            idir.path().display(),
+            POOL_SIZE / 16,
+            pdir.path().display()
+        );
+        for callers in CALLERS {
+            let (mut on_ips, mut on_prefixes) = (Vec::new(), Vec::new());
+            for _ in 0..sizes.mode_runs {
+                on_ips.push(throughput(&ips, callers, sizes.ledger_pairs, 1, &keys));
+                on_prefixes.push(throughput(&prefixes, callers, sizes.ledger_pairs, 1, &keys));
+            }
+            let (i_rate, p_rate) = (median(&mut on_ips), median(&mut on_prefixes));
+            let ratio = p_rate / i_rate;
+            println!(
+                "  {callers:>2} callers: secondary IPs {} pairs/s, prefixes {} pairs/s, ratio {ratio:.2}x",
+                fmt_count(i_rate),
+                fmt_count(p_rate)
+            );
+            let setup = format!("{}; {} prefixes", setup_line(POOL_SIZE, 0, callers), POOL_SIZE / 16);
+            table.add(format!("ledger pairs/s on prefixes, {callers} callers"), fmt_count(p_rate), setup.clone());
+            if callers == 64 {
+                // "No loss": within the few percent two runs of one pool differ by here.
+                table.target(
+                    format!("ledger prefixes / secondary IPs, {callers} callers"),
+                    format!("{ratio:.2}x"),
+                    ">= 0.95x",
+                    ratio >= 0.95,
+                    setup,
+                );
+            } else {
+                table.add(format!("ledger prefixes / secondary IPs, {callers} callers"), format!("{ratio:.2}x"), setup);
+            }
+        }
+        ips.close().expect("close");
+        prefixes.close().expect("close");
     }
 
     // --- the ledger against the JSON checkpoint, same workload, same callers ---------------

@@ -82,6 +82,20 @@ pub fn open_pool(dir: &Path, cooldown: Duration, pool: usize) -> Ledger {
     ledger
 }
 
+/// Like [`open_pool`], with the pool's addresses held as `pool / 16` prefixes (/28s) of the
+/// ENI, as prefix delegation holds them, instead of secondary IPs.
+pub fn open_prefix_pool(dir: &Path, cooldown: Duration, pool: usize) -> Ledger {
+    assert_eq!(pool % 16, 0, "a prefix pool holds whole /28s");
+    let ledger = Ledger::open(dir, ledger_config(cooldown), Arc::new(SystemClock))
+        .unwrap_or_else(|e| panic!("cannot open a ledger in {}: {e}", dir.display()));
+    ledger.add_eni(bench_eni(), &[]).expect("adding the benchmark ENI");
+    // pool_addresses starts on a /28 boundary: its addresses, 16 at a time, are the prefixes.
+    let prefixes: Vec<ipnet::Ipv4Net> =
+        pool_addresses(pool).chunks(16).map(|block| ipnet::Ipv4Net::new(block[0], 28).expect("a valid /28")).collect();
+    ledger.add_prefixes(ENI_ID, &prefixes, None, Vec::new()).expect("adding the benchmark prefixes");
+    ledger
+}
+
 /// A lease key shaped like the real ones: a 64-hex-digit container id and `eth0`. `owner` keeps
 /// the keys of different callers (and of the pre-populated live leases) apart.
 pub fn lease_key(owner: u64, n: u64) -> LeaseKey {

@@ -1333,20 +1333,28 @@ impl Ledger {
                 stats.lost += 1;
             }
             stats.addresses.count(state);
-            stats.per_eni.entry(addr.eni_id.clone()).or_default().count(state);
+            // Every ENI has its entry already: no key cloned per address (this runs under the
+            // lock allocations take, on every pool wake).
+            match stats.per_eni.get_mut(&addr.eni_id) {
+                Some(c) => c.count(state),
+                None => stats.per_eni.entry(addr.eni_id.clone()).or_default().count(state),
+            }
         }
         for p in st.prefixes.values().filter(|p| p.state == PrefixState::Active) {
-            for ip in p.addresses() {
-                if let Some(a) = st.addrs.get(&ip) {
-                    stats.prefix_addresses.count(a.effective_state(now));
+            // The prefix's addresses are one range of the ordered map: one walk, no lookups.
+            let mut here = Counts::default();
+            for a in st.addrs.range(p.cidr.network()..=p.cidr.broadcast()).map(|(_, a)| a) {
+                here.count(a.effective_state(now));
+            }
+            stats.prefix_addresses.add(&here);
+            stats.prefixes += 1;
+            match stats.per_eni_prefixes.get_mut(&p.eni_id) {
+                Some(n) => *n += 1,
+                None => {
+                    stats.per_eni_prefixes.insert(p.eni_id.clone(), 1);
                 }
             }
-            stats.prefixes += 1;
-            *stats.per_eni_prefixes.entry(p.eni_id.clone()).or_default() += 1;
-            let free = p
-                .addresses()
-                .all(|ip| st.addrs.get(&ip).is_some_and(|a| a.effective_state(now) == EffectiveState::Free));
-            if free {
+            if here.free == 1usize << (32 - p.cidr.prefix_len()) {
                 stats.free_prefixes += 1;
             }
         }
@@ -1384,6 +1392,10 @@ fn free_address(ip: Ipv4Addr, eni_id: &str) -> Change {
 fn with_emptied_prefixes(st: &State, mut changes: Vec<Change>) -> Vec<Change> {
     let deleted: BTreeSet<Ipv4Addr> =
         changes.iter().filter_map(|c| if let Change::DelAddr(ip) = c { Some(*ip) } else { None }).collect();
+    if deleted.is_empty() {
+        // The common release: an address cools or goes free; no prefix can have emptied.
+        return changes;
+    }
     let emptied: Vec<Ipv4Net> = st
         .prefixes
         .values()

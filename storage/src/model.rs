@@ -188,6 +188,13 @@ pub struct Counts {
 }
 
 impl Counts {
+    pub(crate) fn add(&mut self, other: &Counts) {
+        self.total += other.total;
+        self.free += other.free;
+        self.leased += other.leased;
+        self.cooling += other.cooling;
+    }
+
     /// Counts an address; a lost one is not held (the provider no longer has it): see `Stats::lost`.
     pub(crate) fn count(&mut self, state: EffectiveState) {
         if state == EffectiveState::Lost {

@@ -185,9 +185,22 @@ pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), Po
                 if prefixes.excess > 0 && !in_burst {
                     shrunk |= shrink_prefixes(app, prefixes.excess).await?;
                 }
-                shrunk |= give_back_free_secondaries(app).await?;
+                // Each look below walks the ledger; a wake comes with every allocation and
+                // release, so the stats decide first whether there is anything to find.
+                if stats.addresses.free > stats.prefix_addresses.free {
+                    shrunk |= give_back_free_secondaries(app).await?;
+                }
                 // Secondary ENIs left with neither prefixes nor addresses go too.
-                shrunk |= shrink(app, 0).await?;
+                let fresh;
+                let now_stats = if shrunk {
+                    fresh = app.ledger.stats();
+                    &fresh
+                } else {
+                    &stats
+                };
+                if has_empty_secondary_eni(app, now_stats) {
+                    shrunk |= shrink(app, 0).await?;
+                }
             }
             (Mode::Ips, _) => {
                 if p.excess > 0 {
@@ -210,6 +223,17 @@ pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), Po
     } else {
         Ok(())
     }
+}
+
+/// Whether an attached secondary ENI holds no address at all (neither secondary IPs nor
+/// prefixes): one `shrink(app, 0)` would delete.
+fn has_empty_secondary_eni(app: &App, stats: &enipool_storage::Stats) -> bool {
+    let primary = app.info().primary_eni_id;
+    app.ledger
+        .enis()
+        .iter()
+        .filter(|e| e.attached && e.id != primary)
+        .any(|e| stats.per_eni.get(&e.id).is_none_or(|c| c.total == 0))
 }
 
 /// Grows by up to `deficit` prefixes: as many as an ENI with room takes, in one call (so a burst
