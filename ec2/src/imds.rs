@@ -21,6 +21,7 @@ pub struct MetadataIdentity {
     pub security_groups: Vec<String>,
     pub vpc_id: String,
     pub vpc_cidrs: Vec<Ipv4Net>,
+    pub zone: Option<String>,
 }
 
 /// Reads the identity; `timeout` bounds each request (the client retries a few times itself).
@@ -69,6 +70,7 @@ pub async fn identity(endpoint: &str, timeout: Duration) -> Result<MetadataIdent
         .map(|s| net("vpc-ipv4-cidr-blocks", s))
         .collect::<Result<Vec<_>, _>>()?;
     let region = get("placement/region").await.ok().filter(|r| !r.is_empty());
+    let zone = get("placement/availability-zone").await.ok().filter(|z| !z.is_empty());
     Ok(MetadataIdentity {
         instance_id,
         instance_type,
@@ -81,5 +83,6 @@ pub async fn identity(endpoint: &str, timeout: Duration) -> Result<MetadataIdent
         security_groups,
         vpc_id,
         vpc_cidrs,
+        zone,
     })
 }

@@ -32,7 +32,7 @@ use aws_sdk_ec2::types::{
     Filter, InstanceType, NetworkInterface, NetworkInterfaceAttachmentChanges, ResourceType, Tag, TagSpecification,
 };
 use enipool_provider::{
-    Fill, InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits, instance_types,
+    CandidateSubnet, Fill, InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits, instance_types,
 };
 use ipnet::Ipv4Net;
 use tokio::sync::{Mutex, OnceCell};
@@ -48,6 +48,8 @@ pub use enipool_provider::ec2_config::{CallPolicy, Ec2Config};
 pub const TAG_INSTANCE_ID: &str = "enipool.io/instance-id";
 pub const TAG_CREATED_AT: &str = "enipool.io/created-at";
 pub const TAG_CLUSTER: &str = "enipool.io/cluster-name";
+/// Every tag key of ours starts with this; ADDITIONAL_ENI_TAGS may not.
+pub const OWN_TAG_PREFIX: &str = "enipool.io/";
 /// The description of every ENI we create: `enipool-<instance id>`.
 pub const DESCRIPTION_PREFIX: &str = "enipool-";
 
@@ -63,6 +65,8 @@ struct Identity {
     security_groups: Vec<String>,
     vpc_id: String,
     vpc_cidrs: Vec<Ipv4Net>,
+    /// The instance's availability zone, where EC2 or the metadata service says.
+    zone: Option<String>,
 }
 
 #[derive(Debug)]
@@ -96,6 +100,10 @@ struct Cache {
     loaded: bool,
     enis: BTreeMap<String, EniView>,
     subnets: HashMap<String, Ipv4Net>,
+    zones: HashMap<String, String>,
+    /// Subnets not tried for new ENIs until the instant, and why.
+    skipped: HashMap<String, Skipped>,
+
     /// Our own recent changes, with when we made them.
     added_ips: HashMap<Ipv4Addr, (String, Instant)>,
     removed_ips: HashMap<Ipv4Addr, Instant>,
@@ -106,6 +114,26 @@ struct Cache {
     /// Detached by us, delete failed: the sweep retries these whatever their age.
     pending_delete: BTreeSet<String>,
 }
+
+/// A subnet that answered "exhausted" or "no free /28".
+#[derive(Clone, Debug)]
+struct Skipped {
+    until: Instant,
+    reason: String,
+    /// It had no free /28 but may still have addresses: skipped for prefixes only.
+    prefixes_only: bool,
+}
+
+impl Skipped {
+    fn applies_to(&self, fill: Fill) -> bool {
+        !self.prefixes_only || matches!(fill, Fill::Prefixes(_))
+    }
+}
+
+/// The tag that makes a subnet a candidate for pod ENIs (`0`: not one), as the reference spells it.
+pub const TAG_SUBNET_ROLE: &str = "kubernetes.io/role/cni";
+/// A subnet tagged `kubernetes.io/cluster/<name>` belongs to that cluster (or clusters).
+pub const TAG_SUBNET_CLUSTER_PREFIX: &str = "kubernetes.io/cluster/";
 
 /// What one UnassignPrivateIpAddresses gives back.
 #[derive(Clone, Copy)]
@@ -120,6 +148,9 @@ pub struct Ec2Provider {
     caller: call::Caller,
     ready: OnceCell<Ready>,
     cache: Mutex<Cache>,
+    /// The last subnet discovery's answer, best first, with what was skipped and why: for
+    /// `/v1/pool`, which must not wait for a create holding the cache.
+    candidates: std::sync::Mutex<Vec<CandidateSubnet>>,
 }
 
 fn failed(e: impl std::fmt::Display) -> ProviderError {
@@ -148,7 +179,13 @@ fn gateway(subnet: Ipv4Net) -> Ipv4Addr {
 impl Ec2Provider {
     pub fn new(config: Ec2Config, observer: Option<Arc<dyn CallObserver>>) -> Ec2Provider {
         let caller = call::Caller::new(config.calls.clone(), observer);
-        Ec2Provider { config, caller, ready: OnceCell::new(), cache: Mutex::new(Cache::default()) }
+        Ec2Provider {
+            config,
+            caller,
+            ready: OnceCell::new(),
+            cache: Mutex::new(Cache::default()),
+            candidates: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     fn ready(&self) -> Result<&Ready, ProviderError> {
@@ -200,6 +237,7 @@ impl Ec2Provider {
                     security_groups: m.security_groups,
                     vpc_id: m.vpc_id,
                     vpc_cidrs: m.vpc_cidrs,
+                    zone: m.zone,
                 };
                 Ok(Ready { client, id })
             }
@@ -265,7 +303,9 @@ impl Ec2Provider {
         }
         self.subnet_cidr(client, &subnet_id).await?;
         let limits = self.limits(client, &instance_type).await?;
+        let zone = instance.placement().and_then(|p| p.availability_zone()).map(String::from);
         Ok(Identity {
+            zone,
             instance_id: instance_id.to_string(),
             instance_type,
             limits,
@@ -310,13 +350,16 @@ impl Ec2Provider {
             .call("DescribeSubnets", || client.describe_subnets().subnet_ids(subnet_id).send())
             .await
             .map_err(provider_error)?;
-        let cidr = out
-            .subnets()
-            .iter()
-            .find_map(|s| s.cidr_block())
+        let subnet = out.subnets().first();
+        let cidr = subnet
+            .and_then(|s| s.cidr_block())
             .ok_or_else(|| failed(format!("DescribeSubnets gave no CIDR for {subnet_id}")))?;
         let net: Ipv4Net = cidr.parse().map_err(|_| failed(format!("subnet {subnet_id} has CIDR {cidr:?}")))?;
-        self.cache.lock().await.subnets.insert(subnet_id.to_string(), net);
+        let mut cache = self.cache.lock().await;
+        cache.subnets.insert(subnet_id.to_string(), net);
+        if let Some(zone) = subnet.and_then(|s| s.availability_zone()) {
+            cache.zones.insert(subnet_id.to_string(), zone.to_string());
+        }
         Ok(net)
     }
 
@@ -397,6 +440,8 @@ impl Ec2Provider {
             primary: e.id == r.id.primary_eni_id,
             subnet_cidr: subnet,
             subnet_gateway: gateway(subnet),
+            subnet_id: Some(e.subnet_id.clone()),
+            zone: self.cache.lock().await.zones.get(&e.subnet_id).cloned(),
             primary_ip: e.primary_ip,
             secondary_ips: e.secondaries.iter().copied().collect(),
             prefixes: e.prefixes.iter().copied().collect(),
@@ -498,6 +543,229 @@ impl Ec2Provider {
         Ok(())
     }
 
+    /// Where a new ENI with `fill` may go, best first, skipped ones marked (and not tried).
+    /// Without subnet discovery: the node's subnet, with no call. With it: one
+    /// DescribeSubnets of the node's VPC and zone per new ENI; the candidates are the node's
+    /// subnet and those tagged `kubernetes.io/role/cni` (not `0`) that no other cluster's tag
+    /// claims, most free addresses first.
+    async fn candidates(
+        &self,
+        r: &Ready,
+        cache: &mut Cache,
+        fill: Fill,
+    ) -> Result<Vec<CandidateSubnet>, ProviderError> {
+        let now = Instant::now();
+        cache.skipped.retain(|_, s| s.until > now);
+        let node_subnet = &r.id.subnet_id;
+        let skipped_why =
+            |cache: &Cache, id: &str| cache.skipped.get(id).filter(|s| s.applies_to(fill)).map(|s| s.reason.clone());
+        if !self.config.subnet_discovery {
+            let cidr = cache.subnets.get(node_subnet).copied().unwrap_or_default();
+            return Ok(vec![CandidateSubnet {
+                id: node_subnet.clone(),
+                cidr,
+                zone: cache.zones.get(node_subnet).cloned().or(r.id.zone.clone()).unwrap_or_default(),
+                free: 0,
+                node: true,
+                skipped: skipped_why(cache, node_subnet),
+            }]);
+        }
+        let zone = r.id.zone.clone().or_else(|| cache.zones.get(node_subnet).cloned());
+        let mut filters = vec![Filter::builder().name("vpc-id").values(&r.id.vpc_id).build()];
+        if let Some(z) = &zone {
+            filters.push(Filter::builder().name("availability-zone").values(z).build());
+        }
+        let mut described = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .caller
+                .call("DescribeSubnets", || {
+                    r.client.describe_subnets().set_filters(Some(filters.clone())).set_next_token(token.clone()).send()
+                })
+                .await
+                .map_err(provider_error)?;
+            described.extend(page.subnets().iter().cloned());
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        let zone = zone.or_else(|| {
+            described
+                .iter()
+                .find(|s| s.subnet_id() == Some(node_subnet))
+                .and_then(|s| s.availability_zone())
+                .map(String::from)
+        });
+        let mut out = Vec::new();
+        for sn in &described {
+            let (Some(id), Some(cidr)) = (sn.subnet_id(), sn.cidr_block().and_then(|c| c.parse::<Ipv4Net>().ok()))
+            else {
+                continue;
+            };
+            let node = id == node_subnet;
+            if !node && !self.is_pod_subnet(sn, zone.as_deref()) {
+                continue;
+            }
+            cache.subnets.insert(id.to_string(), cidr);
+            let sn_zone = sn.availability_zone().unwrap_or_default().to_string();
+            cache.zones.insert(id.to_string(), sn_zone.clone());
+            out.push(CandidateSubnet {
+                id: id.to_string(),
+                cidr,
+                zone: sn_zone,
+                free: sn.available_ip_address_count().unwrap_or(0).max(0) as u64,
+                node,
+                skipped: skipped_why(cache, id),
+            });
+        }
+        if !out.iter().any(|c| c.node) {
+            // Not in the answer (described before it was available, say): still a candidate.
+            out.push(CandidateSubnet {
+                id: node_subnet.clone(),
+                cidr: cache.subnets.get(node_subnet).copied().unwrap_or_default(),
+                zone: zone.clone().unwrap_or_default(),
+                free: 0,
+                node: true,
+                skipped: skipped_why(cache, node_subnet),
+            });
+        }
+        // Most free first; on a tie, the node's own subnet.
+        out.sort_by(|a, b| b.free.cmp(&a.free).then(b.node.cmp(&a.node)).then(a.id.cmp(&b.id)));
+        *self.candidates.lock().unwrap_or_else(|e| e.into_inner()) = out.clone();
+        Ok(out)
+    }
+
+    /// A subnet (not the node's) that pod ENIs may use: in the node's zone, tagged
+    /// `kubernetes.io/role/cni` with any value but `0`, and claimed by no other cluster
+    /// (`kubernetes.io/cluster/<name>` tags name the clusters it serves; ours must be among
+    /// them when there are any, so a node without a cluster name uses no claimed subnet).
+    fn is_pod_subnet(&self, sn: &aws_sdk_ec2::types::Subnet, zone: Option<&str>) -> bool {
+        if zone.is_some_and(|z| sn.availability_zone() != Some(z)) {
+            return false;
+        }
+        if sn.state().is_some_and(|st| st.as_str() != "available") {
+            return false;
+        }
+        let tag = |key: &str| sn.tags().iter().find(|t| t.key() == Some(key)).map(|t| t.value().unwrap_or_default());
+        match tag(TAG_SUBNET_ROLE) {
+            None | Some("0") => return false,
+            Some(_) => {}
+        }
+        let mut clusters = sn.tags().iter().filter_map(|t| t.key()?.strip_prefix(TAG_SUBNET_CLUSTER_PREFIX)).peekable();
+        if clusters.peek().is_none() {
+            return true;
+        }
+        let ours = self.config.cluster_name.as_deref();
+        clusters.any(|c| Some(c) == ours)
+    }
+
+    /// Creates, attaches and sets up an ENI with `fill` in `subnet_id`; rolls back what it made
+    /// if a later step fails.
+    async fn create_in(
+        &self,
+        r: &Ready,
+        cache: &mut Cache,
+        subnet_id: &str,
+        device_number: u32,
+        fill: Fill,
+    ) -> Result<EniView, ProviderError> {
+        let description = format!("{DESCRIPTION_PREFIX}{}", r.id.instance_id);
+        let tags = self.tags(r);
+        let groups =
+            if self.config.security_groups.is_empty() { &r.id.security_groups } else { &self.config.security_groups };
+        let (secondary_ips, prefixes) = match fill {
+            Fill::Ips(0) | Fill::Prefixes(0) => (None, None),
+            Fill::Ips(n) => (Some(n as i32), None),
+            Fill::Prefixes(n) => (None, Some(n as i32)),
+        };
+        let created = self
+            .caller
+            .call("CreateNetworkInterface", || {
+                r.client
+                    .create_network_interface()
+                    .set_secondary_private_ip_address_count(secondary_ips)
+                    .set_ipv4_prefix_count(prefixes)
+                    .subnet_id(subnet_id)
+                    .set_groups(Some(groups.clone()))
+                    .description(&description)
+                    .tag_specifications(
+                        TagSpecification::builder()
+                            .resource_type(ResourceType::NetworkInterface)
+                            .set_tags(Some(tags.clone()))
+                            .build(),
+                    )
+                    .send()
+            })
+            .await
+            .map_err(provider_error)?;
+        let eni = created.network_interface().ok_or_else(|| failed("CreateNetworkInterface returned no ENI"))?;
+        let mut v = view(eni)?;
+        let eni_id = v.id.clone();
+        let attached = self
+            .caller
+            .call("AttachNetworkInterface", || {
+                r.client
+                    .attach_network_interface()
+                    .network_interface_id(&eni_id)
+                    .instance_id(&r.id.instance_id)
+                    .device_index(device_number as i32)
+                    .send()
+            })
+            .await;
+        let attachment_id = match attached {
+            Ok(a) => a.attachment_id().map(String::from),
+            Err(e) => {
+                // Roll back: an ENI that never attached is deleted now.
+                if let Err(del) = self.delete(r, &eni_id).await {
+                    warn!(eni = %eni_id, error = %del, "could not delete an ENI that failed to attach; the sweep will");
+                    cache.pending_delete.insert(eni_id.clone());
+                }
+                return Err(provider_error(e));
+            }
+        };
+        let Some(attachment_id) = attachment_id else {
+            let _ = self.detach_and_delete(r, &eni_id, None).await;
+            return Err(failed(format!("AttachNetworkInterface gave no attachment id for {eni_id}")));
+        };
+        let modified = self
+            .caller
+            .call("ModifyNetworkInterfaceAttribute", || {
+                r.client
+                    .modify_network_interface_attribute()
+                    .network_interface_id(&eni_id)
+                    .attachment(
+                        NetworkInterfaceAttachmentChanges::builder()
+                            .attachment_id(&attachment_id)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .send()
+            })
+            .await;
+        if let Err(e) = modified {
+            if let Err(del) = self.detach_and_delete(r, &eni_id, Some(&attachment_id)).await {
+                warn!(eni = %eni_id, error = %del, "could not roll back an ENI; the sweep will delete it");
+                cache.pending_delete.insert(eni_id.clone());
+            }
+            return Err(provider_error(e));
+        }
+        v.device_index = device_number;
+        v.attachment_id = Some(attachment_id);
+        let now = Instant::now();
+        // A listing soon after may show the ENI without what it was created with.
+        for ip in &v.secondaries {
+            cache.added_ips.insert(*ip, (eni_id.clone(), now));
+        }
+        for p in &v.prefixes {
+            cache.added_prefixes.insert(*p, (eni_id.clone(), now));
+        }
+        cache.created_enis.insert(eni_id.clone(), now);
+        cache.enis.insert(eni_id.clone(), v.clone());
+        Ok(v)
+    }
+
     /// EC2 delegates prefixes to Nitro types only: refused here rather than by EC2.
     fn check_nitro(&self, r: &Ready) -> Result<(), ProviderError> {
         if instance_types::builtin_type(&r.id.instance_type).is_some_and(|t| !t.nitro) {
@@ -509,6 +777,8 @@ impl Ec2Provider {
         Ok(())
     }
 
+    /// Our tags, then ADDITIONAL_ENI_TAGS except any of ours (the configuration refuses those
+    /// already; this keeps the sweep's and the IAM policy's tags ours whatever it is given).
     fn tags(&self, r: &Ready) -> Vec<Tag> {
         let now = DateTime::from(SystemTime::now()).fmt(DateTimeFormat::DateTime).unwrap_or_default();
         let mut tags = vec![
@@ -518,8 +788,24 @@ impl Ec2Provider {
         if let Some(c) = &self.config.cluster_name {
             tags.push(Tag::builder().key(TAG_CLUSTER).value(c).build());
         }
+        for (k, v) in &self.config.additional_tags {
+            if !k.starts_with(OWN_TAG_PREFIX) {
+                tags.push(Tag::builder().key(k).value(v).build());
+            }
+        }
         tags
     }
+}
+
+/// The error when no candidate subnet took a new ENI: "no free /28" if any subnet may still
+/// have single addresses (so the pool falls back to them), else "exhausted", naming each subnet
+/// and why.
+fn no_subnet_fits(candidates: &[CandidateSubnet], refused: Vec<ProviderError>, blocks_only: bool) -> ProviderError {
+    let why: Vec<String> =
+        candidates.iter().map(|c| format!("{} ({})", c.id, c.skipped.as_deref().unwrap_or("not tried"))).collect();
+    let no_blocks = refused.iter().any(|e| matches!(e, ProviderError::NoCidrBlocks(_))) || blocks_only;
+    let text = format!("no candidate subnet took a new ENI: {}", why.join(", "));
+    if no_blocks { ProviderError::NoCidrBlocks(text) } else { ProviderError::SubnetExhausted(text) }
 }
 
 /// Our view of one described ENI.
@@ -619,98 +905,39 @@ impl Provider for Ec2Provider {
         if cache.enis.values().any(|e| e.device_index == device_number) {
             return Err(failed(format!("device index {device_number} is in use")));
         }
-        let description = format!("{DESCRIPTION_PREFIX}{}", r.id.instance_id);
-        let tags = self.tags(r);
-        let (secondary_ips, prefixes) = match fill {
-            Fill::Ips(0) | Fill::Prefixes(0) => (None, None),
-            Fill::Ips(n) => (Some(n as i32), None),
-            Fill::Prefixes(n) => (None, Some(n as i32)),
-        };
-        let created = self
-            .caller
-            .call("CreateNetworkInterface", || {
-                r.client
-                    .create_network_interface()
-                    .set_secondary_private_ip_address_count(secondary_ips)
-                    .set_ipv4_prefix_count(prefixes)
-                    .subnet_id(&r.id.subnet_id)
-                    .set_groups(Some(r.id.security_groups.clone()))
-                    .description(&description)
-                    .tag_specifications(
-                        TagSpecification::builder()
-                            .resource_type(ResourceType::NetworkInterface)
-                            .set_tags(Some(tags.clone()))
-                            .build(),
-                    )
-                    .send()
-            })
-            .await
-            .map_err(provider_error)?;
-        let eni = created.network_interface().ok_or_else(|| failed("CreateNetworkInterface returned no ENI"))?;
-        let mut v = view(eni)?;
-        let eni_id = v.id.clone();
-        let attached = self
-            .caller
-            .call("AttachNetworkInterface", || {
-                r.client
-                    .attach_network_interface()
-                    .network_interface_id(&eni_id)
-                    .instance_id(&r.id.instance_id)
-                    .device_index(device_number as i32)
-                    .send()
-            })
-            .await;
-        let attachment_id = match attached {
-            Ok(a) => a.attachment_id().map(String::from),
-            Err(e) => {
-                // Roll back: an ENI that never attached is deleted now.
-                if let Err(del) = self.delete(r, &eni_id).await {
-                    warn!(eni = %eni_id, error = %del, "could not delete an ENI that failed to attach; the sweep will");
-                    cache.pending_delete.insert(eni_id.clone());
+        let candidates = self.candidates(r, cache, fill).await?;
+        let mut refused: Vec<ProviderError> = Vec::new();
+        for subnet in candidates.iter().filter(|c| c.skipped.is_none()) {
+            match self.create_in(r, cache, &subnet.id, device_number, fill).await {
+                Ok(v) => {
+                    drop(guard);
+                    return self.to_provider(r, &v).await;
                 }
-                return Err(provider_error(e));
+                Err(e @ (ProviderError::SubnetExhausted(_) | ProviderError::NoCidrBlocks(_))) => {
+                    // Not tried again for a while; the next subnet is tried now.
+                    let prefixes_only = matches!(e, ProviderError::NoCidrBlocks(_));
+                    let skip = Skipped {
+                        until: Instant::now() + self.config.subnet_skip,
+                        reason: format!(
+                            "{e} (at {})",
+                            DateTime::from(SystemTime::now()).fmt(DateTimeFormat::DateTime).unwrap_or_default()
+                        ),
+                        prefixes_only,
+                    };
+                    warn!(subnet = %subnet.id, error = %e, skip = ?self.config.subnet_skip, "a new ENI did not fit in the subnet; trying the next");
+                    let mut shown = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(c) = shown.iter_mut().find(|c| c.id == subnet.id) {
+                        c.skipped = Some(skip.reason.clone());
+                    }
+                    drop(shown);
+                    cache.skipped.insert(subnet.id.clone(), skip);
+                    refused.push(e);
+                }
+                Err(e) => return Err(e),
             }
-        };
-        let Some(attachment_id) = attachment_id else {
-            let _ = self.detach_and_delete(r, &eni_id, None).await;
-            return Err(failed(format!("AttachNetworkInterface gave no attachment id for {eni_id}")));
-        };
-        let modified = self
-            .caller
-            .call("ModifyNetworkInterfaceAttribute", || {
-                r.client
-                    .modify_network_interface_attribute()
-                    .network_interface_id(&eni_id)
-                    .attachment(
-                        NetworkInterfaceAttachmentChanges::builder()
-                            .attachment_id(&attachment_id)
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .send()
-            })
-            .await;
-        if let Err(e) = modified {
-            if let Err(del) = self.detach_and_delete(r, &eni_id, Some(&attachment_id)).await {
-                warn!(eni = %eni_id, error = %del, "could not roll back an ENI; the sweep will delete it");
-                cache.pending_delete.insert(eni_id.clone());
-            }
-            return Err(provider_error(e));
         }
-        v.device_index = device_number;
-        v.attachment_id = Some(attachment_id);
-        let now = Instant::now();
-        // A listing soon after may show the ENI without what it was created with.
-        for ip in &v.secondaries {
-            cache.added_ips.insert(*ip, (eni_id.clone(), now));
-        }
-        for p in &v.prefixes {
-            cache.added_prefixes.insert(*p, (eni_id.clone(), now));
-        }
-        cache.created_enis.insert(eni_id.clone(), now);
-        cache.enis.insert(eni_id.clone(), v.clone());
-        drop(guard);
-        self.to_provider(r, &v).await
+        let blocks_only = cache.skipped.values().any(|s| s.prefixes_only);
+        Err(no_subnet_fits(&self.candidates.lock().unwrap_or_else(|e| e.into_inner()), refused, blocks_only))
     }
 
     async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<Vec<Ipv4Addr>, ProviderError> {
@@ -873,6 +1100,10 @@ impl Provider for Ec2Provider {
             cache.pending_delete.insert(eni_id.to_string());
         }
         Ok(())
+    }
+
+    fn candidate_subnets(&self) -> Vec<CandidateSubnet> {
+        self.candidates.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     async fn sweep_leaked_enis(&self) -> Result<Vec<String>, ProviderError> {

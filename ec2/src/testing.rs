@@ -301,6 +301,8 @@ pub struct World {
     pub primary_eni_id: String,
     pub primary_ip: String,
     pub mac: String,
+    /// The instance's availability zone (its subnet's).
+    pub zone: String,
 }
 
 impl World {
@@ -352,6 +354,7 @@ impl World {
             primary_eni_id: nic.network_interface_id().expect("eni id").to_string(),
             primary_ip: nic.private_ip_address().expect("primary ip").to_string(),
             mac: nic.mac_address().expect("mac").to_ascii_lowercase(),
+            zone: inst.placement().and_then(|p| p.availability_zone()).expect("a zone").to_string(),
         }
     }
 
@@ -424,6 +427,7 @@ impl World {
             "mac": self.mac,
             "local-ipv4": self.primary_ip,
             "placement/region": REGION,
+            "placement/availability-zone": self.zone,
             format!("{base}/interface-id"): self.primary_eni_id,
             format!("{base}/subnet-id"): self.subnet_id,
             format!("{base}/subnet-ipv4-cidr-block"): self.subnet_cidr,

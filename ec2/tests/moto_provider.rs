@@ -28,6 +28,7 @@ fn config(world: &World, ec2: &FakeEc2) -> Ec2Config {
         detach_wait: Duration::from_secs(2),
         leaked_eni_age: Duration::ZERO,
         consistency_window: Duration::ZERO,
+        ..Ec2Config::default()
     }
 }
 

@@ -2,6 +2,7 @@
 //! with them. They live here, not beside the SDK, so no build that does not need aws-sdk-ec2
 //! pulls it in to read a setting.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// How the provider finds its instance and talks to EC2.
@@ -27,6 +28,17 @@ pub struct Ec2Config {
     pub leaked_eni_age: Duration,
     /// How long our own changes are overlaid on listings (EC2 reads are eventually consistent).
     pub consistency_window: Duration,
+    /// ENABLE_SUBNET_DISCOVERY: new ENIs may go to any subnet of the node's VPC and zone tagged
+    /// `kubernetes.io/role/cni` (not `0`, not another cluster's), or the node's own, whichever
+    /// has most free addresses; without it, the node's subnet only.
+    pub subnet_discovery: bool,
+    /// A subnet that answered "exhausted" (or, for prefixes, "no free /28") is not tried again
+    /// for this long.
+    pub subnet_skip: Duration,
+    /// Security groups of new ENIs; empty: the primary ENI's.
+    pub security_groups: Vec<String>,
+    /// ADDITIONAL_ENI_TAGS: tagged on new ENIs beside our own, which they cannot override.
+    pub additional_tags: BTreeMap<String, String>,
 }
 
 impl Default for Ec2Config {
@@ -41,6 +53,10 @@ impl Default for Ec2Config {
             detach_wait: Duration::from_secs(30),
             leaked_eni_age: Duration::from_secs(300),
             consistency_window: Duration::from_secs(30),
+            subnet_discovery: true,
+            subnet_skip: Duration::from_secs(300),
+            security_groups: Vec::new(),
+            additional_tags: BTreeMap::new(),
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct ProviderEni {
     pub primary: bool,
     pub subnet_cidr: Ipv4Net,
     pub subnet_gateway: Ipv4Addr,
+    /// The subnet's id and zone, where the provider knows them.
+    pub subnet_id: Option<String>,
+    pub zone: Option<String>,
     pub primary_ip: Ipv4Addr,
     pub secondary_ips: Vec<Ipv4Addr>,
     /// IPv4 prefixes delegated to the ENI (EC2's /28s); each takes one address slot.
@@ -79,6 +82,20 @@ impl Fill {
             Fill::Ips(n) | Fill::Prefixes(n) => n,
         }
     }
+}
+
+/// A subnet new ENIs may go to, as the provider last described it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CandidateSubnet {
+    pub id: String,
+    pub cidr: Ipv4Net,
+    pub zone: String,
+    /// Free addresses, as EC2 last counted them.
+    pub free: u64,
+    /// The node's own subnet (else one found by its tag).
+    pub node: bool,
+    /// Why it is not being tried, while it is not (it answered "exhausted", say).
+    pub skipped: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +134,11 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     async fn unassign_prefixes(&self, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), ProviderError>;
     /// Detaches and deletes a (non-primary) ENI.
     async fn delete_eni(&self, eni_id: &str) -> Result<(), ProviderError>;
+    /// The subnets new ENIs may go to, best first, as last described (empty when the provider
+    /// has one subnet only or has not looked yet).
+    fn candidate_subnets(&self) -> Vec<CandidateSubnet> {
+        Vec::new()
+    }
     /// Deletes ENIs left behind (ours, detached, old enough), by this node or a dead one;
     /// returns their ids. Providers without leaks need not implement it.
     async fn sweep_leaked_enis(&self) -> Result<Vec<String>, ProviderError> {

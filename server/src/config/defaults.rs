@@ -36,6 +36,8 @@ pub const EC2_DETACH_WAIT: &str = "30s";
 pub const EC2_CONSISTENCY_WINDOW: &str = "30s";
 /// `--subnet-exhausted-pause`.
 pub const SUBNET_EXHAUSTED_PAUSE: &str = "120s";
+pub const SUBNET_DISCOVERY: bool = true;
+pub const SUBNET_SKIP: &str = "5m";
 /// `--leaked-eni-age`.
 pub const LEAKED_ENI_AGE: &str = "5m";
 /// `--leaked-eni-interval`.

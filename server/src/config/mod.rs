@@ -36,6 +36,50 @@ fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { setting: setting.to_string(), reason: reason.into() }
 }
 
+/// `--eni-security-groups`: comma-separated `sg-` ids.
+fn security_groups(v: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let groups: Vec<String> =
+        v.unwrap_or("").split(',').map(str::trim).filter(|g| !g.is_empty()).map(String::from).collect();
+    if let Some(bad) = groups.iter().find(|g| !g.starts_with("sg-") || g.len() > 64) {
+        return Err(invalid("--eni-security-groups", format!("{bad:?} is not a security group id (sg-...)")));
+    }
+    // EC2 allows five security groups per ENI by default (up to 16 with a raised quota).
+    if groups.len() > 16 {
+        return Err(invalid("--eni-security-groups", format!("{} groups; an ENI takes at most 16", groups.len())));
+    }
+    Ok(groups)
+}
+
+/// ADDITIONAL_ENI_TAGS: a JSON object of strings, within EC2's tag limits, none of our keys.
+fn additional_eni_tags(v: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+    let setting = "--additional-eni-tags";
+    let Some(text) = v.map(str::trim).filter(|t| !t.is_empty()) else { return Ok(Default::default()) };
+    let tags: std::collections::BTreeMap<String, String> = serde_json::from_str(text)
+        .map_err(|e| invalid(setting, format!("not a JSON object of strings like {{\"team\":\"a\"}}: {e}")))?;
+    for (k, v) in &tags {
+        if k.starts_with("enipool.io/") {
+            return Err(invalid(
+                setting,
+                format!("{k:?}: keys under enipool.io/ are ours (the sweep and the IAM policy rely on them)"),
+            ));
+        }
+        if k.to_ascii_lowercase().starts_with("aws:") {
+            return Err(invalid(setting, format!("{k:?}: EC2 reserves keys starting with aws:")));
+        }
+        if k.is_empty() || k.chars().count() > 128 || v.chars().count() > 256 {
+            return Err(invalid(
+                setting,
+                format!("{k:?}: EC2 takes keys of 1 to 128 characters and values of up to 256"),
+            ));
+        }
+    }
+    // EC2 takes 50 tags per resource; three are ours.
+    if tags.len() > 47 {
+        return Err(invalid(setting, format!("{} tags; with our 3, more than EC2's 50 per ENI", tags.len())));
+    }
+    Ok(tags)
+}
+
 /// A setting's help: what it does, then `[default: X]` from [`defaults`], so the help and
 /// `resolve` cannot disagree.
 fn with_default(text: &str, default: impl std::fmt::Display) -> String {
@@ -160,8 +204,18 @@ pub struct DaemonArgs {
     pub ec2_detach_wait: Option<String>,
     #[arg(long, env = "ENIPOOL_EC2_CONSISTENCY_WINDOW", help = with_default("ec2: how long our own changes are trusted over EC2's (eventually consistent) reads.", defaults::EC2_CONSISTENCY_WINDOW))]
     pub ec2_consistency_window: Option<String>,
-    #[arg(long, env = "ENIPOOL_SUBNET_EXHAUSTED_PAUSE", help = with_default("How long growth pauses after the provider reports the subnet exhausted.", defaults::SUBNET_EXHAUSTED_PAUSE))]
+    #[arg(long, env = "ENIPOOL_SUBNET_EXHAUSTED_PAUSE", help = with_default("How long growth pauses after the provider reports the subnet exhausted (with subnet discovery: every candidate subnet).", defaults::SUBNET_EXHAUSTED_PAUSE))]
     pub subnet_exhausted_pause: Option<String>,
+    #[arg(long, env = "ENABLE_SUBNET_DISCOVERY", help = with_default("ec2: new ENIs go to the subnet with most free addresses among the node's own and those of its VPC and zone tagged kubernetes.io/role/cni (not 0, not another cluster's); else to the node's subnet only (reference name).", defaults::SUBNET_DISCOVERY))]
+    pub subnet_discovery: Option<bool>,
+    #[arg(long, env = "ENIPOOL_SUBNET_SKIP", help = with_default("ec2: how long a subnet that answered exhausted (or, for prefixes, had no free /28) is not tried for new ENIs; the next candidate is tried at once.", defaults::SUBNET_SKIP))]
+    pub subnet_skip: Option<String>,
+    /// ec2: security groups of the ENIs we create, comma-separated (sg-...). [default: the primary ENI's]
+    #[arg(long, env = "ENIPOOL_ENI_SECURITY_GROUPS")]
+    pub eni_security_groups: Option<String>,
+    /// ec2: tags for the ENIs we create beside our own, a JSON object of strings, e.g. {"team":"a"}; keys may not start with enipool.io/ or aws: (reference name). [default: none]
+    #[arg(long, env = "ADDITIONAL_ENI_TAGS")]
+    pub additional_eni_tags: Option<String>,
     #[arg(long, env = "ENIPOOL_LEAKED_ENI_AGE", help = with_default("Detached ENIs of ours older than this are deleted by the leaked-ENI sweep.", defaults::LEAKED_ENI_AGE))]
     pub leaked_eni_age: Option<String>,
     #[arg(long, env = "ENIPOOL_LEAKED_ENI_INTERVAL", help = with_default("How often the leaked-ENI sweep runs (VPC-wide); 0 disables it.", defaults::LEAKED_ENI_INTERVAL))]
@@ -381,6 +435,10 @@ impl DaemonArgs {
             ec2_detach_wait,
             ec2_consistency_window,
             subnet_exhausted_pause,
+            subnet_discovery,
+            subnet_skip,
+            eni_security_groups,
+            additional_eni_tags,
             leaked_eni_age,
             leaked_eni_interval,
             reconcile_interval,
@@ -524,6 +582,10 @@ impl DaemonArgs {
                 a.ec2_consistency_window,
                 defaults::EC2_CONSISTENCY_WINDOW,
             )?,
+            subnet_discovery: a.subnet_discovery.unwrap_or(defaults::SUBNET_DISCOVERY),
+            subnet_skip: duration("subnet-skip", a.subnet_skip, defaults::SUBNET_SKIP)?,
+            security_groups: security_groups(a.eni_security_groups.as_deref())?,
+            additional_tags: additional_eni_tags(a.additional_eni_tags.as_deref())?,
         };
         let eni_mtu = a.eni_mtu.unwrap_or(defaults::ENI_MTU);
         if !(576..=9001).contains(&eni_mtu) {
@@ -626,6 +688,8 @@ mod tests {
             "instance-id",
             "ec2-endpoint",
             "cluster-name",
+            "eni-security-groups",
+            "additional-eni-tags",
             "eni-host-setup",
             "host-netns",
             "warm-ip-target",
@@ -760,6 +824,45 @@ mod tests {
         ] {
             assert!(bad.resolve().is_err());
         }
+    }
+
+    #[test]
+    fn where_new_enis_go_is_checked_before_start() {
+        let c = DaemonArgs {
+            eni_security_groups: Some(" sg-1, sg-2 ".into()),
+            additional_eni_tags: Some(r#"{"team":"a","cost-centre":"42"}"#.into()),
+            subnet_skip: Some("90s".into()),
+            ..DaemonArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.ec2.security_groups, ["sg-1", "sg-2"]);
+        assert_eq!(c.ec2.additional_tags.get("team").map(String::as_str), Some("a"));
+        assert_eq!(c.ec2.subnet_skip, Duration::from_secs(90));
+        assert!(c.ec2.subnet_discovery, "on by default, as in the reference since v1.18");
+        for (args, says) in [
+            (
+                DaemonArgs { eni_security_groups: Some("default".into()), ..DaemonArgs::default() },
+                "not a security group id",
+            ),
+            (DaemonArgs { additional_eni_tags: Some("team=a".into()), ..DaemonArgs::default() }, "JSON object"),
+            (DaemonArgs { additional_eni_tags: Some(r#"{"n":1}"#.into()), ..DaemonArgs::default() }, "JSON object"),
+            (
+                DaemonArgs {
+                    additional_eni_tags: Some(r#"{"enipool.io/instance-id":"x"}"#.into()),
+                    ..DaemonArgs::default()
+                },
+                "are ours",
+            ),
+            (DaemonArgs { additional_eni_tags: Some(r#"{"aws:x":"y"}"#.into()), ..DaemonArgs::default() }, "reserves"),
+        ] {
+            let err = format!("{:#}", args.resolve().unwrap_err());
+            assert!(err.contains(says), "{err}");
+        }
+        let many: std::collections::BTreeMap<String, String> = (0..48).map(|i| (format!("k{i}"), "v".into())).collect();
+        let too_many =
+            DaemonArgs { additional_eni_tags: Some(serde_json::to_string(&many).unwrap()), ..DaemonArgs::default() };
+        assert!(format!("{:#}", too_many.resolve().unwrap_err()).contains("50 per ENI"));
     }
 
     #[test]

@@ -16,6 +16,9 @@ use tokio::sync::Mutex;
 use enipool_provider::{Fill, InstanceInfo, Limits, Provider, ProviderEni, ProviderError, builtin_limits};
 
 const STATE_FILE: &str = "static-instance.json";
+/// The simulated instance's one subnet and zone, as /v1/enis shows them.
+const STATIC_SUBNET_ID: &str = "subnet-static";
+const STATIC_ZONE: &str = "static-1a";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SimEni {
@@ -141,6 +144,8 @@ impl StaticProvider {
             primary: e.device_number == 0,
             subnet_cidr: s.subnet_cidr,
             subnet_gateway: Ipv4Addr::from(u32::from(s.subnet_cidr.network()) + 1),
+            subnet_id: Some(STATIC_SUBNET_ID.into()),
+            zone: Some(STATIC_ZONE.into()),
             primary_ip: e.primary_ip,
             secondary_ips: e.secondary_ips.clone(),
             prefixes: e.prefixes.clone(),
