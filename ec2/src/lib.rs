@@ -103,6 +103,8 @@ struct Cache {
     zones: HashMap<String, String>,
     /// Subnets not tried for new ENIs until the instant, and why.
     skipped: HashMap<String, Skipped>,
+    /// How many times each subnet refused a new ENI.
+    refusals: HashMap<String, u64>,
 
     /// Our own recent changes, with when we made them.
     added_ips: HashMap<Ipv4Addr, (String, Instant)>,
@@ -561,14 +563,17 @@ impl Ec2Provider {
             |cache: &Cache, id: &str| cache.skipped.get(id).filter(|s| s.applies_to(fill)).map(|s| s.reason.clone());
         if !self.config.subnet_discovery {
             let cidr = cache.subnets.get(node_subnet).copied().unwrap_or_default();
-            return Ok(vec![CandidateSubnet {
+            let only = vec![CandidateSubnet {
                 id: node_subnet.clone(),
                 cidr,
                 zone: cache.zones.get(node_subnet).cloned().or(r.id.zone.clone()).unwrap_or_default(),
                 free: 0,
                 node: true,
                 skipped: skipped_why(cache, node_subnet),
-            }]);
+                refusals: cache.refusals.get(node_subnet).copied().unwrap_or(0),
+            }];
+            *self.candidates.lock().unwrap_or_else(|e| e.into_inner()) = only.clone();
+            return Ok(only);
         }
         let zone = r.id.zone.clone().or_else(|| cache.zones.get(node_subnet).cloned());
         let mut filters = vec![Filter::builder().name("vpc-id").values(&r.id.vpc_id).build()];
@@ -618,6 +623,7 @@ impl Ec2Provider {
                 free: sn.available_ip_address_count().unwrap_or(0).max(0) as u64,
                 node,
                 skipped: skipped_why(cache, id),
+                refusals: cache.refusals.get(id).copied().unwrap_or(0),
             });
         }
         if !out.iter().any(|c| c.node) {
@@ -629,6 +635,7 @@ impl Ec2Provider {
                 free: 0,
                 node: true,
                 skipped: skipped_why(cache, node_subnet),
+                refusals: cache.refusals.get(node_subnet).copied().unwrap_or(0),
             });
         }
         // Most free first; on a tie, the node's own subnet.
@@ -925,9 +932,12 @@ impl Provider for Ec2Provider {
                         prefixes_only,
                     };
                     warn!(subnet = %subnet.id, error = %e, skip = ?self.config.subnet_skip, "a new ENI did not fit in the subnet; trying the next");
+                    let refusals = cache.refusals.entry(subnet.id.clone()).or_default();
+                    *refusals += 1;
                     let mut shown = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(c) = shown.iter_mut().find(|c| c.id == subnet.id) {
                         c.skipped = Some(skip.reason.clone());
+                        c.refusals = *refusals;
                     }
                     drop(shown);
                     cache.skipped.insert(subnet.id.clone(), skip);

@@ -160,6 +160,28 @@ pub struct Eni {
     /// The IPv4 prefixes (/28) delegated to the ENI; their addresses are in `addresses` too.
     #[serde(default)]
     pub prefixes: Vec<Prefix>,
+    /// The ENI's subnet id and availability zone, where the provider says.
+    #[serde(default)]
+    pub subnet_id: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+/// A subnet new ENIs may go to (subnet discovery: the node's own and those tagged
+/// `kubernetes.io/role/cni`), best first, as the provider last described it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Subnet {
+    pub id: String,
+    pub cidr: String,
+    pub zone: String,
+    /// Free addresses, as EC2 last counted them.
+    pub free: u64,
+    /// The node's own subnet (else one found by its tag).
+    pub node: bool,
+    /// Why it is not tried for new ENIs now (it answered "exhausted", say), while it is not.
+    pub skipped: Option<String>,
+    /// How many times it refused a new ENI since start-up.
+    pub refusals: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -256,6 +278,10 @@ pub struct Pool {
     /// aligned /28 in the subnet). Prefixes are tried again at `until`.
     #[serde(default)]
     pub prefix_fallback: Option<GrowthPause>,
+    /// Where new ENIs may go, best first (empty until the provider first looked, and with the
+    /// static provider).
+    #[serde(default)]
+    pub subnets: Vec<Subnet>,
 }
 
 /// The prefix-mode plan, in prefixes.

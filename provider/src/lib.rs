@@ -96,6 +96,8 @@ pub struct CandidateSubnet {
     pub node: bool,
     /// Why it is not being tried, while it is not (it answered "exhausted", say).
     pub skipped: Option<String>,
+    /// How many times it refused a new ENI (exhausted, or no free /28) since start-up.
+    pub refusals: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use enipool_provider::CandidateSubnet;
 use enipool_storage::{LedgerHealth, Stats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -30,6 +31,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubnetLabel {
+    pub subnet: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -52,6 +58,8 @@ pub struct Metrics {
     ec2_seconds: Family<ActionLabel, Histogram>,
     growth_pauses: Counter,
     prefix_fallbacks: Counter,
+    subnet_free: Family<SubnetLabel, Gauge>,
+    subnet_refusals: Family<SubnetLabel, Counter>,
     leaked_enis_deleted: Counter,
     leases_lost: Counter,
     ips_lost: Gauge,
@@ -91,6 +99,8 @@ impl Metrics {
         });
         let growth_pauses = Counter::default();
         let prefix_fallbacks = Counter::default();
+        let subnet_free = Family::<SubnetLabel, Gauge>::default();
+        let subnet_refusals = Family::<SubnetLabel, Counter>::default();
         let leaked_enis_deleted = Counter::default();
         let leases_lost = Counter::default();
         let ips_lost = Gauge::default();
@@ -140,6 +150,16 @@ impl Metrics {
             "Times prefix growth fell back to single IPs because the subnet had no free /28 (InsufficientCidrBlocks)",
             prefix_fallbacks.clone(),
         );
+        registry.register(
+            "subnet_free_addresses",
+            "Free addresses of each subnet new ENIs may go to, as EC2 last counted them (at the last ENI created)",
+            subnet_free.clone(),
+        );
+        registry.register(
+            "subnet_refusals",
+            "Times a subnet refused a new ENI (exhausted, or no free /28) and was skipped for --subnet-skip",
+            subnet_refusals.clone(),
+        );
         registry.register("leaked_enis_deleted", "Leaked ENIs deleted by the sweep", leaked_enis_deleted.clone());
         registry.register(
             "leases_lost",
@@ -179,6 +199,8 @@ impl Metrics {
             ec2_seconds,
             growth_pauses,
             prefix_fallbacks,
+            subnet_free,
+            subnet_refusals,
             leaked_enis_deleted,
             leases_lost,
             ips_lost,
@@ -239,7 +261,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with pool gauges set from `stats`.
-    pub fn render(&self, stats: &Stats, leases: usize, ledger: &LedgerHealth) -> String {
+    pub fn render(&self, stats: &Stats, leases: usize, ledger: &LedgerHealth, subnets: &[CandidateSubnet]) -> String {
+        for sn in subnets {
+            let label = SubnetLabel { subnet: sn.id.clone() };
+            self.subnet_free.get_or_create(&label).set(sn.free as i64);
+            let refusals = self.subnet_refusals.get_or_create(&label);
+            refusals.inc_by(sn.refusals.saturating_sub(refusals.get()));
+        }
         self.leases.set(leases as i64);
         self.ledger_write_failed.set(i64::from(ledger.write_failure.is_some()));
         let counted = self.ledger_checkpoint_failures.get();

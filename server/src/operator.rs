@@ -79,6 +79,25 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<String> {
     if let Some(p) = &pool.growth_paused {
         out.push_str(&format!("growth paused until {} ms: {}\n", p.until, p.reason));
     }
+    if !pool.subnets.is_empty() {
+        out.push_str("\nsubnets for new ENIs, best first:\n");
+        let rows: Vec<Vec<String>> = pool
+            .subnets
+            .iter()
+            .map(|s| {
+                vec![
+                    s.id.clone(),
+                    s.cidr.clone(),
+                    s.zone.clone(),
+                    s.free.to_string(),
+                    if s.node { "yes".into() } else { "no".into() },
+                    s.refusals.to_string(),
+                    s.skipped.clone().map_or("-".into(), |w| format!("skipped: {w}")),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["SUBNET", "CIDR", "ZONE", "FREE", "NODE'S", "REFUSALS", "NOW"], &rows));
+    }
     out.push('\n');
     let rows: Vec<Vec<String>> = enis
         .iter()
@@ -90,6 +109,8 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<String> {
                 if e.primary { "yes".into() } else { "no".into() },
                 e.primary_ip.clone(),
                 e.subnet_cidr.clone(),
+                e.subnet_id.clone().unwrap_or_else(|| "-".into()),
+                e.zone.clone().unwrap_or_else(|| "-".into()),
                 e.route_table.to_string(),
                 e.addresses.len().to_string(),
                 count(api::AddressState::Free),
@@ -100,7 +121,21 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<String> {
         })
         .collect();
     out.push_str(&table(
-        &["ENI", "DEVICE", "PRIMARY", "PRIMARY IP", "SUBNET", "TABLE", "IPS", "FREE", "LEASED", "COOLING", "PREFIXES"],
+        &[
+            "ENI",
+            "DEVICE",
+            "PRIMARY",
+            "PRIMARY IP",
+            "SUBNET",
+            "SUBNET ID",
+            "ZONE",
+            "TABLE",
+            "IPS",
+            "FREE",
+            "LEASED",
+            "COOLING",
+            "PREFIXES",
+        ],
         &rows,
     ));
     Ok(out)

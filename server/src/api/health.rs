@@ -43,6 +43,6 @@ pub(super) async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, Json<api
 pub(super) async fn metrics(State(app): State<Arc<App>>) -> Response {
     let stats = app.ledger.stats();
     let leases = stats.addresses.leased + stats.lost;
-    let body = app.metrics.render(&stats, leases, &app.ledger.health());
+    let body = app.metrics.render(&stats, leases, &app.ledger.health(), &app.provider.candidate_subnets());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

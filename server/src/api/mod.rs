@@ -40,7 +40,7 @@ use status_page::status_page;
     paths(leases::create_lease, leases::delete_lease, leases::get_lease, leases::list_leases, pool::list_enis, pool::get_pool, leases::gc, health::healthz, health::readyz, health::metrics, status_page::status_page),
     components(schemas(
         api::LeaseRequest, api::Lease, api::SnatSettings, api::GcRequest, api::GcReply, api::Attachment,
-        api::Eni, api::Address, api::AddressState, api::Prefix, api::PrefixState, api::Pool, api::WarmTargets, api::ProviderEvent, api::GrowthPause, api::PrefixPlan,
+        api::Eni, api::Address, api::AddressState, api::Prefix, api::PrefixState, api::Subnet, api::Pool, api::WarmTargets, api::ProviderEvent, api::GrowthPause, api::PrefixPlan,
         api::Health, api::Readiness, api::Problem
     )),
     tags((name = "leases"), (name = "pool"), (name = "health"))

@@ -217,6 +217,29 @@ pub fn render(app: &App, refresh: u32) -> String {
         limits.pod_ips_per_eni(),
     );
 
+    // Where new ENIs may go (subnet discovery), best first.
+    if !pool.subnets.is_empty() {
+        h.push_str("<h2>Subnets for new ENIs</h2><table id=\"subnets\"><tr><th>subnet</th><th>CIDR</th><th>zone</th><th>free</th><th>refusals</th><th>now</th></tr>");
+        for sn in &pool.subnets {
+            let now = match &sn.skipped {
+                Some(why) => format!("<span class=\"error\">skipped: {}</span>", esc(why)),
+                None => "candidate".to_string(),
+            };
+            let _ = write!(
+                h,
+                "<tr class=\"subnet\" data-subnet-id=\"{id}\" data-free=\"{free}\" data-skipped=\"{skipped}\"><td><code>{id}</code>{node}</td><td>{cidr}</td><td>{zone}</td><td>{free}</td><td>{refusals}</td><td>{now}</td></tr>",
+                id = esc(&sn.id),
+                node = if sn.node { " (the node's)" } else { "" },
+                cidr = esc(&sn.cidr),
+                zone = esc(&sn.zone),
+                free = sn.free,
+                refusals = sn.refusals,
+                skipped = sn.skipped.is_some(),
+            );
+        }
+        h.push_str("</table>");
+    }
+
     // Every ENI with its addresses, as GET /v1/enis has them.
     let _ = write!(h, "<h2>ENIs (<span id=\"eni-count\">{}</span>)</h2>", enis.len());
     for e in enis {
@@ -232,7 +255,7 @@ pub fn render(app: &App, refresh: u32) -> String {
             h,
             "<section class=\"eni\" data-eni-id=\"{id}\" data-total=\"{total}\" data-free=\"{free}\" data-leased=\"{leased}\" data-cooling=\"{cooling}\" data-lost=\"{lost}\" data-attached=\"{attached}\">\
              <h3><code>{id}</code>{role}{detached}</h3>\
-             <p>device {dev} &middot; primary IP {pip} &middot; subnet {subnet} via {gw} &middot; route table {table} &middot; \
+             <p>device {dev} &middot; primary IP {pip} &middot; subnet {subnet}{subnet_id} via {gw} &middot; route table {table} &middot; \
              <span class=\"leased\">{leased} leased</span>, <span class=\"free\">{free} free</span>, <span class=\"cooling\">{cooling} cooling</span>{lost_text} of {total}</p>",
             id = esc(&e.id),
             total = e.addresses.len(),
@@ -242,6 +265,11 @@ pub fn render(app: &App, refresh: u32) -> String {
             dev = e.device_number,
             pip = e.primary_ip,
             subnet = e.subnet_cidr,
+            subnet_id = match (&e.subnet_id, &e.zone) {
+                (Some(id), Some(zone)) => format!(" (<code>{}</code>, {})", esc(id), esc(zone)),
+                (Some(id), None) => format!(" (<code>{}</code>)", esc(id)),
+                _ => String::new(),
+            },
             gw = e.subnet_gateway,
             table = e.route_table,
             lost_text = if lost > 0 { format!(", <span class=\"lost\">{lost} lost</span>") } else { String::new() },

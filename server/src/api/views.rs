@@ -55,6 +55,7 @@ pub fn enis(app: &App) -> Vec<api::Eni> {
                         .count() as u32,
                 })
                 .collect();
+            let subnet = app.pool.subnet(&e.id);
             api::Eni {
                 primary: e.id == primary_eni_id,
                 id: e.id,
@@ -66,6 +67,8 @@ pub fn enis(app: &App) -> Vec<api::Eni> {
                 route_table: e.route_table,
                 addresses,
                 prefixes,
+                subnet_id: subnet.as_ref().map(|(id, _)| id.clone()),
+                zone: subnet.and_then(|(_, zone)| zone),
             }
         })
         .collect()
@@ -126,5 +129,23 @@ pub fn pool(app: &App) -> api::Pool {
             excess: p.excess,
         }),
         prefix_fallback: app.pool.prefix_fallback().map(|p| api::GrowthPause { reason: p.reason, until: p.until_ms }),
+        subnets: subnets(app),
     }
+}
+
+/// Where new ENIs may go, as the provider last described them.
+pub fn subnets(app: &App) -> Vec<api::Subnet> {
+    app.provider
+        .candidate_subnets()
+        .into_iter()
+        .map(|c| api::Subnet {
+            id: c.id,
+            cidr: c.cidr.to_string(),
+            zone: c.zone,
+            free: c.free,
+            node: c.node,
+            skipped: c.skipped,
+            refusals: c.refusals,
+        })
+        .collect()
 }

@@ -44,6 +44,8 @@ pub struct PoolState {
     last_prefix_growth: Mutex<Option<(Instant, u32)>>,
     /// ENI id -> MAC, as the provider reported them.
     macs: Mutex<HashMap<String, String>>,
+    /// ENI id -> (subnet id, zone).
+    subnets: Mutex<HashMap<String, (String, Option<String>)>>,
     /// ENIs whose node side is done.
     host_done: Mutex<HashSet<String>>,
     /// Wakes the manager (after allocations, and when one found no free IP).
@@ -61,6 +63,7 @@ impl Default for PoolState {
             prefix_fallback: Mutex::default(),
             last_prefix_growth: Mutex::default(),
             macs: Mutex::default(),
+            subnets: Mutex::default(),
             host_done: Mutex::default(),
             wake: Notify::new(),
             generation: watch::channel(0).0,
@@ -138,13 +141,24 @@ impl PoolState {
     }
 
     /// Remembers the MACs of ENIs the provider reported.
-    pub fn note_macs<'a>(&self, enis: impl IntoIterator<Item = &'a ProviderEni>) {
+    /// Notes what the provider says of ENIs beside the ledger's record: MACs (the node side
+    /// finds interfaces by them) and subnet ids and zones (`/v1/enis` shows them).
+    pub fn note_enis<'a>(&self, enis: impl IntoIterator<Item = &'a ProviderEni>) {
         let mut macs = lock(&self.macs);
+        let mut subnets = lock(&self.subnets);
         for e in enis {
             if let Some(m) = &e.mac {
                 macs.insert(e.id.clone(), m.clone());
             }
+            if let Some(id) = &e.subnet_id {
+                subnets.insert(e.id.clone(), (id.clone(), e.zone.clone()));
+            }
         }
+    }
+
+    /// An ENI's subnet id and zone, where the provider said.
+    pub fn subnet(&self, eni_id: &str) -> Option<(String, Option<String>)> {
+        lock(&self.subnets).get(eni_id).cloned()
     }
 
     pub fn mac(&self, eni_id: &str) -> Option<String> {

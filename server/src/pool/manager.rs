@@ -441,20 +441,34 @@ async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolErro
     let limits = app.info().limits;
     let per_eni = limits.pod_ips_per_eni();
     let max_enis = app.config.max_eni.map_or(limits.max_enis, |m| m.min(limits.max_enis));
+    // ENIs whose subnet refused this growth (exhausted, or no free /28): the next ENI with room,
+    // or a new ENI (which the provider may put in another subnet), is tried before giving up.
+    let mut refused: Vec<String> = Vec::new();
+    let mut first_refusal: Option<PoolError> = None;
     while deficit > 0 {
         let stats = app.ledger.stats();
         let mut enis = app.ledger.enis();
         enis.sort_by_key(|e| e.device_number);
         let with_room = enis
             .iter()
-            .filter(|e| e.attached)
+            .filter(|e| e.attached && !refused.contains(&e.id))
             .map(|e| (e, per_eni.saturating_sub(slots_used(&stats, &e.id))))
             .find(|(_, room)| *room > 0);
         if let Some((eni, room)) = with_room {
             let n = room.min(deficit);
-            let got = match unit {
-                Unit::Ips => fill_ips(app, eni, n).await?,
-                Unit::Prefixes => fill_prefixes(app, eni, n).await?,
+            let filled = match unit {
+                Unit::Ips => fill_ips(app, eni, n).await,
+                Unit::Prefixes => fill_prefixes(app, eni, n).await,
+            };
+            let got = match filled {
+                Ok(got) => got,
+                Err(e @ PoolError::Provider(ProviderError::SubnetExhausted(_) | ProviderError::NoCidrBlocks(_))) => {
+                    warn!(eni = %eni.id, subnet = %eni.subnet_cidr, error = %e, "the ENI's subnet refused; trying elsewhere");
+                    refused.push(eni.id.clone());
+                    first_refusal.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             deficit = deficit.saturating_sub(got);
             app.pool.grew();
@@ -472,8 +486,9 @@ async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolErro
                 Unit::Ips => Fill::Ips(n),
                 Unit::Prefixes => Fill::Prefixes(n),
             };
+            // Its error, if it fails, covers every candidate subnet.
             let eni = app.provider_call("create_eni", app.provider.create_eni(device, fill)).await?;
-            app.pool.note_macs([&eni]);
+            app.pool.note_enis([&eni]);
             let record = eni_record(&eni);
             let fresh = take_assigned(app, &eni.id, &eni.secondary_ips).await?;
             let ledger = app.ledger.clone();
@@ -491,7 +506,11 @@ async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolErro
                 break;
             }
         } else {
-            // At the instance's limit: nothing more to do until pods go away.
+            // At the instance's limit: nothing more to do until pods go away (or, if a subnet
+            // refused, until it has room: the caller pauses growth on that).
+            if let Some(e) = first_refusal {
+                return Err(e);
+            }
             break;
         }
     }

@@ -41,7 +41,7 @@ pub fn eni_record(eni: &ProviderEni) -> EniRecord {
 /// `enipool_ec2`), so an IP we just gave back is not re-adopted from a stale listing.
 pub async fn sync_with_provider(app: &App) -> Result<(), PoolError> {
     let enis = app.provider_call("list_enis", app.provider.list_enis()).await?;
-    app.pool.note_macs(&enis);
+    app.pool.note_enis(&enis);
     let cooling_until = app.clock_now() + app.config.ip_cooldown.as_millis() as u64;
     let mut gone: Vec<Ipv4Addr> = Vec::new();
     // The provider showing an IP the ledger has on another ENI is a disagreement we do not

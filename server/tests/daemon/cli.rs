@@ -40,7 +40,20 @@ async fn status_and_leases_print_the_pool_and_the_leases() {
     );
     assert!(status.contains("WARM_ENI_TARGET=1 WARM_IP_TARGET=- MINIMUM_IP_TARGET=- MAX_ENI=3"), "{status}");
     let header = status.lines().find(|l| l.starts_with("ENI ")).expect("the ENI table's header");
-    for col in ["DEVICE", "PRIMARY", "PRIMARY IP", "SUBNET", "TABLE", "IPS", "FREE", "LEASED", "COOLING"] {
+    for col in [
+        "DEVICE",
+        "PRIMARY",
+        "PRIMARY IP",
+        "SUBNET",
+        "SUBNET ID",
+        "ZONE",
+        "TABLE",
+        "IPS",
+        "FREE",
+        "LEASED",
+        "COOLING",
+        "PREFIXES",
+    ] {
         assert!(header.contains(col), "{header}");
     }
     for e in &enis {
@@ -51,8 +64,10 @@ async fn status_and_leases_print_the_pool_and_the_leases() {
         assert_eq!(cells[1], e["device_number"].to_string(), "{row}");
         assert_eq!(cells[2], if e["primary"] == true { "yes" } else { "no" }, "{row}");
         assert_eq!(cells[3], e["primary_ip"].as_str().unwrap(), "{row}");
-        assert_eq!(cells[6], "9", "{row}");
-        assert_eq!(cells[8], leased.to_string(), "{row}");
+        assert_eq!(cells[5], e["subnet_id"].as_str().unwrap(), "{row}");
+        assert_eq!(cells[6], e["zone"].as_str().unwrap(), "{row}");
+        assert_eq!(cells[8], "9", "{row}");
+        assert_eq!(cells[10], leased.to_string(), "{row}");
     }
 
     let leases = run_ok(&["leases", "--socket", socket]).await;

@@ -406,7 +406,10 @@ async fn ec2_unreachable_at_start_up_serves_the_ledger_and_says_why_not_ready() 
 #[tokio::test]
 async fn subnet_exhaustion_pauses_growth_and_says_so() {
     let node = Node::start("m5.large").await;
+    // The primary ENI's subnet refuses, and so does a new ENI in it (the one candidate): growth
+    // pauses. (Had either gone through, the pool would not pause: see the fall-over test.)
     node.ec2.inject("AssignPrivateIpAddresses", "subnet", 1).await;
+    node.ec2.inject("CreateNetworkInterface", "subnet", 1).await;
     let d = node.daemon(&[("--subnet-exhausted-pause", "3s"), ("--allocation-wait", "300ms")]).await;
     let api = d.unix();
     let p = eventually("growth to pause", async || {
@@ -421,8 +424,9 @@ async fn subnet_exhaustion_pauses_growth_and_says_so() {
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("growth paused") && detail.contains("InsufficientFreeAddressesInSubnet"), "{detail}");
     assert_eq!(metric(&metrics_text(&api).await, "enipool_growth_pauses_total"), Some(1.0));
-    // Paused: no further assign until the pause ends; then the pool fills.
+    // Paused: no further assign or create until the pause ends; then the pool fills.
     assert_eq!(node.calls().await.of("AssignPrivateIpAddresses"), 1);
+    assert_eq!(node.calls().await.of("CreateNetworkInterface"), 1);
     pool_settles(&api, &[("enis", 1), ("total", PER_ENI)], HOLD).await;
     assert!(api.pool().await["growth_paused"].is_null());
     node.assert_matches_ec2(&api).await;
@@ -908,4 +912,69 @@ async fn prefix_mode_makes_enis_with_their_prefixes_and_mode_off_drains_them_onc
     .await;
     pool_settles(&api, &[("prefixes", 0), ("leased", 0), ("free", 2)], HOLD).await;
     node.assert_matches_ec2(&api).await;
+}
+
+#[tokio::test]
+async fn a_full_node_subnet_falls_over_to_a_tagged_one_and_says_where() {
+    // Someone else's ENI takes every address left in the node's /27; a subnet of the same zone
+    // is tagged kubernetes.io/role/cni. The primary ENI's subnet refuses; the pool does not
+    // pause but puts a new ENI in the tagged subnet, and /v1/pool, /v1/enis and the metrics
+    // say so.
+    let node = Node::start_in("m5.large", "10.0.0.0/27").await;
+    let client = &node.client;
+    let tagged = client
+        .create_subnet()
+        .vpc_id(&node.world.vpc_id)
+        .cidr_block("10.0.4.0/24")
+        .availability_zone(&node.world.zone)
+        .send()
+        .await
+        .unwrap()
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .unwrap()
+        .to_string();
+    client.create_tags().resources(&tagged).tags(role_tag()).send().await.unwrap();
+    // 27 usable addresses: the instance's, and 26 for the other ENI (its primary and 25).
+    client
+        .create_network_interface()
+        .subnet_id(&node.world.subnet_id)
+        .secondary_private_ip_address_count(25)
+        .send()
+        .await
+        .expect("filling the node's subnet");
+    let d = node.daemon(&[("--warm-ip-target", "5"), ("--warm-eni-target", "0")]).await;
+    let api = d.unix();
+    let p = eventually("five free IPs on an ENI in the tagged subnet", async || {
+        let p = api.pool().await;
+        if p["free"] == 5 && p["deficit"] == 0 { Ok(p) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    assert!(p["growth_paused"].is_null(), "no pause: {p}");
+    let subnets = p["subnets"].as_array().unwrap();
+    assert_eq!(subnets[0]["id"], tagged.as_str(), "the emptiest first: {subnets:?}");
+    let node_subnet = subnets.iter().find(|s| s["node"] == true).expect("the node's subnet listed");
+    assert_eq!(node_subnet["free"], 0);
+    let enis = api.enis().await;
+    let new = enis.iter().find(|e| e["device_number"] == 1).expect("a second ENI");
+    assert_eq!(new["subnet_id"], tagged.as_str());
+    assert_eq!(new["zone"], node.world.zone.as_str());
+    assert_eq!(new["subnet_cidr"], "10.0.4.0/24");
+    let primary = enis.iter().find(|e| e["primary"] == true).unwrap();
+    assert_eq!(primary["subnet_id"], node.world.subnet_id.as_str());
+    let l = api.lease("pod").await;
+    assert!(l["ip"].as_str().unwrap().starts_with("10.0.4."), "{l}");
+    let text = metrics_text(&api).await;
+    assert_eq!(
+        metric(&text, &format!("enipool_subnet_free_addresses{{subnet=\"{}\"}}", node.world.subnet_id)),
+        Some(0.0)
+    );
+    assert!(metric(&text, &format!("enipool_subnet_free_addresses{{subnet=\"{tagged}\"}}")).unwrap() > 200.0);
+    let args = enipool_server::config::ClientArgs { socket: d.socket.clone(), json: false };
+    let status = enipool_server::operator::status(&args).await.expect("enipoold status");
+    assert!(status.contains("subnets for new ENIs") && status.contains(&tagged), "{status}");
+}
+
+fn role_tag() -> enipool_ec2::testing::aws_sdk_ec2::types::Tag {
+    enipool_ec2::testing::aws_sdk_ec2::types::Tag::builder().key("kubernetes.io/role/cni").value("1").build()
 }

@@ -80,7 +80,16 @@ fn every_metric_is_documented() {
     let metrics = Metrics::new();
     metrics.provider_call("assign_ips", std::time::Duration::from_millis(1), false);
     enipool_ec2::CallObserver::attempt(&metrics, "AssignPrivateIpAddresses", Default::default(), Some("Throttling"));
-    let text = metrics.render(&Default::default(), 0, &Default::default());
+    let subnet = enipool_provider::CandidateSubnet {
+        id: "subnet-1".into(),
+        cidr: "10.0.0.0/24".parse().unwrap(),
+        zone: "us-east-1a".into(),
+        free: 10,
+        node: true,
+        skipped: None,
+        refusals: 1,
+    };
+    let text = metrics.render(&Default::default(), 0, &Default::default(), &[subnet]);
     for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
         let mut parts = line.split_whitespace();
         let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
