@@ -561,6 +561,47 @@ impl Ec2Provider {
         let node_subnet = &r.id.subnet_id;
         let skipped_why =
             |cache: &Cache, id: &str| cache.skipped.get(id).filter(|s| s.applies_to(fill)).map(|s| s.reason.clone());
+        if let Some(zones) = &self.config.custom_network {
+            let zone = r.id.zone.clone().or_else(|| cache.zones.get(node_subnet).cloned()).unwrap_or_default();
+            let choice = zones.get(&zone).ok_or_else(|| {
+                failed(format!(
+                    "custom networking: the config file has no [eni-config.{zone}] table for this instance's zone"
+                ))
+            })?;
+            let out = self
+                .caller
+                .call("DescribeSubnets", || r.client.describe_subnets().subnet_ids(&choice.subnet).send())
+                .await
+                .map_err(provider_error)?;
+            let sn = out
+                .subnets()
+                .first()
+                .ok_or_else(|| failed(format!("custom networking: EC2 does not know {}", choice.subnet)))?;
+            let cidr: Ipv4Net = sn
+                .cidr_block()
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| failed(format!("DescribeSubnets gave no CIDR for {}", choice.subnet)))?;
+            let sn_zone = sn.availability_zone().unwrap_or_default().to_string();
+            if sn_zone != zone {
+                return Err(failed(format!(
+                    "custom networking: [eni-config.{zone}] names {}, which is in {sn_zone}: an ENI attaches only in its instance's zone",
+                    choice.subnet
+                )));
+            }
+            cache.subnets.insert(choice.subnet.clone(), cidr);
+            cache.zones.insert(choice.subnet.clone(), sn_zone.clone());
+            let only = vec![CandidateSubnet {
+                id: choice.subnet.clone(),
+                cidr,
+                zone: sn_zone,
+                free: sn.available_ip_address_count().unwrap_or(0).max(0) as u64,
+                node: choice.subnet == *node_subnet,
+                skipped: skipped_why(cache, &choice.subnet),
+                refusals: cache.refusals.get(&choice.subnet).copied().unwrap_or(0),
+            }];
+            *self.candidates.lock().unwrap_or_else(|e| e.into_inner()) = only.clone();
+            return Ok(only);
+        }
         if !self.config.subnet_discovery {
             let cidr = cache.subnets.get(node_subnet).copied().unwrap_or_default();
             let only = vec![CandidateSubnet {
@@ -680,8 +721,7 @@ impl Ec2Provider {
     ) -> Result<EniView, ProviderError> {
         let description = format!("{DESCRIPTION_PREFIX}{}", r.id.instance_id);
         let tags = self.tags(r);
-        let groups =
-            if self.config.security_groups.is_empty() { &r.id.security_groups } else { &self.config.security_groups };
+        let groups = self.security_groups_for(r, subnet_id);
         let (secondary_ips, prefixes) = match fill {
             Fill::Ips(0) | Fill::Prefixes(0) => (None, None),
             Fill::Ips(n) => (Some(n as i32), None),
@@ -771,6 +811,21 @@ impl Ec2Provider {
         cache.created_enis.insert(eni_id.clone(), now);
         cache.enis.insert(eni_id.clone(), v.clone());
         Ok(v)
+    }
+
+    /// The security groups of a new ENI in `subnet_id`: its zone's under custom networking,
+    /// else `--eni-security-groups`, else the primary ENI's.
+    fn security_groups_for(&self, r: &Ready, subnet_id: &str) -> Vec<String> {
+        let custom = self
+            .config
+            .custom_network
+            .as_ref()
+            .and_then(|zones| zones.values().find(|z| z.subnet == subnet_id && !z.security_groups.is_empty()));
+        match custom {
+            Some(z) => z.security_groups.clone(),
+            None if !self.config.security_groups.is_empty() => self.config.security_groups.clone(),
+            None => r.id.security_groups.clone(),
+        }
     }
 
     /// EC2 delegates prefixes to Nitro types only: refused here rather than by EC2.
@@ -865,6 +920,7 @@ impl Provider for Ec2Provider {
             primary_eni_id: id.primary_eni_id.clone(),
             primary_ip: id.primary_ip,
             vpc_cidrs: id.vpc_cidrs.clone(),
+            zone: id.zone.clone(),
         })
     }
 

@@ -36,14 +36,15 @@ fn config(world: &World, ec2: &FakeEc2) -> Ec2Config {
 /// A subnet of the world's VPC, in `zone` (the world's when `None`), with `tags`.
 async fn subnet(client: &Client, world: &World, cidr: &str, zone: Option<&str>, tags: &[(&str, &str)]) -> String {
     let tags: Vec<Tag> = tags.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build()).collect();
+    // EC2 refuses a tag specification without tags.
+    let spec = (!tags.is_empty())
+        .then(|| vec![TagSpecification::builder().resource_type(ResourceType::Subnet).set_tags(Some(tags)).build()]);
     let made = client
         .create_subnet()
         .vpc_id(&world.vpc_id)
         .cidr_block(cidr)
         .availability_zone(zone.unwrap_or(&world.zone))
-        .tag_specifications(
-            TagSpecification::builder().resource_type(ResourceType::Subnet).set_tags(Some(tags)).build(),
-        )
+        .set_tag_specifications(spec)
         .send()
         .await
         .expect("CreateSubnet");
@@ -251,4 +252,70 @@ async fn new_enis_carry_the_configured_security_groups_and_extra_tags_beside_our
     assert_eq!(tag("team").as_deref(), Some("a"));
     assert_eq!(tag("enipool.io/instance-id"), Some(world.instance_id.clone()), "ours, not overridden");
     assert_eq!(tag("enipool.io/cluster-name").as_deref(), Some(CLUSTER));
+}
+
+#[tokio::test]
+async fn custom_networking_puts_new_enis_in_the_zones_subnet_with_its_groups() {
+    set_aws_env();
+    let ec2 = FakeEc2::start().await;
+    let client = ec2.client();
+    let world = World::make_in(&client, "m5.large", "10.0.0.0/24").await;
+    let pods = subnet(&client, &world, "10.0.64.0/20", None, &[]).await;
+    // Bigger and tagged: discovery would pick it; custom networking does not look.
+    subnet(&client, &world, "10.0.128.0/18", None, &[("kubernetes.io/role/cni", "1")]).await;
+    let elsewhere = subnet(&client, &world, "10.0.32.0/20", Some(&other_zone(&world.zone)), &[]).await;
+    let sg = client
+        .create_security_group()
+        .group_name("pods")
+        .description("pod ENIs")
+        .vpc_id(&world.vpc_id)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_string();
+    let zones = |subnet: &str, groups: Vec<String>| {
+        let z = enipool_provider::ec2_config::ZoneEniConfig { subnet: subnet.into(), security_groups: groups };
+        Some([(world.zone.clone(), z)].into_iter().collect())
+    };
+    let p =
+        Ec2Provider::new(Ec2Config { custom_network: zones(&pods, vec![sg.clone()]), ..config(&world, &ec2) }, None);
+    assert_eq!(p.init().await.expect("init").zone.as_deref(), Some(world.zone.as_str()));
+    let eni = p.create_eni(1, Fill::Ips(3)).await.expect("create");
+    assert_eq!(subnet_of(&client, &world, &eni.id).await, pods);
+    assert_eq!(eni.subnet_cidr.to_string(), "10.0.64.0/20");
+    let asked = ec2.requests("CreateNetworkInterface").await;
+    assert_eq!(asked.last().unwrap().get("SecurityGroupId.1"), Some(&sg));
+    let shown = p.candidate_subnets();
+    assert_eq!(shown.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [pods.as_str()]);
+
+    // A subnet of another zone: refused before creating anything.
+    let wrong = Ec2Provider::new(Ec2Config { custom_network: zones(&elsewhere, vec![]), ..config(&world, &ec2) }, None);
+    wrong.init().await.unwrap();
+    let creates = ec2.calls().await.of("CreateNetworkInterface");
+    let r = wrong.create_eni(2, Fill::Ips(1)).await;
+    assert!(matches!(r, Err(ProviderError::Failed(ref m)) if m.contains("zone")), "{r:?}");
+    // No table for this zone.
+    let none = Ec2Provider::new(
+        Ec2Config {
+            custom_network: Some(
+                [(
+                    other_zone(&world.zone),
+                    enipool_provider::ec2_config::ZoneEniConfig { subnet: elsewhere.clone(), security_groups: vec![] },
+                )]
+                .into_iter()
+                .collect(),
+            ),
+            ..config(&world, &ec2)
+        },
+        None,
+    );
+    none.init().await.unwrap();
+    let r = none.create_eni(2, Fill::Ips(1)).await;
+    assert!(
+        matches!(r, Err(ProviderError::Failed(ref m)) if m.contains(&format!("[eni-config.{}]", world.zone))),
+        "{r:?}"
+    );
+    assert_eq!(ec2.calls().await.of("CreateNetworkInterface"), creates, "nothing created");
 }

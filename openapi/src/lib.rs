@@ -282,6 +282,10 @@ pub struct Pool {
     /// static provider).
     #[serde(default)]
     pub subnets: Vec<Subnet>,
+    /// Why the pool does not grow at all, if it does not (custom networking with no entry for
+    /// the instance's zone); /readyz says the same.
+    #[serde(default)]
+    pub growth_blocked: Option<String>,
 }
 
 /// The prefix-mode plan, in prefixes.

@@ -39,6 +39,18 @@ pub struct Ec2Config {
     pub security_groups: Vec<String>,
     /// ADDITIONAL_ENI_TAGS: tagged on new ENIs beside our own, which they cannot override.
     pub additional_tags: BTreeMap<String, String>,
+    /// Custom networking (AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG), by availability zone: new ENIs go
+    /// to the zone's subnet with its security groups (no discovery), and the primary ENI serves
+    /// no pods. `None`: off.
+    pub custom_network: Option<BTreeMap<String, ZoneEniConfig>>,
+}
+
+/// One zone's ENIConfig equivalent: where pod ENIs go in that zone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneEniConfig {
+    pub subnet: String,
+    /// Empty: the primary ENI's.
+    pub security_groups: Vec<String>,
 }
 
 impl Default for Ec2Config {
@@ -57,6 +69,7 @@ impl Default for Ec2Config {
             subnet_skip: Duration::from_secs(300),
             security_groups: Vec::new(),
             additional_tags: BTreeMap::new(),
+            custom_network: None,
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct InstanceInfo {
     /// The node's primary IP: the SNAT source.
     pub primary_ip: Ipv4Addr,
     pub vpc_cidrs: Vec<Ipv4Net>,
+    /// The instance's availability zone, where the provider knows it.
+    pub zone: Option<String>,
 }
 
 /// An ENI as the provider sees it.

@@ -24,6 +24,9 @@ struct Cached {
     primary_eni_id: String,
     primary_ip: Ipv4Addr,
     vpc_cidrs: Vec<Ipv4Net>,
+    /// Absent in caches written before zones were known.
+    #[serde(default)]
+    zone: Option<String>,
 }
 
 /// What the last run learnt, if anything readable.
@@ -38,6 +41,7 @@ pub fn load(data_dir: &Path) -> Option<InstanceInfo> {
             primary_eni_id: c.primary_eni_id,
             primary_ip: c.primary_ip,
             vpc_cidrs: c.vpc_cidrs,
+            zone: c.zone,
         }),
         Err(e) => {
             warn!(path = %path.display(), error = %e, "ignoring an unreadable identity cache");
@@ -55,6 +59,7 @@ pub fn save(data_dir: &Path, info: &InstanceInfo) -> std::io::Result<()> {
         primary_eni_id: info.primary_eni_id.clone(),
         primary_ip: info.primary_ip,
         vpc_cidrs: info.vpc_cidrs.clone(),
+        zone: info.zone.clone(),
     };
     let path = data_dir.join(FILE);
     let tmp = data_dir.join(format!("{FILE}.tmp"));
@@ -75,6 +80,7 @@ pub fn placeholder(config: &Config) -> InstanceInfo {
         primary_eni_id: String::new(),
         primary_ip: Ipv4Addr::UNSPECIFIED,
         vpc_cidrs: Vec::new(),
+        zone: None,
     }
 }
 
@@ -93,6 +99,7 @@ mod tests {
             primary_eni_id: "eni-1".into(),
             primary_ip: "10.0.0.5".parse().unwrap(),
             vpc_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+            zone: Some("us-east-1a".into()),
         };
         save(dir.path(), &info).unwrap();
         assert_eq!(load(dir.path()), Some(info));

@@ -200,6 +200,10 @@ pub fn render(app: &App, refresh: u32) -> String {
         );
     }
 
+    if let Some(why) = &pool.growth_blocked {
+        let _ = write!(h, "<p id=\"growth-blocked\" class=\"error\">Growth blocked: {}</p>", esc(why));
+    }
+
     // Warm targets, with the reference daemon's names.
     let opt = |v: Option<u32>| v.map_or_else(|| "unset".to_string(), |v| v.to_string());
     let t = &pool.targets;

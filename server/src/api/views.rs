@@ -130,6 +130,7 @@ pub fn pool(app: &App) -> api::Pool {
         }),
         prefix_fallback: app.pool.prefix_fallback().map(|p| api::GrowthPause { reason: p.reason, until: p.until_ms }),
         subnets: subnets(app),
+        growth_blocked: app.growth_blocked(),
     }
 }
 

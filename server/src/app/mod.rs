@@ -160,7 +160,29 @@ impl App {
         if let Some(why) = self.ledger.health().write_failure {
             return (false, Some(format!("the ledger stopped taking writes: {why}")));
         }
+        if let Some(why) = self.growth_blocked() {
+            return (false, Some(why));
+        }
         (self.is_ready(), lock(&self.not_ready_reason).clone())
+    }
+
+    /// Custom networking: the subnet pod ENIs go to in this instance's zone (`None` when off, or
+    /// the zone is not known yet, or has no `[eni-config.<zone>]` table).
+    pub fn custom_subnet(&self) -> Option<String> {
+        let zones = self.config.ec2.custom_network.as_ref()?;
+        zones.get(self.info().zone.as_deref()?).map(|z| z.subnet.clone())
+    }
+
+    /// Why the pool may not grow at all, if it may not: custom networking with no
+    /// `[eni-config.<zone>]` table for this instance's zone. Shown in /readyz and /v1/pool.
+    pub fn growth_blocked(&self) -> Option<String> {
+        let zones = self.config.ec2.custom_network.as_ref()?;
+        let zone = self.info().zone?;
+        (!zones.contains_key(&zone)).then(|| {
+            format!(
+                "custom networking is on but the config file has no [eni-config.{zone}] table for this instance's zone {zone}: the pool does not grow"
+            )
+        })
     }
 
     /// Start-up is done (`daemon::start_up`): readiness now follows the node's state.

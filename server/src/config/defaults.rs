@@ -38,6 +38,7 @@ pub const EC2_CONSISTENCY_WINDOW: &str = "30s";
 pub const SUBNET_EXHAUSTED_PAUSE: &str = "120s";
 pub const SUBNET_DISCOVERY: bool = true;
 pub const SUBNET_SKIP: &str = "5m";
+pub const CUSTOM_NETWORK: bool = false;
 /// `--leaked-eni-age`.
 pub const LEAKED_ENI_AGE: &str = "5m";
 /// `--leaked-eni-interval`.

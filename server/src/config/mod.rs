@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use enipool_provider::ec2_config::{CallPolicy, Ec2Config};
+use enipool_provider::ec2_config::{CallPolicy, Ec2Config, ZoneEniConfig};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
@@ -34,6 +34,51 @@ pub enum ConfigError {
 
 fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { setting: setting.to_string(), reason: reason.into() }
+}
+
+/// One `[eni-config.<zone>]` table of the config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EniConfigTable {
+    pub subnet: String,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+}
+
+/// Custom networking's per-zone choices, checked: on, it needs the EC2 provider and at least one
+/// zone; each zone a subnet id and security group ids.
+fn custom_network(
+    on: bool,
+    tables: Option<std::collections::BTreeMap<String, EniConfigTable>>,
+    provider: &ProviderKind,
+) -> Result<Option<std::collections::BTreeMap<String, ZoneEniConfig>>, ConfigError> {
+    let setting = "--custom-network";
+    if !on {
+        return Ok(None);
+    }
+    if *provider != ProviderKind::Ec2 {
+        return Err(invalid(setting, "custom networking needs --provider ec2 (the static provider has one subnet)"));
+    }
+    let tables = tables.unwrap_or_default();
+    if tables.is_empty() {
+        return Err(invalid(
+            setting,
+            "needs an [eni-config.<zone>] table with a subnet for the instance's zone in the --config file",
+        ));
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (zone, t) in tables {
+        if !t.subnet.starts_with("subnet-") {
+            return Err(invalid(
+                setting,
+                format!("[eni-config.{zone}] subnet {:?} is not a subnet id (subnet-...)", t.subnet),
+            ));
+        }
+        let groups = security_groups(Some(&t.security_groups.join(",")))
+            .map_err(|e| invalid(setting, format!("[eni-config.{zone}] security-groups: {e}")))?;
+        out.insert(zone, ZoneEniConfig { subnet: t.subnet, security_groups: groups });
+    }
+    Ok(Some(out))
 }
 
 /// `--eni-security-groups`: comma-separated `sg-` ids.
@@ -213,6 +258,12 @@ pub struct DaemonArgs {
     /// ec2: security groups of the ENIs we create, comma-separated (sg-...). [default: the primary ENI's]
     #[arg(long, env = "ENIPOOL_ENI_SECURITY_GROUPS")]
     pub eni_security_groups: Option<String>,
+    #[arg(long, env = "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", help = with_default("ec2: custom networking: new ENIs go to the subnet (and security groups) the --config file's [eni-config.<zone>] table gives for the instance's zone, and the primary ENI serves no pods (reference name).", defaults::CUSTOM_NETWORK))]
+    pub custom_network: Option<bool>,
+    /// Custom networking, per availability zone (the --config file's `[eni-config.<zone>]`
+    /// tables, the equivalent of the reference's ENIConfig): `subnet`, `security-groups`.
+    #[arg(skip)]
+    pub eni_config: Option<std::collections::BTreeMap<String, EniConfigTable>>,
     /// ec2: tags for the ENIs we create beside our own, a JSON object of strings, e.g. {"team":"a"}; keys may not start with enipool.io/ or aws: (reference name). [default: none]
     #[arg(long, env = "ADDITIONAL_ENI_TAGS")]
     pub additional_eni_tags: Option<String>,
@@ -439,6 +490,8 @@ impl DaemonArgs {
             subnet_skip,
             eni_security_groups,
             additional_eni_tags,
+            custom_network,
+            eni_config,
             leaked_eni_age,
             leaked_eni_interval,
             reconcile_interval,
@@ -586,6 +639,11 @@ impl DaemonArgs {
             subnet_skip: duration("subnet-skip", a.subnet_skip, defaults::SUBNET_SKIP)?,
             security_groups: security_groups(a.eni_security_groups.as_deref())?,
             additional_tags: additional_eni_tags(a.additional_eni_tags.as_deref())?,
+            custom_network: custom_network(
+                a.custom_network.unwrap_or(defaults::CUSTOM_NETWORK),
+                a.eni_config,
+                &provider,
+            )?,
         };
         let eni_mtu = a.eni_mtu.unwrap_or(defaults::ENI_MTU);
         if !(576..=9001).contains(&eni_mtu) {
@@ -863,6 +921,50 @@ mod tests {
         let too_many =
             DaemonArgs { additional_eni_tags: Some(serde_json::to_string(&many).unwrap()), ..DaemonArgs::default() };
         assert!(format!("{:#}", too_many.resolve().unwrap_err()).contains("50 per ENI"));
+    }
+
+    #[test]
+    fn custom_networking_takes_a_table_per_zone_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("enipool.toml");
+        std::fs::write(
+            &file,
+            "provider = \"ec2\"\ncustom-network = true\n\
+             [eni-config.us-east-1a]\nsubnet = \"subnet-a\"\nsecurity-groups = [\"sg-1\"]\n\
+             [eni-config.us-east-1b]\nsubnet = \"subnet-b\"\n",
+        )
+        .unwrap();
+        let c = DaemonArgs { config: Some(file.clone()), ..DaemonArgs::default() }.resolve().unwrap();
+        let zones = c.ec2.custom_network.expect("on");
+        assert_eq!(
+            zones["us-east-1a"],
+            ZoneEniConfig { subnet: "subnet-a".into(), security_groups: vec!["sg-1".into()] }
+        );
+        assert!(zones["us-east-1b"].security_groups.is_empty(), "the primary ENI's");
+        // Off by default, whatever the file's tables say.
+        std::fs::write(&file, "[eni-config.us-east-1a]\nsubnet = \"subnet-a\"\n").unwrap();
+        assert!(
+            DaemonArgs { config: Some(file.clone()), ..DaemonArgs::default() }
+                .resolve()
+                .unwrap()
+                .ec2
+                .custom_network
+                .is_none()
+        );
+        for (text, says) in [
+            ("provider = \"ec2\"\ncustom-network = true\n", "[eni-config.<zone>]"),
+            ("custom-network = true\n[eni-config.z]\nsubnet = \"subnet-a\"\n", "--provider ec2"),
+            ("provider = \"ec2\"\ncustom-network = true\n[eni-config.z]\nsubnet = \"sn-a\"\n", "not a subnet id"),
+            (
+                "provider = \"ec2\"\ncustom-network = true\n[eni-config.z]\nsubnet = \"subnet-a\"\nsecurity-groups = [\"x\"]\n",
+                "security-groups",
+            ),
+            ("provider = \"ec2\"\ncustom-network = true\n[eni-config.z]\nsubnet = \"subnet-a\"\nsgs = 1\n", "sgs"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = DaemonArgs { config: Some(file.clone()), ..DaemonArgs::default() }.resolve().unwrap_err();
+            assert!(format!("{err:#}").contains(says), "{text}: {err:#}");
+        }
     }
 
     #[test]

@@ -152,7 +152,7 @@ pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), Po
     let stats = app.ledger.stats();
     let p = plan_now(app, &stats);
     if p.deficit > 0 {
-        if app.pool.growth_pause().is_some() {
+        if app.pool.growth_pause().is_some() || app.growth_blocked().is_some() {
             return Ok(());
         }
         let grown = match p.prefixes {
@@ -178,6 +178,9 @@ pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), Po
         grown
     } else if last_shrink.is_none_or(|at| at.elapsed() >= app.config.shrink_interval) {
         let mut shrunk = false;
+        if app.config.ec2.custom_network.is_some() {
+            shrunk |= give_back_outside_custom_subnet(app, &stats).await?;
+        }
         match (mode_now(app), p.prefixes) {
             (Mode::Prefixes, Some(prefixes)) => {
                 // During a burst, what it grew is kept: the next pods need it.
@@ -400,6 +403,27 @@ async fn give_back_ips(app: &App, eni_id: &str, ips: Vec<Ipv4Addr>, why: &str) -
     Ok(true)
 }
 
+/// Custom networking: secondary IPs on the primary ENI, or on an ENI outside the zone's subnet
+/// (held from before it was switched on), serve their pods until free, then go back.
+async fn give_back_outside_custom_subnet(app: &App, stats: &enipool_storage::Stats) -> Result<bool, PoolError> {
+    let primary = app.info().primary_eni_id;
+    let subnet = app.custom_subnet();
+    let now = app.clock_now();
+    let mut shrunk = false;
+    for eni in app.ledger.enis().iter().filter(|e| e.attached) {
+        let outside = eni.id == primary || subnet.is_none() || app.pool.subnet(&eni.id).map(|(id, _)| id) != subnet;
+        // The counts first: this runs on every wake.
+        if !outside || stats.per_eni.get(&eni.id).is_none_or(|c| c.free == 0) {
+            continue;
+        }
+        let free = free_secondaries(app, &eni.id, now);
+        if !free.is_empty() && give_back_ips(app, &eni.id, free, " (custom networking)").await? {
+            shrunk = true;
+        }
+    }
+    Ok(shrunk)
+}
+
 /// Prefix mode: secondary IPs held from before serve their pods until free, then go back.
 async fn give_back_free_secondaries(app: &App) -> Result<bool, PoolError> {
     let now = app.clock_now();
@@ -445,13 +469,23 @@ async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolErro
     // or a new ENI (which the provider may put in another subnet), is tried before giving up.
     let mut refused: Vec<String> = Vec::new();
     let mut first_refusal: Option<PoolError> = None;
+    // Custom networking: pods get addresses only from ENIs in the zone's subnet, never the
+    // primary's (already in `refused`'s place: they are never filled).
+    let custom_subnet = app.config.ec2.custom_network.as_ref().map(|_| app.custom_subnet());
+    let primary_eni_id = app.info().primary_eni_id;
+    let serves_pods = |e: &EniRecord| match &custom_subnet {
+        None => true,
+        Some(subnet) => {
+            e.id != primary_eni_id && subnet.is_some() && app.pool.subnet(&e.id).map(|(id, _)| id) == *subnet
+        }
+    };
     while deficit > 0 {
         let stats = app.ledger.stats();
         let mut enis = app.ledger.enis();
         enis.sort_by_key(|e| e.device_number);
         let with_room = enis
             .iter()
-            .filter(|e| e.attached && !refused.contains(&e.id))
+            .filter(|e| e.attached && !refused.contains(&e.id) && serves_pods(e))
             .map(|e| (e, per_eni.saturating_sub(slots_used(&stats, &e.id))))
             .find(|(_, room)| *room > 0);
         if let Some((eni, room)) = with_room {

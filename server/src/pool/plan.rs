@@ -112,7 +112,11 @@ pub fn mode_now(app: &App) -> Mode {
 }
 
 pub fn plan_now(app: &App, stats: &Stats) -> Plan {
-    let limits = app.info().limits;
+    let mut limits = app.info().limits;
+    if app.config.ec2.custom_network.is_some() {
+        // The primary ENI serves no pods.
+        limits.max_enis = limits.max_enis.saturating_sub(1);
+    }
     let c = stats.addresses;
     let in_use = (c.leased + c.cooling) as u32;
     match mode_now(app) {

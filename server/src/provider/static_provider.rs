@@ -235,6 +235,7 @@ impl Provider for StaticProvider {
             primary_eni_id: primary.id.clone(),
             primary_ip: primary.primary_ip,
             vpc_cidrs: vec![s.vpc_cidr],
+            zone: Some(STATIC_ZONE.into()),
         })
     }
 

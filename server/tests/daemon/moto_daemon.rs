@@ -978,3 +978,107 @@ async fn a_full_node_subnet_falls_over_to_a_tagged_one_and_says_where() {
 fn role_tag() -> enipool_ec2::testing::aws_sdk_ec2::types::Tag {
     enipool_ec2::testing::aws_sdk_ec2::types::Tag::builder().key("kubernetes.io/role/cni").value("1").build()
 }
+
+/// A config file with one `[eni-config.<zone>]` table.
+fn eni_config_file(dir: &std::path::Path, zone: &str, subnet: &str) -> String {
+    let path = dir.join("enipool.toml");
+    std::fs::write(&path, format!("[eni-config.{zone}]\nsubnet = \"{subnet}\"\n")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+async fn plain_subnet(node: &Node, cidr: &str) -> String {
+    node.client
+        .create_subnet()
+        .vpc_id(&node.world.vpc_id)
+        .cidr_block(cidr)
+        .availability_zone(&node.world.zone)
+        .send()
+        .await
+        .unwrap()
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn custom_networking_serves_pods_from_the_zones_subnet_only() {
+    // The primary ENI holds a secondary IP from before; with custom networking on, the pool
+    // grows on a new ENI in the zone's subnet, pods get addresses there, and the primary's IP
+    // goes back once free.
+    let node = Node::start_in("m5.large", "10.0.0.0/24").await;
+    let pods = plain_subnet(&node, "10.0.64.0/20").await;
+    node.client
+        .assign_private_ip_addresses()
+        .network_interface_id(&node.world.primary_eni_id)
+        .secondary_private_ip_address_count(1)
+        .send()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = eni_config_file(dir.path(), &node.world.zone, &pods);
+    let d = node
+        .daemon(&[
+            ("--config", &file),
+            ("--custom-network", "true"),
+            ("--warm-ip-target", "3"),
+            ("--ip-cooldown-period", "0"),
+        ])
+        .await;
+    let api = d.unix();
+    eventually("three free IPs on an ENI in the pods' subnet, none on the primary", async || {
+        let p = api.pool().await;
+        let enis = api.enis().await;
+        let primary = enis.iter().find(|e| e["primary"] == true).unwrap();
+        let on_primary = primary["addresses"].as_array().unwrap().len();
+        if p["free"] == 3 && p["deficit"] == 0 && on_primary == 0 {
+            Ok(())
+        } else {
+            Err(format!("{} on primary {on_primary}", pool_summary(&p)))
+        }
+    })
+    .await;
+    let enis = api.enis().await;
+    let second = enis.iter().find(|e| e["device_number"] == 1).expect("a second ENI");
+    assert_eq!(second["subnet_id"], pods.as_str());
+    let l = api.lease("pod").await;
+    let ip: std::net::Ipv4Addr = l["ip"].as_str().unwrap().parse().unwrap();
+    assert!("10.0.64.0/20".parse::<ipnet::Ipv4Net>().unwrap().contains(&ip), "{l}");
+    eventually("the primary's secondary IP given back to EC2", async || {
+        let attached = node.world.attached(&node.client).await;
+        let primary = attached.iter().find(|(id, _, _)| *id == node.world.primary_eni_id).unwrap();
+        if primary.2.is_empty() { Ok(()) } else { Err(format!("{primary:?}")) }
+    })
+    .await;
+    let p = api.pool().await;
+    assert_eq!(p["subnets"][0]["id"], pods.as_str(), "{p}");
+    assert!(p["growth_blocked"].is_null());
+}
+
+#[tokio::test]
+async fn custom_networking_without_a_table_for_the_zone_does_not_grow_and_says_why() {
+    let node = Node::start_in("m5.large", "10.0.0.0/24").await;
+    let pods = plain_subnet(&node, "10.0.64.0/20").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = eni_config_file(dir.path(), "elsewhere-1z", &pods);
+    let flags = node.flags(&[("--config", &file), ("--custom-network", "true"), ("--allocation-wait", "200ms")]);
+    let data = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in_unready(data.path(), &as_refs(&flags)).await;
+    let api = d.unix();
+    let why = eventually("/readyz to say why", async || {
+        let r = api.get("/readyz").await;
+        let body = r.json();
+        match body["reason"].as_str() {
+            Some(why) if r.status == 503 && why.contains("eni-config") => Ok(why.to_string()),
+            _ => Err(format!("{} {body}", r.status)),
+        }
+    })
+    .await;
+    assert!(why.contains(&format!("[eni-config.{}]", node.world.zone)), "{why}");
+    let p = api.pool().await;
+    assert_eq!(p["growth_blocked"].as_str(), Some(why.as_str()));
+    let r = api.post_unchecked("/v1/leases", &lease_request(NET, "pod", "eth0")).await;
+    r.assert_problem(503, problem::POOL_EXHAUSTED, None);
+    let calls = node.calls().await;
+    assert_eq!((calls.of("CreateNetworkInterface"), calls.of("AssignPrivateIpAddresses")), (0, 0), "nothing grown");
+}
