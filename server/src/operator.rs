@@ -76,6 +76,9 @@ pub async fn status(args: &ClientArgs) -> anyhow::Result<String> {
     if pool.lost > 0 {
         out.push_str(&format!("lost: {} leased IPs the provider no longer has (never handed out again)\n", pool.lost));
     }
+    if let Some(why) = &pool.growth_blocked {
+        out.push_str(&format!("growth blocked: {why}\n"));
+    }
     if let Some(p) = &pool.growth_paused {
         out.push_str(&format!("growth paused until {} ms: {}\n", p.until, p.reason));
     }

@@ -973,6 +973,9 @@ async fn a_full_node_subnet_falls_over_to_a_tagged_one_and_says_where() {
     let args = enipool_server::config::ClientArgs { socket: d.socket.clone(), json: false };
     let status = enipool_server::operator::status(&args).await.expect("enipoold status");
     assert!(status.contains("subnets for new ENIs") && status.contains(&tagged), "{status}");
+    let page = d.tcp().get("/status?refresh=0").await.text();
+    assert!(page.contains(&format!("data-subnet-id=\"{tagged}\"")), "the page's subnet table");
+    assert!(page.contains(&format!("(<code>{tagged}</code>, {})", node.world.zone)), "the ENI's subnet and zone");
 }
 
 fn role_tag() -> enipool_ec2::testing::aws_sdk_ec2::types::Tag {
@@ -1077,6 +1080,11 @@ async fn custom_networking_without_a_table_for_the_zone_does_not_grow_and_says_w
     assert!(why.contains(&format!("[eni-config.{}]", node.world.zone)), "{why}");
     let p = api.pool().await;
     assert_eq!(p["growth_blocked"].as_str(), Some(why.as_str()));
+    let page = d.tcp().get("/status?refresh=0").await.text();
+    assert!(page.contains("id=\"growth-blocked\""), "the page says it");
+    let args = enipool_server::config::ClientArgs { socket: d.socket.clone(), json: false };
+    let status = enipool_server::operator::status(&args).await.expect("enipoold status");
+    assert!(status.contains("growth blocked: custom networking"), "{status}");
     let r = api.post_unchecked("/v1/leases", &lease_request(NET, "pod", "eth0")).await;
     r.assert_problem(503, problem::POOL_EXHAUSTED, None);
     let calls = node.calls().await;
