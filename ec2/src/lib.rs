@@ -229,6 +229,11 @@ impl Ec2Provider {
                 let instance_type = c.instance_type.clone().unwrap_or(m.instance_type);
                 let limits = self.limits(&client, &instance_type).await?;
                 self.cache.lock().await.subnets.insert(m.subnet_id.clone(), m.subnet_cidr);
+                let zone = match m.zone {
+                    Some(z) => Some(z),
+                    // The node's subnet is in the instance's zone.
+                    None => self.subnet_zone(&client, &m.subnet_id).await?,
+                };
                 let id = Identity {
                     instance_id: m.instance_id,
                     instance_type,
@@ -239,7 +244,7 @@ impl Ec2Provider {
                     security_groups: m.security_groups,
                     vpc_id: m.vpc_id,
                     vpc_cidrs: m.vpc_cidrs,
-                    zone: m.zone,
+                    zone,
                 };
                 Ok(Ready { client, id })
             }
@@ -340,6 +345,20 @@ impl Ec2Provider {
             (Some(e), Some(i)) if e > 0 && i > 0 => Ok(Limits { max_enis: e as u32, ipv4_per_eni: i as u32 }),
             other => Err(failed(format!("DescribeInstanceTypes gave no usable limits for {instance_type}: {other:?}"))),
         }
+    }
+
+    /// The availability zone of a subnet, from DescribeSubnets.
+    async fn subnet_zone(&self, client: &Client, subnet_id: &str) -> Result<Option<String>, ProviderError> {
+        let out = self
+            .caller
+            .call("DescribeSubnets", || client.describe_subnets().subnet_ids(subnet_id).send())
+            .await
+            .map_err(provider_error)?;
+        let zone = out.subnets().first().and_then(|s| s.availability_zone()).map(String::from);
+        if let Some(z) = &zone {
+            self.cache.lock().await.zones.insert(subnet_id.to_string(), z.clone());
+        }
+        Ok(zone)
     }
 
     /// The CIDR of a subnet, from the cache or DescribeSubnets.
@@ -999,10 +1018,30 @@ impl Provider for Ec2Provider {
                     cache.skipped.insert(subnet.id.clone(), skip);
                     refused.push(e);
                 }
+                // Another failure in one subnet (a policy that allows only some, a subnet gone)
+                // must not keep the others from being tried: skipped too, while one remains.
+                Err(e) if candidates.iter().rfind(|c| c.skipped.is_none()).is_some_and(|l| l.id != subnet.id) => {
+                    warn!(subnet = %subnet.id, error = %e, "creating an ENI in the subnet failed; trying the next");
+                    let reason = format!(
+                        "{e} (at {})",
+                        DateTime::from(SystemTime::now()).fmt(DateTimeFormat::DateTime).unwrap_or_default()
+                    );
+                    let mut shown = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(c) = shown.iter_mut().find(|c| c.id == subnet.id) {
+                        c.skipped = Some(reason.clone());
+                    }
+                    drop(shown);
+                    cache.skipped.insert(
+                        subnet.id.clone(),
+                        Skipped { until: Instant::now() + self.config.subnet_skip, reason, prefixes_only: false },
+                    );
+                }
                 Err(e) => return Err(e),
             }
         }
-        let blocks_only = cache.skipped.values().any(|s| s.prefixes_only);
+        // "No free /28" only answers a prefix request, and only from subnets still candidates.
+        let blocks_only = matches!(fill, Fill::Prefixes(_))
+            && candidates.iter().any(|c| cache.skipped.get(&c.id).is_some_and(|s| s.prefixes_only));
         Err(no_subnet_fits(&self.candidates.lock().unwrap_or_else(|e| e.into_inner()), refused, blocks_only))
     }
 

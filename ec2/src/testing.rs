@@ -448,8 +448,14 @@ pub struct FakeImds {
 
 impl FakeImds {
     pub async fn start(world: &World) -> FakeImds {
+        FakeImds::serving(world.metadata()).await
+    }
+
+    /// Serves `metadata` (paths below /latest/meta-data/ to their text), e.g. a world's with a
+    /// path left out.
+    pub async fn serving(metadata: serde_json::Value) -> FakeImds {
         let file = tempfile::NamedTempFile::new().expect("temp file");
-        std::fs::write(file.path(), world.metadata().to_string()).expect("writing metadata");
+        std::fs::write(file.path(), metadata.to_string()).expect("writing metadata");
         let (child, addr) = start_script("fake_imds.py", &[file.path().to_str().expect("UTF-8 temp path")]);
         FakeImds { _child: child, _file: file, addr }
     }

@@ -91,6 +91,21 @@ async fn identity_from_the_metadata_service_with_a_token() {
     // No DescribeInstances needed.
     assert_eq!(ec2.calls().await.of("DescribeInstances"), 0);
     assert_eq!(p.list_enis().await.expect("list").len(), 1);
+    assert_eq!(info.zone.as_deref(), Some(world.zone.as_str()));
+}
+
+#[tokio::test]
+async fn the_zone_comes_from_the_nodes_subnet_when_the_metadata_service_has_none() {
+    // Custom networking needs the zone; a metadata service without placement/availability-zone
+    // must not leave it unknown.
+    let (ec2, world) = setup("m5.large").await;
+    let mut metadata = world.metadata();
+    metadata.as_object_mut().unwrap().remove("placement/availability-zone");
+    let imds = FakeImds::serving(metadata).await;
+    let p =
+        Ec2Provider::new(Ec2Config { instance_id: None, imds_endpoint: imds.endpoint(), ..config(&world, &ec2) }, None);
+    let info = p.init().await.expect("init");
+    assert_eq!(info.zone.as_deref(), Some(world.zone.as_str()));
 }
 
 #[tokio::test]

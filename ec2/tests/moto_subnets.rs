@@ -319,3 +319,28 @@ async fn custom_networking_puts_new_enis_in_the_zones_subnet_with_its_groups() {
     );
     assert_eq!(ec2.calls().await.of("CreateNetworkInterface"), creates, "nothing created");
 }
+
+#[tokio::test]
+async fn a_subnet_that_fails_otherwise_is_skipped_while_another_candidate_remains() {
+    // A policy that allows only some subnets, say: one candidate's create fails with a plain
+    // error. The next is tried; with no next, the error is the answer and nothing is skipped.
+    set_aws_env();
+    let ec2 = FakeEc2::start().await;
+    let client = ec2.client();
+    let world = World::make_in(&client, "m5.large", "10.0.0.0/24").await;
+    let tagged = subnet(&client, &world, "10.0.4.0/22", None, &[("kubernetes.io/role/cni", "1")]).await;
+    let p = Ec2Provider::new(config(&world, &ec2), None);
+    p.init().await.expect("init");
+    ec2.inject("CreateNetworkInterface", "invalid", 1).await;
+    let eni = p.create_eni(1, Fill::Ips(1)).await.expect("the next candidate");
+    assert_eq!(eni.subnet_id.as_deref(), Some(world.subnet_id.as_str()));
+    let shown = p.candidate_subnets();
+    assert!(shown.iter().find(|c| c.id == tagged).and_then(|c| c.skipped.clone()).is_some(), "{shown:?}");
+
+    let only = Ec2Provider::new(Ec2Config { subnet_discovery: false, ..config(&world, &ec2) }, None);
+    only.init().await.unwrap();
+    ec2.inject("CreateNetworkInterface", "invalid", 1).await;
+    assert!(matches!(only.create_eni(2, Fill::Ips(1)).await, Err(ProviderError::Failed(_))));
+    assert!(only.candidate_subnets().iter().all(|c| c.skipped.is_none()), "the one subnet is not skipped");
+    only.create_eni(2, Fill::Ips(1)).await.expect("tried again at once");
+}

@@ -262,6 +262,9 @@ impl Metrics {
 
     /// The Prometheus text exposition, with pool gauges set from `stats`.
     pub fn render(&self, stats: &Stats, leases: usize, ledger: &LedgerHealth, subnets: &[CandidateSubnet]) -> String {
+        // Counters set from totals are read and raised under the registry's lock: two scrapes
+        // at once would otherwise both add the difference.
+        let registry = crate::lock(&self.registry);
         for sn in subnets {
             let label = SubnetLabel { subnet: sn.id.clone() };
             self.subnet_free.get_or_create(&label).set(sn.free as i64);
@@ -281,7 +284,6 @@ impl Metrics {
         self.ips_lost.set(stats.lost as i64);
         self.enis.set(stats.enis as i64);
         let mut out = String::new();
-        let registry = crate::lock(&self.registry);
         encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
     }

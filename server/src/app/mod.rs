@@ -177,7 +177,15 @@ impl App {
     /// `[eni-config.<zone>]` table for this instance's zone. Shown in /readyz and /v1/pool.
     pub fn growth_blocked(&self) -> Option<String> {
         let zones = self.config.ec2.custom_network.as_ref()?;
-        let zone = self.info().zone?;
+        if !self.provider_initialised() {
+            return None;
+        }
+        let Some(zone) = self.info().zone else {
+            return Some(
+                "custom networking is on but the instance's availability zone is not known: the pool does not grow"
+                    .into(),
+            );
+        };
         (!zones.contains_key(&zone)).then(|| {
             format!(
                 "custom networking is on but the config file has no [eni-config.{zone}] table for this instance's zone {zone}: the pool does not grow"

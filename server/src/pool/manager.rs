@@ -149,7 +149,12 @@ fn host_net(app: &App) -> Option<HostNet> {
 /// prefix mode the pool grows and shrinks by prefixes, and secondary IPs held from before go back
 /// once free; without it, prefixes held from before go back once wholly free.
 pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), PoolError> {
-    let stats = app.ledger.stats();
+    let mut stats = app.ledger.stats();
+    if app.config.ec2.custom_network.is_some() && give_back_outside_custom_subnet(app, &stats).await? {
+        // Every step, growing or not: what is held outside the zone's subnet makes no room for
+        // pods and may fill the instance's ENI limit, so it goes as soon as it is free.
+        stats = app.ledger.stats();
+    }
     let p = plan_now(app, &stats);
     if p.deficit > 0 {
         if app.pool.growth_pause().is_some() || app.growth_blocked().is_some() {
@@ -178,9 +183,6 @@ pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), Po
         grown
     } else if last_shrink.is_none_or(|at| at.elapsed() >= app.config.shrink_interval) {
         let mut shrunk = false;
-        if app.config.ec2.custom_network.is_some() {
-            shrunk |= give_back_outside_custom_subnet(app, &stats).await?;
-        }
         match (mode_now(app), p.prefixes) {
             (Mode::Prefixes, Some(prefixes)) => {
                 // During a burst, what it grew is kept: the next pods need it.
@@ -331,46 +333,56 @@ async fn shrink_prefixes(app: &App, excess: u32) -> Result<bool, PoolError> {
         if left == 0 {
             break;
         }
-        let free: Vec<_> = app
-            .ledger
-            .prefixes(Some(&eni.id))
-            .into_iter()
-            .filter(|p| p.state == enipool_storage::PrefixState::Active)
-            .filter(|p| {
-                p.addresses()
-                    .all(|ip| app.ledger.address(ip).is_some_and(|a| a.effective_state(now) == EffectiveState::Free))
-            })
-            .map(|p| p.cidr)
-            .rev()
-            .take(left as usize)
-            .collect();
-        let mut gone = Vec::new();
-        for cidr in free {
-            let ledger = app.ledger.clone();
-            let id = eni.id.clone();
-            // The ledger refuses if an allocation took one of its addresses meanwhile.
-            if app.ledger_call(move || ledger.remove_prefix(&id, cidr)).await.is_ok() {
-                gone.push(cidr);
-            }
+        let gone = give_back_free_prefixes(app, &eni.id, left, now).await?;
+        if gone > 0 {
+            left = left.saturating_sub(gone);
+            shrunk = true;
         }
-        if gone.is_empty() {
-            continue;
-        }
-        if let Err(e) = app.provider_call("unassign_prefixes", app.provider.unassign_prefixes(&eni.id, &gone)).await {
-            // Back in the ledger, cooling: the call may have gone through (a timeout), and then
-            // EC2 may give them to another node until reconciliation drops them.
-            let ledger = app.ledger.clone();
-            let id = eni.id.clone();
-            let back = gone.clone();
-            let cooling_until = app.clock_now() + app.config.ip_cooldown.as_millis() as u64;
-            let _ = app.ledger_call(move || ledger.add_prefixes(&id, &back, Some(cooling_until), Vec::new())).await;
-            return Err(e.into());
-        }
-        app.note_action("unassign_prefixes", format!("{} prefixes from {}", gone.len(), eni.id));
-        left = left.saturating_sub(gone.len() as u32);
-        shrunk = true;
     }
     Ok(shrunk)
+}
+
+/// Gives back up to `most` of an ENI's wholly free (and done cooling) prefixes in one call:
+/// out of the ledger first (refused for one an allocation took meanwhile), then to the
+/// provider; if that fails they are the ledger's again, cooling. How many went.
+async fn give_back_free_prefixes(app: &App, eni_id: &str, most: u32, now: u64) -> Result<u32, PoolError> {
+    let free: Vec<_> = app
+        .ledger
+        .prefixes(Some(eni_id))
+        .into_iter()
+        .filter(|p| p.state == enipool_storage::PrefixState::Active)
+        .filter(|p| {
+            p.addresses()
+                .all(|ip| app.ledger.address(ip).is_some_and(|a| a.effective_state(now) == EffectiveState::Free))
+        })
+        .map(|p| p.cidr)
+        .rev()
+        .take(most as usize)
+        .collect();
+    let mut gone = Vec::new();
+    for cidr in free {
+        let ledger = app.ledger.clone();
+        let id = eni_id.to_string();
+        // The ledger refuses if an allocation took one of its addresses meanwhile.
+        if app.ledger_call(move || ledger.remove_prefix(&id, cidr)).await.is_ok() {
+            gone.push(cidr);
+        }
+    }
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    if let Err(e) = app.provider_call("unassign_prefixes", app.provider.unassign_prefixes(eni_id, &gone)).await {
+        // Back in the ledger, cooling: the call may have gone through (a timeout), and then
+        // EC2 may give them to another node until reconciliation drops them.
+        let ledger = app.ledger.clone();
+        let id = eni_id.to_string();
+        let back = gone.clone();
+        let cooling_until = app.clock_now() + app.config.ip_cooldown.as_millis() as u64;
+        let _ = app.ledger_call(move || ledger.add_prefixes(&id, &back, Some(cooling_until), Vec::new())).await;
+        return Err(e.into());
+    }
+    app.note_action("unassign_prefixes", format!("{} prefixes from {eni_id}", gone.len()));
+    Ok(gone.len() as u32)
 }
 
 /// The free (and done cooling) secondary IPs of an ENI, by address; a prefix's addresses go
@@ -406,12 +418,15 @@ async fn give_back_ips(app: &App, eni_id: &str, ips: Vec<Ipv4Addr>, why: &str) -
 /// Custom networking: secondary IPs on the primary ENI, or on an ENI outside the zone's subnet
 /// (held from before it was switched on), serve their pods until free, then go back.
 async fn give_back_outside_custom_subnet(app: &App, stats: &enipool_storage::Stats) -> Result<bool, PoolError> {
+    // Without the zone's subnet (custom networking off, or growth blocked) nothing counts as
+    // outside: giving back is for making room there.
+    let Some(subnet) = app.custom_subnet() else { return Ok(false) };
     let primary = app.info().primary_eni_id;
-    let subnet = app.custom_subnet();
     let now = app.clock_now();
     let mut shrunk = false;
+    let is_outside = |e: &EniRecord| e.id == primary || app.pool.subnet(&e.id).is_some_and(|(id, _)| id != subnet);
     for eni in app.ledger.enis().iter().filter(|e| e.attached) {
-        let outside = eni.id == primary || subnet.is_none() || app.pool.subnet(&eni.id).map(|(id, _)| id) != subnet;
+        let outside = is_outside(eni);
         // The counts first: this runs on every wake.
         if !outside || stats.per_eni.get(&eni.id).is_none_or(|c| c.free == 0) {
             continue;
@@ -420,6 +435,13 @@ async fn give_back_outside_custom_subnet(app: &App, stats: &enipool_storage::Sta
         if !free.is_empty() && give_back_ips(app, &eni.id, free, " (custom networking)").await? {
             shrunk = true;
         }
+        if give_back_free_prefixes(app, &eni.id, u32::MAX, now).await? > 0 {
+            shrunk = true;
+        }
+    }
+    // An ENI outside the subnet left with nothing goes, making room for one inside it.
+    if shrunk || has_empty_secondary_eni(app, stats) {
+        shrunk |= shrink_where(app, 0, is_outside).await?;
     }
     Ok(shrunk)
 }
@@ -602,6 +624,11 @@ async fn take_assigned(app: &App, eni_id: &str, ips: &[Ipv4Addr]) -> Result<Vec<
 /// Gives back up to `excess` IPs: whole secondary ENIs without leased or cooling IPs first,
 /// then (with WARM_IP_TARGET / MINIMUM_IP_TARGET) single free IPs. Returns whether anything went.
 async fn shrink(app: &App, excess: u32) -> Result<bool, PoolError> {
+    shrink_where(app, excess, |_| true).await
+}
+
+/// `shrink`, deleting only ENIs `may_delete` allows.
+async fn shrink_where(app: &App, excess: u32, may_delete: impl Fn(&EniRecord) -> bool) -> Result<bool, PoolError> {
     let now = app.clock_now();
     let stats = app.ledger.stats();
     let mut left = excess;
@@ -612,7 +639,7 @@ async fn shrink(app: &App, excess: u32) -> Result<bool, PoolError> {
     let primary_eni_id = app.info().primary_eni_id;
     // Only attached ENIs: reconciliation drops the ones the provider lost.
     enis.retain(|e| e.attached);
-    for eni in enis.iter().filter(|e| e.id != primary_eni_id) {
+    for eni in enis.iter().filter(|e| e.id != primary_eni_id && may_delete(e)) {
         let Some(c) = stats.per_eni.get(&eni.id) else { continue };
         if c.leased + c.cooling > 0 || c.total as u32 > left {
             continue;

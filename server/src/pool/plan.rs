@@ -114,8 +114,10 @@ pub fn mode_now(app: &App) -> Mode {
 pub fn plan_now(app: &App, stats: &Stats) -> Plan {
     let mut limits = app.info().limits;
     if app.config.ec2.custom_network.is_some() {
-        // The primary ENI serves no pods.
-        limits.max_enis = limits.max_enis.saturating_sub(1);
+        // The primary ENI serves no pods: one ENI fewer than MAX_ENI or the type allows, and the
+        // plan's own MAX_ENI cap then changes nothing.
+        let max_enis = app.config.max_eni.map_or(limits.max_enis, |m| m.min(limits.max_enis));
+        limits.max_enis = max_enis.saturating_sub(1);
     }
     let c = stats.addresses;
     let in_use = (c.leased + c.cooling) as u32;

@@ -1090,3 +1090,44 @@ async fn custom_networking_without_a_table_for_the_zone_does_not_grow_and_says_w
     let calls = node.calls().await;
     assert_eq!((calls.of("CreateNetworkInterface"), calls.of("AssignPrivateIpAddresses")), (0, 0), "nothing grown");
 }
+
+#[tokio::test]
+async fn custom_networking_switched_on_at_the_eni_limit_makes_room_in_the_zones_subnet() {
+    // A t3.nano has two ENIs of one pod address each, both in the node's subnet when custom
+    // networking is switched on. The pool must empty and delete the old secondary ENI (once its
+    // pod is gone) to make room for one in the zone's subnet, whatever the deficit says.
+    let node = Node::start_in("t3.nano", "10.0.0.0/24").await;
+    let pods = plain_subnet(&node, "10.0.64.0/20").await;
+    let d = node.daemon(&[("--warm-ip-target", "2"), ("--ip-cooldown-period", "0")]).await;
+    let api = d.unix();
+    pool_settles(&api, &[("enis", 2), ("total", 2)], HOLD).await;
+    let old = api.lease("old").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = eni_config_file(dir.path(), &node.world.zone, &pods);
+    let d = d.restart_with(&[("--config", &file), ("--custom-network", "true")]).await;
+    let api = d.unix();
+    let again = api.get(&format!("/v1/leases/{NET}/old/eth0")).await.expect(200).json();
+    assert_eq!(again["ip"], old["ip"], "the old pod keeps its address");
+    api.release("old").await;
+    eventually("an ENI in the zone's subnet, nothing left on the primary", async || {
+        let enis = api.enis().await;
+        let primary = enis.iter().find(|e| e["primary"] == true).unwrap();
+        let second = enis.iter().find(|e| e["device_number"] == 1);
+        let on_primary = primary["addresses"].as_array().unwrap().len();
+        match second {
+            Some(e)
+                if e["subnet_id"] == pods.as_str()
+                    && on_primary == 0
+                    && !e["addresses"].as_array().unwrap().is_empty() =>
+            {
+                Ok(())
+            }
+            _ => Err(format!("{enis:?}")),
+        }
+    })
+    .await;
+    let l = api.lease("new").await;
+    let ip: std::net::Ipv4Addr = l["ip"].as_str().unwrap().parse().unwrap();
+    assert!("10.0.64.0/20".parse::<ipnet::Ipv4Net>().unwrap().contains(&ip), "{l}");
+    node.assert_matches_ec2(&api).await;
+}
