@@ -153,6 +153,8 @@ pub struct Ec2Provider {
     /// The last subnet discovery's answer, best first, with what was skipped and why: for
     /// `/v1/pool`, which must not wait for a create holding the cache.
     candidates: std::sync::Mutex<Vec<CandidateSubnet>>,
+    /// Until when each shown skip holds: a skip that ended is not shown.
+    shown_skips: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 fn failed(e: impl std::fmt::Display) -> ProviderError {
@@ -187,6 +189,7 @@ impl Ec2Provider {
             ready: OnceCell::new(),
             cache: Mutex::new(Cache::default()),
             candidates: std::sync::Mutex::new(Vec::new()),
+            shown_skips: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -1015,6 +1018,7 @@ impl Provider for Ec2Provider {
                         c.refusals = *refusals;
                     }
                     drop(shown);
+                    self.shown_skips.lock().unwrap_or_else(|e| e.into_inner()).insert(subnet.id.clone(), skip.until);
                     cache.skipped.insert(subnet.id.clone(), skip);
                     refused.push(e);
                 }
@@ -1031,10 +1035,9 @@ impl Provider for Ec2Provider {
                         c.skipped = Some(reason.clone());
                     }
                     drop(shown);
-                    cache.skipped.insert(
-                        subnet.id.clone(),
-                        Skipped { until: Instant::now() + self.config.subnet_skip, reason, prefixes_only: false },
-                    );
+                    let until = Instant::now() + self.config.subnet_skip;
+                    self.shown_skips.lock().unwrap_or_else(|e| e.into_inner()).insert(subnet.id.clone(), until);
+                    cache.skipped.insert(subnet.id.clone(), Skipped { until, reason, prefixes_only: false });
                 }
                 Err(e) => return Err(e),
             }
@@ -1208,7 +1211,15 @@ impl Provider for Ec2Provider {
     }
 
     fn candidate_subnets(&self) -> Vec<CandidateSubnet> {
-        self.candidates.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut shown = self.candidates.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let skips = self.shown_skips.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        for c in &mut shown {
+            if skips.get(&c.id).is_none_or(|until| *until <= now) {
+                c.skipped = None;
+            }
+        }
+        shown
     }
 
     async fn sweep_leaked_enis(&self) -> Result<Vec<String>, ProviderError> {

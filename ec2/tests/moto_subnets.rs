@@ -344,3 +344,39 @@ async fn a_subnet_that_fails_otherwise_is_skipped_while_another_candidate_remain
     assert!(only.candidate_subnets().iter().all(|c| c.skipped.is_none()), "the one subnet is not skipped");
     only.create_eni(2, Fill::Ips(1)).await.expect("tried again at once");
 }
+
+#[tokio::test]
+async fn a_skip_ends_after_its_period_and_the_subnet_is_asked_again() {
+    set_aws_env();
+    let ec2 = FakeEc2::start().await;
+    let client = ec2.client();
+    let world = World::make_in(&client, "m5.large", "10.0.0.0/24").await;
+    let tagged = subnet(&client, &world, "10.0.4.0/23", None, &[("kubernetes.io/role/cni", "1")]).await;
+    let skip = Duration::from_millis(300);
+    let p = Ec2Provider::new(Ec2Config { subnet_skip: skip, ..config(&world, &ec2) }, None);
+    p.init().await.expect("init");
+    p.create_eni(1, Fill::Ips(1)).await.expect("create");
+    foreign_eni(&client, &tagged, 507 - 2 - 1 - 1).await;
+    ec2.inject("DescribeSubnets", "stale", -1).await;
+    let ours_in_tagged = || async {
+        ec2.requests("CreateNetworkInterface")
+            .await
+            .iter()
+            .filter(|r| {
+                r.get("SubnetId") == Some(&tagged) && r.get("Description").is_some_and(|d| d.starts_with("enipool-"))
+            })
+            .count()
+    };
+    let second = p.create_eni(2, Fill::Ips(1)).await.expect("the node's subnet");
+    assert_eq!(ours_in_tagged().await, 2);
+    assert!(p.candidate_subnets().iter().any(|c| c.id == tagged && c.skipped.is_some()));
+    // Shown as skipped until the period ends, then not; then it is asked again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.candidate_subnets().iter().any(|c| c.skipped.is_some()) {
+        assert!(std::time::Instant::now() < deadline, "the skip did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.delete_eni(&second.id).await.expect("delete");
+    p.create_eni(2, Fill::Ips(1)).await.expect("the node's subnet again");
+    assert_eq!(ours_in_tagged().await, 3, "asked again once the skip ended");
+}

@@ -42,6 +42,9 @@ pub struct PoolState {
     prefix_fallback: Mutex<Option<GrowthPause>>,
     /// The last prefix growth: when, and how many prefixes it asked for.
     last_prefix_growth: Mutex<Option<(Instant, u32)>>,
+    /// ENIs whose subnet refused growth, and when: passed over for a while, as the provider
+    /// passes over a refusing subnet for new ENIs.
+    refused_enis: Mutex<HashMap<String, Instant>>,
     /// ENI id -> MAC, as the provider reported them.
     macs: Mutex<HashMap<String, String>>,
     /// ENI id -> (subnet id, zone).
@@ -62,6 +65,7 @@ impl Default for PoolState {
             growth_pause: Mutex::default(),
             prefix_fallback: Mutex::default(),
             last_prefix_growth: Mutex::default(),
+            refused_enis: Mutex::default(),
             macs: Mutex::default(),
             subnets: Mutex::default(),
             host_done: Mutex::default(),
@@ -116,6 +120,17 @@ impl PoolState {
     /// Prefixes asked for by the last growth, if it was less than `window` ago.
     pub fn recent_prefix_growth(&self, window: Duration) -> Option<u32> {
         lock(&self.last_prefix_growth).and_then(|(at, n)| (at.elapsed() < window).then_some(n))
+    }
+
+    /// ENIs whose subnet refused growth within `period`.
+    pub fn refused_enis(&self, period: Duration) -> Vec<String> {
+        let mut refused = lock(&self.refused_enis);
+        refused.retain(|_, at| at.elapsed() < period);
+        refused.keys().cloned().collect()
+    }
+
+    pub fn note_refused_eni(&self, eni_id: &str) {
+        lock(&self.refused_enis).insert(eni_id.to_string(), Instant::now());
     }
 
     pub fn note_prefix_growth(&self, asked: u32) {

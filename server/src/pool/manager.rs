@@ -489,7 +489,11 @@ async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolErro
     let max_enis = app.config.max_eni.map_or(limits.max_enis, |m| m.min(limits.max_enis));
     // ENIs whose subnet refused this growth (exhausted, or no free /28): the next ENI with room,
     // or a new ENI (which the provider may put in another subnet), is tried before giving up.
-    let mut refused: Vec<String> = Vec::new();
+    // Refused in an earlier step too, within the skip period (or the growth pause, if shorter:
+    // when it ends, everything is worth asking again): not asked until then, or every growth
+    // would spend a failing call on it.
+    let period = app.config.ec2.subnet_skip.min(app.config.subnet_exhausted_pause);
+    let mut refused: Vec<String> = app.pool.refused_enis(period);
     let mut first_refusal: Option<PoolError> = None;
     // Custom networking: pods get addresses only from ENIs in the zone's subnet, never the
     // primary's (already in `refused`'s place: they are never filled).
@@ -521,6 +525,7 @@ async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolErro
                 Err(e @ PoolError::Provider(ProviderError::SubnetExhausted(_) | ProviderError::NoCidrBlocks(_))) => {
                     warn!(eni = %eni.id, subnet = %eni.subnet_cidr, error = %e, "the ENI's subnet refused; trying elsewhere");
                     refused.push(eni.id.clone());
+                    app.pool.note_refused_eni(&eni.id);
                     first_refusal.get_or_insert(e);
                     continue;
                 }

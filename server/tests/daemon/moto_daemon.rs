@@ -964,6 +964,24 @@ async fn a_full_node_subnet_falls_over_to_a_tagged_one_and_says_where() {
     assert_eq!(primary["subnet_id"], node.world.subnet_id.as_str());
     let l = api.lease("pod").await;
     assert!(l["ip"].as_str().unwrap().starts_with("10.0.4."), "{l}");
+    // More pods, more growth: the refusing subnet's ENI is not asked again within the skip
+    // period (one failing call per growth otherwise).
+    for i in 0..6 {
+        api.lease(&format!("more{i}")).await;
+    }
+    eventually("the pool to catch up", async || {
+        let p = api.pool().await;
+        if p["leased"] == 7 && p["deficit"] == 0 { Ok(()) } else { Err(pool_summary(&p)) }
+    })
+    .await;
+    let on_primary = node
+        .ec2
+        .requests("AssignPrivateIpAddresses")
+        .await
+        .iter()
+        .filter(|r| r.get("NetworkInterfaceId") == Some(&node.world.primary_eni_id))
+        .count();
+    assert_eq!(on_primary, 1, "the full subnet's ENI was asked once");
     let text = metrics_text(&api).await;
     assert_eq!(
         metric(&text, &format!("enipool_subnet_free_addresses{{subnet=\"{}\"}}", node.world.subnet_id)),
