@@ -33,6 +33,15 @@ pub struct GrowthPause {
     pub reason: String,
 }
 
+/// An ENI whose subnet refused growth.
+#[derive(Debug)]
+struct Refusal {
+    at: Instant,
+    /// No free /28 there: single IPs may still come.
+    prefixes_only: bool,
+    reason: String,
+}
+
 #[derive(Debug)]
 pub struct PoolState {
     events: Mutex<Events>,
@@ -44,7 +53,7 @@ pub struct PoolState {
     last_prefix_growth: Mutex<Option<(Instant, u32)>>,
     /// ENIs whose subnet refused growth, and when: passed over for a while, as the provider
     /// passes over a refusing subnet for new ENIs.
-    refused_enis: Mutex<HashMap<String, Instant>>,
+    refused_enis: Mutex<HashMap<String, Refusal>>,
     /// ENI id -> MAC, as the provider reported them.
     macs: Mutex<HashMap<String, String>>,
     /// ENI id -> (subnet id, zone).
@@ -122,15 +131,21 @@ impl PoolState {
         lock(&self.last_prefix_growth).and_then(|(at, n)| (at.elapsed() < window).then_some(n))
     }
 
-    /// ENIs whose subnet refused growth within `period`.
-    pub fn refused_enis(&self, period: Duration) -> Vec<String> {
+    /// ENIs whose subnet refused growth of this kind (`prefixes`, or single IPs) recently, with
+    /// EC2's reason: an exhausted subnet within `period`, one without a free /28 (prefixes
+    /// only) within `prefix_period`.
+    pub fn refused_enis(&self, prefixes: bool, period: Duration, prefix_period: Duration) -> Vec<(String, String)> {
         let mut refused = lock(&self.refused_enis);
-        refused.retain(|_, at| at.elapsed() < period);
-        refused.keys().cloned().collect()
+        refused.retain(|_, r| r.at.elapsed() < if r.prefixes_only { prefix_period } else { period });
+        refused
+            .iter()
+            .filter(|(_, r)| prefixes || !r.prefixes_only)
+            .map(|(id, r)| (id.clone(), r.reason.clone()))
+            .collect()
     }
 
-    pub fn note_refused_eni(&self, eni_id: &str) {
-        lock(&self.refused_enis).insert(eni_id.to_string(), Instant::now());
+    pub fn note_refused_eni(&self, eni_id: &str, prefixes_only: bool, reason: String) {
+        lock(&self.refused_enis).insert(eni_id.to_string(), Refusal { at: Instant::now(), prefixes_only, reason });
     }
 
     pub fn note_prefix_growth(&self, asked: u32) {

@@ -493,7 +493,9 @@ async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolErro
     // when it ends, everything is worth asking again): not asked until then, or every growth
     // would spend a failing call on it.
     let period = app.config.ec2.subnet_skip.min(app.config.subnet_exhausted_pause);
-    let mut refused: Vec<String> = app.pool.refused_enis(period);
+    let prefix_period = app.config.ec2.subnet_skip.min(app.config.prefix_fallback_pause);
+    let remembered = app.pool.refused_enis(matches!(unit, Unit::Prefixes), period, prefix_period);
+    let mut refused: Vec<String> = remembered.iter().map(|(id, _)| id.clone()).collect();
     let mut first_refusal: Option<PoolError> = None;
     // Custom networking: pods get addresses only from ENIs in the zone's subnet, never the
     // primary's (already in `refused`'s place: they are never filled).
@@ -525,7 +527,12 @@ async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolErro
                 Err(e @ PoolError::Provider(ProviderError::SubnetExhausted(_) | ProviderError::NoCidrBlocks(_))) => {
                     warn!(eni = %eni.id, subnet = %eni.subnet_cidr, error = %e, "the ENI's subnet refused; trying elsewhere");
                     refused.push(eni.id.clone());
-                    app.pool.note_refused_eni(&eni.id);
+                    let (prefixes_only, reason) = match &e {
+                        PoolError::Provider(ProviderError::NoCidrBlocks(m)) => (true, m.clone()),
+                        PoolError::Provider(ProviderError::SubnetExhausted(m)) => (false, m.clone()),
+                        other => (false, other.to_string()),
+                    };
+                    app.pool.note_refused_eni(&eni.id, prefixes_only, reason);
                     first_refusal.get_or_insert(e);
                     continue;
                 }
@@ -571,6 +578,15 @@ async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolErro
             // refused, until it has room: the caller pauses growth on that).
             if let Some(e) = first_refusal {
                 return Err(e);
+            }
+            // Stuck on refusals from earlier steps: the same answer, so the step pauses (or,
+            // for prefixes, falls back to single IPs) as it did then.
+            if let Some((eni, reason)) = remembered.into_iter().next() {
+                let reason = format!("{eni}'s subnet refused recently: {reason}");
+                return Err(PoolError::Provider(match unit {
+                    Unit::Prefixes => ProviderError::NoCidrBlocks(reason),
+                    Unit::Ips => ProviderError::SubnetExhausted(reason),
+                }));
             }
             break;
         }
