@@ -731,6 +731,29 @@ impl Ec2Provider {
         clusters.any(|c| Some(c) == ours)
     }
 
+    /// Skips a subnet for new ENIs for `--subnet-skip` because of `why` (for prefixes only, if
+    /// it had addresses but no free /28), and shows it so, with its refusal count if it changed.
+    fn skip_subnet(
+        &self,
+        cache: &mut Cache,
+        subnet_id: &str,
+        why: &ProviderError,
+        prefixes_only: bool,
+        refusals: Option<u64>,
+    ) {
+        let until = Instant::now() + self.config.subnet_skip;
+        let at = DateTime::from(SystemTime::now()).fmt(DateTimeFormat::DateTime).unwrap_or_default();
+        let reason = format!("{why} (at {at})");
+        let mut shown = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = shown.iter_mut().find(|c| c.id == subnet_id) {
+            c.skipped = Some(reason.clone());
+            c.refusals = refusals.unwrap_or(c.refusals);
+        }
+        drop(shown);
+        self.shown_skips.lock().unwrap_or_else(|e| e.into_inner()).insert(subnet_id.to_string(), until);
+        cache.skipped.insert(subnet_id.to_string(), Skipped { until, reason, prefixes_only });
+    }
+
     /// Creates, attaches and sets up an ENI with `fill` in `subnet_id`; rolls back what it made
     /// if a later step fails.
     async fn create_in(
@@ -1000,44 +1023,24 @@ impl Provider for Ec2Provider {
                 }
                 Err(e @ (ProviderError::SubnetExhausted(_) | ProviderError::NoCidrBlocks(_))) => {
                     // Not tried again for a while; the next subnet is tried now.
-                    let prefixes_only = matches!(e, ProviderError::NoCidrBlocks(_));
-                    let skip = Skipped {
-                        until: Instant::now() + self.config.subnet_skip,
-                        reason: format!(
-                            "{e} (at {})",
-                            DateTime::from(SystemTime::now()).fmt(DateTimeFormat::DateTime).unwrap_or_default()
-                        ),
-                        prefixes_only,
-                    };
                     warn!(subnet = %subnet.id, error = %e, skip = ?self.config.subnet_skip, "a new ENI did not fit in the subnet; trying the next");
                     let refusals = cache.refusals.entry(subnet.id.clone()).or_default();
                     *refusals += 1;
-                    let mut shown = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(c) = shown.iter_mut().find(|c| c.id == subnet.id) {
-                        c.skipped = Some(skip.reason.clone());
-                        c.refusals = *refusals;
-                    }
-                    drop(shown);
-                    self.shown_skips.lock().unwrap_or_else(|e| e.into_inner()).insert(subnet.id.clone(), skip.until);
-                    cache.skipped.insert(subnet.id.clone(), skip);
+                    let refusals = *refusals;
+                    self.skip_subnet(
+                        cache,
+                        &subnet.id,
+                        &e,
+                        matches!(e, ProviderError::NoCidrBlocks(_)),
+                        Some(refusals),
+                    );
                     refused.push(e);
                 }
                 // Another failure in one subnet (a policy that allows only some, a subnet gone)
                 // must not keep the others from being tried: skipped too, while one remains.
                 Err(e) if candidates.iter().rfind(|c| c.skipped.is_none()).is_some_and(|l| l.id != subnet.id) => {
                     warn!(subnet = %subnet.id, error = %e, "creating an ENI in the subnet failed; trying the next");
-                    let reason = format!(
-                        "{e} (at {})",
-                        DateTime::from(SystemTime::now()).fmt(DateTimeFormat::DateTime).unwrap_or_default()
-                    );
-                    let mut shown = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(c) = shown.iter_mut().find(|c| c.id == subnet.id) {
-                        c.skipped = Some(reason.clone());
-                    }
-                    drop(shown);
-                    let until = Instant::now() + self.config.subnet_skip;
-                    self.shown_skips.lock().unwrap_or_else(|e| e.into_inner()).insert(subnet.id.clone(), until);
-                    cache.skipped.insert(subnet.id.clone(), Skipped { until, reason, prefixes_only: false });
+                    self.skip_subnet(cache, &subnet.id, &e, false, None);
                 }
                 Err(e) => return Err(e),
             }
