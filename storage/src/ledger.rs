@@ -122,6 +122,9 @@ struct State {
     last_seq: u64,
     /// Keys changed since the last checkpoint took its snapshot.
     dirty: Dirty,
+    /// When set, the only ENIs whose free addresses are handed out (the caller's policy, not
+    /// persisted).
+    served: Option<BTreeSet<String>>,
 }
 
 #[derive(Default)]
@@ -1187,7 +1190,9 @@ impl Ledger {
                 .iter()
                 .map(|(_, ip)| &st.addrs[ip])
                 .find(|a| {
-                    a.effective_state(now) == EffectiveState::Free && st.enis.get(&a.eni_id).is_some_and(|e| e.attached)
+                    a.effective_state(now) == EffectiveState::Free
+                        && st.enis.get(&a.eni_id).is_some_and(|e| e.attached)
+                        && st.served.as_ref().is_none_or(|s| s.contains(&a.eni_id))
                 })
                 .ok_or(LedgerError::NoFreeAddress)?;
             let lease = Lease { key: key.clone(), ip: addr.ip, eni_id: addr.eni_id.clone(), meta, created_at: now };
@@ -1317,6 +1322,14 @@ impl Ledger {
     pub fn addresses(&self, eni_id: Option<&str>) -> Vec<AddressRecord> {
         let st = self.inner.lock();
         st.addrs.values().filter(|a| eni_id.is_none_or(|e| a.eni_id == e)).cloned().collect()
+    }
+
+    /// The only ENIs whose free addresses `allocate` hands out (`None`: every attached one),
+    /// replacing the last choice. Held in memory only: the daemon sets it from its
+    /// configuration (custom networking: the zone's subnet's ENIs, never the primary). Leases on
+    /// other ENIs stand; an ENI added later serves only once named.
+    pub fn set_served_enis(&self, enis: Option<BTreeSet<String>>) {
+        self.inner.lock().served = enis;
     }
 
     /// Counts as of now (a cooling address whose cooldown has ended counts as free).

@@ -220,3 +220,30 @@ fn an_adopted_prefix_is_leased_to_the_pods_using_it_in_the_same_operation() {
     assert!(matches!(ledger.allocate(key("one-more"), meta("d", "n")), Err(LedgerError::NoFreeAddress)));
     ledger.check_invariants().unwrap();
 }
+
+/// Custom networking's "the primary ENI serves no pods": free addresses of ENIs the caller names
+/// are not handed out (leases there stand), prefixes' addresses included; the set is in memory
+/// and replaced whole.
+#[test]
+fn allocation_passes_over_the_enis_the_caller_does_not_serve_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let ledger = open(dir.path(), &clock);
+    ledger
+        .add_eni(eni("eni-primary", 0, Ipv4Addr::new(10, 0, 0, 10), true), &ips_from(Ipv4Addr::new(10, 0, 0, 11), 2))
+        .unwrap();
+    ledger.add_eni(eni("eni-pods", 1, Ipv4Addr::new(10, 0, 1, 10), true), &[]).unwrap();
+    ledger.add_prefixes("eni-pods", &[net("10.0.1.16/28")], None, Vec::new()).unwrap();
+    let held = ledger.allocate(key("before"), meta("default", "before")).unwrap().lease;
+    ledger.set_served_enis(Some(["eni-pods".to_string()].into_iter().collect()));
+    for i in 0..16 {
+        let name = format!("pod{i}");
+        let l = ledger.allocate(key(&name), meta("default", &name)).unwrap().lease;
+        assert_eq!(l.eni_id, "eni-pods", "{l:?}");
+    }
+    assert!(matches!(ledger.allocate(key("more"), meta("default", "more")), Err(LedgerError::NoFreeAddress)));
+    assert_eq!(held.eni_id, "eni-primary", "the oldest free address first: {held:?}");
+    assert!(ledger.lease(&key("before")).is_some(), "a lease on an unserved ENI stands");
+    ledger.set_served_enis(None);
+    assert_eq!(ledger.allocate(key("more"), meta("default", "more")).unwrap().lease.eni_id, "eni-primary");
+}

@@ -173,6 +173,23 @@ impl App {
         zones.get(self.info().zone.as_deref()?).map(|z| z.subnet.clone())
     }
 
+    /// Custom networking: pods get addresses only from ENIs in the zone's subnet, so the ledger
+    /// hands out only theirs: never the primary ENI's, nor those of ENIs elsewhere or not known
+    /// yet to be there; with no subnet for the zone, none. Off: every ENI serves.
+    pub fn refresh_served_enis(&self) {
+        let served = self.config.ec2.custom_network.as_ref().map(|_| {
+            let subnet = self.custom_subnet();
+            let primary = self.info().primary_eni_id;
+            self.ledger
+                .enis()
+                .into_iter()
+                .filter(|e| e.id != primary && subnet.is_some() && self.pool.subnet(&e.id).map(|(id, _)| id) == subnet)
+                .map(|e| e.id)
+                .collect()
+        });
+        self.ledger.set_served_enis(served);
+    }
+
     /// Why the pool may not grow at all, if it may not: custom networking with no
     /// `[eni-config.<zone>]` table for this instance's zone. Shown in /readyz and /v1/pool.
     pub fn growth_blocked(&self) -> Option<String> {

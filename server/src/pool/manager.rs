@@ -149,6 +149,7 @@ fn host_net(app: &App) -> Option<HostNet> {
 /// prefix mode the pool grows and shrinks by prefixes, and secondary IPs held from before go back
 /// once free; without it, prefixes held from before go back once wholly free.
 pub async fn step(app: &App, last_shrink: &mut Option<Instant>) -> Result<(), PoolError> {
+    app.refresh_served_enis();
     let mut stats = app.ledger.stats();
     if app.config.ec2.custom_network.is_some() && give_back_outside_custom_subnet(app, &stats).await? {
         // Every step, growing or not: what is held outside the zone's subnet makes no room for
@@ -562,6 +563,8 @@ async fn grow_by(app: &App, mut deficit: u32, unit: Unit) -> Result<(), PoolErro
             let ledger = app.ledger.clone();
             app.ledger_call(move || ledger.add_eni(record, &fresh)).await?;
             take_prefixes(app, &eni.id, &eni.prefixes).await?;
+            // Custom networking: the new ENI serves before waiting pods are woken.
+            app.refresh_served_enis();
             let got = (eni.secondary_ips.len() + eni.prefixes.len()) as u32;
             deficit = deficit.saturating_sub(got);
             app.pool.grew();

@@ -42,6 +42,7 @@ pub fn eni_record(eni: &ProviderEni) -> EniRecord {
 pub async fn sync_with_provider(app: &App) -> Result<(), PoolError> {
     let enis = app.provider_call("list_enis", app.provider.list_enis()).await?;
     app.pool.note_enis(&enis);
+    app.refresh_served_enis();
     let cooling_until = app.clock_now() + app.config.ip_cooldown.as_millis() as u64;
     let mut gone: Vec<Ipv4Addr> = Vec::new();
     // The provider showing an IP the ledger has on another ENI is a disagreement we do not

@@ -1047,6 +1047,11 @@ async fn custom_networking_serves_pods_from_the_zones_subnet_only() {
         ])
         .await;
     let api = d.unix();
+    // At once, while the primary's old IP may still be free: never handed out.
+    let first = api.lease("first").await;
+    let ip: std::net::Ipv4Addr = first["ip"].as_str().unwrap().parse().unwrap();
+    assert!("10.0.64.0/20".parse::<ipnet::Ipv4Net>().unwrap().contains(&ip), "{first}");
+    api.release("first").await;
     eventually("three free IPs on an ENI in the pods' subnet, none on the primary", async || {
         let p = api.pool().await;
         let enis = api.enis().await;
