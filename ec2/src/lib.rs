@@ -958,6 +958,14 @@ impl Provider for Ec2Provider {
         let r = self.ready.get_or_try_init(|| self.identify()).await?;
         let id = &r.id;
         info!(instance = %id.instance_id, r#type = %id.instance_type, limits = ?id.limits, "EC2 identity");
+        // Where new ENIs would go, so /v1/pool shows it from the start, not from the first new
+        // ENI: one DescribeSubnets (none without discovery or custom networking).
+        if self.candidates.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            let mut cache = self.cache.lock().await;
+            if let Err(e) = self.candidates(r, &mut cache, Fill::NOTHING).await {
+                warn!(error = %e, "could not look at the subnets new ENIs may go to; the first new ENI will");
+            }
+        }
         Ok(InstanceInfo {
             instance_id: id.instance_id.clone(),
             instance_type: id.instance_type.clone(),

@@ -92,6 +92,9 @@ async fn discovery_picks_the_emptiest_tagged_subnet_of_the_zone_and_ignores_the_
 
     let p = Ec2Provider::new(config(&world, &ec2), None);
     p.init().await.expect("init");
+    // Looked at from the start, before any ENI is made.
+    let first: Vec<String> = p.candidate_subnets().into_iter().map(|c| c.id).collect();
+    assert_eq!(first, [ours.clone(), world.subnet_id.clone(), small.clone()]);
     let eni = p.create_eni(1, Fill::Ips(2)).await.expect("create");
     assert_eq!(eni.subnet_id.as_deref(), Some(ours.as_str()));
     assert_eq!(subnet_of(&client, &world, &eni.id).await, ours, "EC2 has it there");
