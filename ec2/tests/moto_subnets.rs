@@ -51,6 +51,19 @@ async fn subnet(client: &Client, world: &World, cidr: &str, zone: Option<&str>, 
     made.subnet().and_then(|s| s.subnet_id()).expect("subnet id").to_string()
 }
 
+/// A security group for pod ENIs in the world's VPC.
+async fn pod_security_group(client: &Client, world: &World) -> String {
+    let made = client
+        .create_security_group()
+        .group_name("pods")
+        .description("pod ENIs")
+        .vpc_id(&world.vpc_id)
+        .send()
+        .await
+        .expect("CreateSecurityGroup");
+    made.group_id().expect("group id").to_string()
+}
+
 /// Someone else's ENI in `subnet_id` holding `secondaries` addresses beside its primary.
 async fn foreign_eni(client: &Client, subnet_id: &str, secondaries: i32) -> String {
     let made = client
@@ -222,17 +235,7 @@ async fn new_enis_carry_the_configured_security_groups_and_extra_tags_beside_our
     let ec2 = FakeEc2::start().await;
     let client = ec2.client();
     let world = World::make(&client, "m5.large").await;
-    let sg = client
-        .create_security_group()
-        .group_name("pods")
-        .description("pod ENIs")
-        .vpc_id(&world.vpc_id)
-        .send()
-        .await
-        .unwrap()
-        .group_id()
-        .unwrap()
-        .to_string();
+    let sg = pod_security_group(&client, &world).await;
     let extra = [("team".to_string(), "a".to_string()), ("enipool.io/instance-id".to_string(), "forged".to_string())];
     let cfg = Ec2Config {
         security_groups: vec![sg.clone()],
@@ -267,17 +270,7 @@ async fn custom_networking_puts_new_enis_in_the_zones_subnet_with_its_groups() {
     // Bigger and tagged: discovery would pick it; custom networking does not look.
     subnet(&client, &world, "10.0.128.0/18", None, &[("kubernetes.io/role/cni", "1")]).await;
     let elsewhere = subnet(&client, &world, "10.0.32.0/20", Some(&other_zone(&world.zone)), &[]).await;
-    let sg = client
-        .create_security_group()
-        .group_name("pods")
-        .description("pod ENIs")
-        .vpc_id(&world.vpc_id)
-        .send()
-        .await
-        .unwrap()
-        .group_id()
-        .unwrap()
-        .to_string();
+    let sg = pod_security_group(&client, &world).await;
     let zones = |subnet: &str, groups: Vec<String>| {
         let z = enipool_provider::ec2_config::ZoneEniConfig { subnet: subnet.into(), security_groups: groups };
         Some([(world.zone.clone(), z)].into_iter().collect())

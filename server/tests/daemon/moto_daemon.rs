@@ -120,6 +120,19 @@ impl Node {
     }
 }
 
+/// Waits until /readyz answers 503 with a reason containing `containing`; the reason.
+async fn not_ready_because(api: &Api, containing: &str) -> String {
+    eventually(&format!("/readyz to say why it is not ready ({containing})"), async || {
+        let r = api.get("/readyz").await;
+        let v = r.json();
+        match v["reason"].as_str() {
+            Some(reason) if r.status == 503 && reason.contains(containing) => Ok(reason.to_string()),
+            _ => Err(format!("{} {v}", r.status)),
+        }
+    })
+    .await
+}
+
 fn as_refs(f: &[(String, String)]) -> Vec<(&str, &str)> {
     f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
@@ -382,15 +395,7 @@ async fn ec2_unreachable_at_start_up_serves_the_ledger_and_says_why_not_ready() 
     let f = node.flags(&[("--ec2-endpoint", dead.as_str()), ("--ec2-max-attempts", "2")]);
     let d = Daemon::start_in_unready(tmp.path(), &as_refs(&f)).await;
     let api = d.unix();
-    let reason = eventually("/readyz to say why it is not ready", async || {
-        let r = api.get("/readyz").await;
-        let v = r.json();
-        match v["reason"].as_str() {
-            Some(reason) if r.status == 503 && reason.contains("provider init failed") => Ok(reason.to_string()),
-            _ => Err(format!("{} {v}", r.status)),
-        }
-    })
-    .await;
+    let reason = not_ready_because(&api, "provider init failed").await;
     assert!(reason.contains("Unreachable") || reason.contains("DescribeInstances"), "{reason}");
     // What the ledger holds is served: the lease, with the cached identity, and a new lease.
     let path = format!("/v1/leases/{NET}/before/eth0");
@@ -922,18 +927,7 @@ async fn a_full_node_subnet_falls_over_to_a_tagged_one_and_says_where() {
     // say so.
     let node = Node::start_in("m5.large", "10.0.0.0/27").await;
     let client = &node.client;
-    let tagged = client
-        .create_subnet()
-        .vpc_id(&node.world.vpc_id)
-        .cidr_block("10.0.4.0/24")
-        .availability_zone(&node.world.zone)
-        .send()
-        .await
-        .unwrap()
-        .subnet()
-        .and_then(|s| s.subnet_id())
-        .unwrap()
-        .to_string();
+    let tagged = plain_subnet(&node, "10.0.4.0/24").await;
     client.create_tags().resources(&tagged).tags(role_tag()).send().await.unwrap();
     // 27 usable addresses: the instance's, and 26 for the other ENI (its primary and 25).
     client
@@ -1091,15 +1085,7 @@ async fn custom_networking_without_a_table_for_the_zone_does_not_grow_and_says_w
     let data = tempfile::tempdir().unwrap();
     let d = Daemon::start_in_unready(data.path(), &as_refs(&flags)).await;
     let api = d.unix();
-    let why = eventually("/readyz to say why", async || {
-        let r = api.get("/readyz").await;
-        let body = r.json();
-        match body["reason"].as_str() {
-            Some(why) if r.status == 503 && why.contains("eni-config") => Ok(why.to_string()),
-            _ => Err(format!("{} {body}", r.status)),
-        }
-    })
-    .await;
+    let why = not_ready_because(&api, "eni-config").await;
     assert!(why.contains(&format!("[eni-config.{}]", node.world.zone)), "{why}");
     let p = api.pool().await;
     assert_eq!(p["growth_blocked"].as_str(), Some(why.as_str()));
