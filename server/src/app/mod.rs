@@ -177,17 +177,21 @@ impl App {
     /// hands out only theirs: never the primary ENI's, nor those of ENIs elsewhere or not known
     /// yet to be there; with no subnet for the zone, none. Off: every ENI serves.
     pub fn refresh_served_enis(&self) {
-        let served = self.config.ec2.custom_network.as_ref().map(|_| {
-            let subnet = self.custom_subnet();
-            let primary = self.info().primary_eni_id;
-            self.ledger
-                .enis()
-                .into_iter()
-                .filter(|e| e.id != primary && subnet.is_some() && self.pool.subnet(&e.id).map(|(id, _)| id) == subnet)
-                .map(|e| e.id)
-                .collect()
-        });
-        self.ledger.set_served_enis(served);
+        // Off, the ledger's default (every ENI) stands: nothing to take its lock for on every
+        // pool step.
+        if self.config.ec2.custom_network.is_none() {
+            return;
+        }
+        let subnet = self.custom_subnet();
+        let primary = self.info().primary_eni_id;
+        let served = self
+            .ledger
+            .enis()
+            .into_iter()
+            .filter(|e| e.id != primary && subnet.is_some() && self.pool.subnet(&e.id).map(|(id, _)| id) == subnet)
+            .map(|e| e.id)
+            .collect();
+        self.ledger.set_served_enis(Some(served));
     }
 
     /// Why the pool may not grow at all, if it may not: custom networking with no
