@@ -53,8 +53,13 @@ pub struct Metrics {
     provider_calls: Family<ActionLabel, Counter>,
     provider_errors: Family<ActionLabel, Counter>,
     provider_seconds: Family<ActionLabel, Histogram>,
+    // Registered in every build (an empty family without the ec2 feature), so the set of
+    // metric names does not depend on how the daemon was built.
+    #[cfg_attr(not(feature = "ec2"), allow(dead_code))]
     ec2_calls: Family<ActionLabel, Counter>,
+    #[cfg_attr(not(feature = "ec2"), allow(dead_code))]
     ec2_errors: Family<ErrorLabel, Counter>,
+    #[cfg_attr(not(feature = "ec2"), allow(dead_code))]
     ec2_seconds: Family<ActionLabel, Histogram>,
     growth_pauses: Counter,
     prefix_fallbacks: Counter,
@@ -299,6 +304,7 @@ impl Drop for WaitingAllocation {
     }
 }
 
+#[cfg(feature = "ec2")]
 impl enipool_ec2::CallObserver for Metrics {
     fn attempt(&self, action: &str, took: Duration, error: Option<&str>) {
         let label = ActionLabel { action: action.into() };

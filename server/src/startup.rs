@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+#[cfg(feature = "ec2")]
 use enipool_ec2::{CallObserver, Ec2Provider};
 use enipool_storage::{Ledger, LedgerConfig, LedgerError, OpenError, SystemClock};
 use tokio::net::{TcpListener, UnixListener};
@@ -90,6 +91,9 @@ pub async fn run(config: Config) -> Result<(), StartupError> {
             let info = provider.init().await.map_err(StartupError::ProviderInit)?;
             App::new(config.clone(), ledger, provider, info, Identity::Provider, metrics)
         }
+        #[cfg(not(feature = "ec2"))]
+        ProviderKind::Ec2 => unreachable!("the configuration refuses --provider ec2 without the ec2 feature"),
+        #[cfg(feature = "ec2")]
         ProviderKind::Ec2 => {
             // EC2 may be unreachable now: start anyway with what the last run learnt (or a
             // placeholder), serve what the ledger holds, and let the sync task initialise it.

@@ -552,7 +552,14 @@ impl DaemonArgs {
         };
         let provider = match a.provider.as_deref().unwrap_or(defaults::PROVIDER) {
             "static" => ProviderKind::Static,
-            "ec2" => ProviderKind::Ec2,
+            "ec2" if cfg!(feature = "ec2") => ProviderKind::Ec2,
+            "ec2" => {
+                return Err(invalid(
+                    "--provider",
+                    "this enipoold was built without the EC2 provider (cargo feature `ec2`, on by default; \
+                     the image has it): build it with `cargo build --release -p enipool-server`",
+                ));
+            }
             other => return Err(invalid("--provider", format!("{other:?} is not a provider (static or ec2)"))),
         };
         let vpc_cidr: Ipv4Net = a
