@@ -490,6 +490,41 @@ pub struct Ledger {
     _checkpoint: Arc<CheckpointGuard>,
 }
 
+/// An operation's answer, applied to the state and logged, handed over once a sync of the log
+/// covers its record: [`Syncing::wait`] blocks the thread, `.await` holds none.
+#[must_use = "the answer counts only once its record is durable"]
+struct Syncing<T> {
+    inner: Arc<Inner>,
+    seq: u64,
+    value: Option<T>,
+}
+
+// `value` is never pinned: it is moved out when ready.
+impl<T> Unpin for Syncing<T> {}
+
+impl<T> Syncing<T> {
+    fn wait(mut self) -> Result<T, LedgerError> {
+        self.inner.wal.wait_durable(self.seq).map_err(LedgerError::Poisoned)?;
+        Ok(self.acknowledge())
+    }
+
+    fn acknowledge(&mut self) -> T {
+        self.inner.wal.acknowledge(self.seq);
+        self.value.take().expect("a Syncing answer is handed over once")
+    }
+}
+
+impl<T> Future for Syncing<T> {
+    type Output = Result<T, LedgerError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        self.inner.wal.poll_durable(self.seq, cx).map(|synced| match synced {
+            Ok(()) => Ok(self.acknowledge()),
+            Err(reason) => Err(LedgerError::Poisoned(reason)),
+        })
+    }
+}
+
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger").field("path", &self.inner.path).finish()
@@ -536,13 +571,6 @@ impl Inner {
         }
         st.last_seq = seq;
         Ok(seq)
-    }
-
-    /// Blocks until `seq` is on disk, then reports it acknowledged.
-    fn durable(&self, seq: u64) -> Result<(), LedgerError> {
-        self.wal.wait_durable(seq).map_err(LedgerError::Poisoned)?;
-        self.wal.acknowledge(seq);
-        Ok(())
     }
 
     /// One checkpoint; a failure (other than the log's own, which poisons the ledger) is
@@ -716,17 +744,23 @@ impl Ledger {
         &self,
         op: impl FnOnce(&Inner, &mut State) -> Result<(T, Vec<Change>), LedgerError>,
     ) -> Result<T, LedgerError> {
+        self.run_deferred(op)?.wait()
+    }
+
+    /// The one path every operation takes: `op` reads the state and says what to change, under
+    /// the state lock; the changes are logged as one record and applied. The answer is handed
+    /// back once a sync covers that record.
+    fn run_deferred<T>(
+        &self,
+        op: impl FnOnce(&Inner, &mut State) -> Result<(T, Vec<Change>), LedgerError>,
+    ) -> Result<Syncing<T>, LedgerError> {
         let inner = &*self.inner;
-        let (value, seq) = {
-            let mut st = inner.lock();
-            let (value, changes) = op(inner, &mut st)?;
-            let seq = if changes.is_empty() { st.last_seq } else { inner.commit(&mut st, changes)? };
-            (value, seq)
-        };
+        let mut st = inner.lock();
+        let (value, changes) = op(inner, &mut st)?;
         // Even an operation that changed nothing waits: what it read (say, an existing lease)
         // may have been written by a call whose sync is still under way.
-        inner.durable(seq)?;
-        Ok(value)
+        let seq = if changes.is_empty() { st.last_seq } else { inner.commit(&mut st, changes)? };
+        Ok(Syncing { inner: self.inner.clone(), seq, value: Some(value) })
     }
 
     /// Adds an ENI and its secondary addresses, all free.
@@ -1176,8 +1210,18 @@ impl Ledger {
     /// Leases an address to `key`: the free address released longest ago, on an attached ENI.
     /// Idempotent: a key that already holds a lease gets that lease back (`created == false`).
     pub fn allocate(&self, key: LeaseKey, meta: LeaseMeta) -> Result<Allocation, LedgerError> {
+        self.allocate_deferred(key, meta)?.wait()
+    }
+
+    /// [`Ledger::allocate`] for async callers: the state lock is held only briefly, and the
+    /// wait for the sync holds no thread.
+    pub async fn allocate_async(&self, key: LeaseKey, meta: LeaseMeta) -> Result<Allocation, LedgerError> {
+        self.allocate_deferred(key, meta)?.await
+    }
+
+    fn allocate_deferred(&self, key: LeaseKey, meta: LeaseMeta) -> Result<Syncing<Allocation>, LedgerError> {
         check_key(&key)?;
-        self.run(|inner, st| {
+        self.run_deferred(|inner, st| {
             if let Some(lease) = st.leases.get(&key) {
                 return Ok((Allocation { lease: lease.clone(), created: false }, vec![]));
             }
@@ -1206,7 +1250,16 @@ impl Ledger {
 
     /// Releases the lease of `key` into cooldown and returns it; `None` if there was none.
     pub fn release(&self, key: &LeaseKey) -> Result<Option<Lease>, LedgerError> {
-        self.run(|inner, st| {
+        self.release_deferred(key)?.wait()
+    }
+
+    /// [`Ledger::release`] for async callers, as [`Ledger::allocate_async`].
+    pub async fn release_async(&self, key: &LeaseKey) -> Result<Option<Lease>, LedgerError> {
+        self.release_deferred(key)?.await
+    }
+
+    fn release_deferred(&self, key: &LeaseKey) -> Result<Syncing<Option<Lease>>, LedgerError> {
+        self.run_deferred(|inner, st| {
             let Some(lease) = st.leases.get(key).cloned() else {
                 return Ok((None, vec![]));
             };

@@ -1,9 +1,11 @@
 //! The write-ahead log that makes an operation durable with one `fdatasync`, whatever the batch.
 //!
 //! Every operation is queued here as one record; callers wait until a sync covers it. Group
-//! commit: the first waiter becomes the leader and writes and syncs everything queued, so one
-//! fdatasync serves every caller waiting at that moment. The ledger's checkpointer writes the
-//! state into sled and then trims the log.
+//! commit: one syncer thread writes and syncs everything queued, so one fdatasync serves every
+//! caller waiting at that moment, and starts the next sync as soon as one ends if anyone still
+//! waits. A waiter is a [`Waker`]: a parked thread ([`Log::wait_durable`]) or an async task
+//! ([`Log::poll_durable`]), so the daemon's requests wait without holding a thread. The ledger's
+//! checkpointer writes the state into sled and then trims the log.
 //!
 //! On disk: `wal/<first seq, 20 digits>.log` segments. A record is
 //! `[len: u32 LE][crc32 of the rest: u32 LE][seq: u64 LE][body]`, `len` counting seq and body.
@@ -25,7 +27,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
 
 const HEADER_LEN: usize = 8;
@@ -55,7 +58,7 @@ struct Segment {
 }
 
 #[derive(Default)]
-struct Pending {
+struct Unwritten {
     buf: Vec<u8>,
     first_seq: u64,
     last_seq: u64,
@@ -63,10 +66,27 @@ struct Pending {
 
 #[derive(Default)]
 struct Group {
-    /// True while some caller (the leader) is writing and syncing.
-    leading: bool,
-    /// Callers waiting for a sync to cover their sequence number, parked.
-    waiters: Vec<(u64, Thread)>,
+    /// The highest sequence number anyone has waited for: the syncer sleeps once it is durable.
+    wanted: u64,
+    /// True while the syncer sleeps on [`Log::work`]; whoever gives it work then notifies it.
+    idle: bool,
+    /// Set when the log is dropped: the syncer thread ends.
+    stop: bool,
+    /// Callers waiting for a sync to cover their sequence number, woken (all of them, on a
+    /// failure) once one does.
+    waiters: Vec<(u64, Waker)>,
+}
+
+/// Wakes a thread parked in [`Log::wait_durable`].
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
 }
 
 struct Writer {
@@ -79,13 +99,39 @@ struct Writer {
     segments: Vec<Segment>,
 }
 
+/// The log and its syncer thread, which stops when this is dropped.
 pub(crate) struct Wal {
+    log: Arc<Log>,
+    syncer: Option<thread::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for Wal {
+    type Target = Log;
+    fn deref(&self) -> &Log {
+        &self.log
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.log.lock_group().stop = true;
+        self.log.work.notify_one();
+        if let Some(t) = self.syncer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the callers and the syncer thread share.
+pub(crate) struct Log {
     dir: PathBuf,
     segment_bytes: u64,
-    pending: Mutex<Pending>,
+    pending: Mutex<Unwritten>,
     writer: Mutex<Writer>,
-    /// Who is syncing and who waits for what.
+    /// Who waits for what, and whether the syncer sleeps.
     group: Mutex<Group>,
+    /// The syncer sleeps on this when nobody waits.
+    work: Condvar,
     durable: AtomicU64,
     syncs: AtomicU64,
     poisoned: OnceLock<String>,
@@ -95,7 +141,7 @@ pub(crate) struct Wal {
     spare_maker: Mutex<Option<thread::JoinHandle<()>>>,
 }
 
-impl Drop for Wal {
+impl Drop for Log {
     fn drop(&mut self) {
         self.want_spare.get_mut().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = self.spare_maker.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
@@ -248,19 +294,31 @@ impl Wal {
             .spawn(move || make_spares(&maker_dir, segment_bytes, wanted))?;
         // The first segment will want one.
         let _ = want_spare.send(());
-        Ok(Wal {
+        let log = Arc::new(Log {
             dir: dir.to_path_buf(),
             segment_bytes,
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(Unwritten::default()),
             writer: Mutex::new(Writer { file: None, offset: 0, capacity: 0, segments: Vec::new() }),
             group: Mutex::new(Group::default()),
+            work: Condvar::new(),
             durable: AtomicU64::new(last_seq),
             syncs: AtomicU64::new(0),
             poisoned: OnceLock::new(),
             observer,
             want_spare: Mutex::new(Some(want_spare)),
             spare_maker: Mutex::new(Some(spare_maker)),
-        })
+        });
+        let syncer = {
+            let log = log.clone();
+            thread::Builder::new().name("wal-sync".into()).spawn(move || log.run_syncer())?
+        };
+        Ok(Wal { log, syncer: Some(syncer) })
+    }
+}
+
+impl Log {
+    fn lock_group(&self) -> std::sync::MutexGuard<'_, Group> {
+        self.group.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues a record. Callers append in sequence order (they hold the ledger's state lock).
@@ -285,56 +343,99 @@ impl Wal {
         self.poisoned.get().map(String::as_str)
     }
 
-    /// Returns once a sync covers `seq`. Group commit: if no sync is under way the caller
-    /// becomes the leader and writes and syncs everything pending; otherwise it parks until a
-    /// leader's sync covers it. A finishing leader wakes exactly the callers it covered, plus one
-    /// uncovered caller to lead the next round (waking every waiter on every sync costs more CPU
-    /// than the sync itself at 64 callers on 2 cores).
-    pub(crate) fn wait_durable(&self, seq: u64) -> Result<(), String> {
+    /// `Some` once `seq` is durable (`Ok`) or can never be (`Err`: the log failed).
+    fn settled(&self, seq: u64) -> Option<Result<(), String>> {
         if self.durable_seq() >= seq {
-            return Ok(());
+            return Some(Ok(()));
         }
-        let me = thread::current();
-        let mut group = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        self.poisoned().map(|reason| Err(reason.to_string()))
+    }
+
+    /// Asks the syncer to cover `seq` and to wake `waker` once it has; false (and nothing
+    /// registered) when `seq` is settled already. Checked under the group lock, which the
+    /// syncer takes after publishing a sync, so no wake-up is missed.
+    fn register(&self, seq: u64, waker: &Waker) -> bool {
+        let mut group = self.lock_group();
+        if self.settled(seq).is_some() {
+            return false;
+        }
+        group.waiters.push((seq, waker.clone()));
+        group.wanted = group.wanted.max(seq);
+        if group.idle {
+            group.idle = false;
+            self.work.notify_one();
+        }
+        true
+    }
+
+    /// Blocks the calling thread until a sync covers `seq`.
+    pub(crate) fn wait_durable(&self, seq: u64) -> Result<(), String> {
+        if let Some(done) = self.settled(seq) {
+            return done;
+        }
+        let waker = Waker::from(Arc::new(Unpark(thread::current())));
         loop {
-            if self.durable_seq() >= seq {
-                return Ok(());
+            if let Some(done) = self.settled(seq) {
+                return done;
             }
-            if let Some(reason) = self.poisoned() {
-                return Err(reason.to_string());
+            if self.register(seq, &waker) {
+                // Spurious wake-ups are fine: the loop re-checks.
+                thread::park();
             }
-            if !group.leading {
-                group.leading = true;
-                drop(group);
-                let result = self.sync_pending();
-                group = self.group.lock().unwrap_or_else(|e| e.into_inner());
-                group.leading = false;
-                let durable = self.durable_seq();
-                let failed = result.is_err();
-                group.waiters.retain(|(waits_for, waiter)| {
-                    let done = *waits_for <= durable || failed;
-                    if done {
-                        waiter.unpark();
-                    }
-                    !done
-                });
-                if let Some((_, next_leader)) = group.waiters.first() {
-                    next_leader.unpark();
-                }
-                result?;
-                continue;
-            }
-            group.waiters.push((seq, me.clone()));
-            drop(group);
-            // Spurious wake-ups are fine: the loop re-checks.
-            thread::park();
-            group = self.group.lock().unwrap_or_else(|e| e.into_inner());
-            group.waiters.retain(|(_, waiter)| waiter.id() != me.id());
         }
     }
 
-    /// Writes and syncs every pending record (the leader's job).
-    fn sync_pending(&self) -> Result<(), String> {
+    /// The async form of [`Log::wait_durable`]: ready once a sync covers `seq`.
+    pub(crate) fn poll_durable(&self, seq: u64, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        loop {
+            if let Some(done) = self.settled(seq) {
+                return Poll::Ready(done);
+            }
+            if self.register(seq, cx.waker()) {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// The syncer thread: while anyone waits for a record that is not yet durable, write and
+    /// sync everything pending, then wake whoever that covered. Wakers are woken outside the
+    /// group lock, so callers can queue the next batch meanwhile.
+    fn run_syncer(&self) {
+        let mut group = self.lock_group();
+        loop {
+            if group.stop {
+                return;
+            }
+            if group.wanted <= self.durable_seq() || self.poisoned().is_some() {
+                group.idle = true;
+                group = self.work.wait(group).unwrap_or_else(|e| e.into_inner());
+                group.idle = false;
+                continue;
+            }
+            drop(group);
+            let result = self.sync_pending();
+            group = self.lock_group();
+            let durable = self.durable_seq();
+            let failed = result.is_err();
+            if result == Ok(false) {
+                // Every waited-for record is appended before its caller waits, so this cannot
+                // happen; if it did, sleep until the next caller rather than spin.
+                tracing::error!(wanted = group.wanted, durable, "a caller waits for a record beyond the log's end");
+                group.wanted = durable;
+            }
+            let covered: Vec<Waker> = group
+                .waiters
+                .extract_if(.., |(waits_for, _)| failed || *waits_for <= durable)
+                .map(|(_, waker)| waker)
+                .collect();
+            drop(group);
+            covered.into_iter().for_each(Waker::wake);
+            group = self.lock_group();
+        }
+    }
+
+    /// Writes and syncs every pending record (the syncer's job); false when nothing was pending.
+    fn sync_pending(&self) -> Result<bool, String> {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let (buf, first, last) = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -342,7 +443,7 @@ impl Wal {
             (buf, p.first_seq, p.last_seq)
         };
         if buf.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         if let Err(e) = self.write_and_sync(&mut writer, &buf, first) {
             let reason = format!("write-ahead log write in {} failed: {e}", self.dir.display());
@@ -358,7 +459,7 @@ impl Wal {
             obs.synced(last);
         }
         self.durable.store(last, Ordering::Release);
-        Ok(())
+        Ok(true)
     }
 
     pub(crate) fn acknowledge(&self, seq: u64) {

@@ -302,6 +302,90 @@ fn no_acknowledgement_is_reported_before_the_sync_covering_it() {
     });
 }
 
+#[test]
+fn concurrent_async_callers_share_syncs_and_each_is_acknowledged_after_one() {
+    const TASKS: usize = 64;
+    const PAIRS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let recorder = Arc::new(Recorder::default());
+    let ledger = ledger_with_eni(dir.path(), observed_config(&recorder), &clock, 128);
+
+    let syncs_before = ledger.sync_count();
+    let events_before = recorder.events().len();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    for i in 0..PAIRS {
+                        let k = key(&format!("t{t}-{i}"));
+                        let a = ledger.allocate_async(k.clone(), LeaseMeta::default()).await.unwrap();
+                        let released = ledger.release_async(&k).await.unwrap();
+                        assert_eq!(released.map(|l| l.ip), Some(a.lease.ip));
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let ops = (TASKS * PAIRS * 2) as u64;
+    let syncs = ledger.sync_count() - syncs_before;
+    assert!(syncs < ops, "{syncs} syncs for {ops} operations of {TASKS} concurrent tasks: no sync was shared");
+    assert_eq!(ledger.durable_seq(), ledger.last_seq());
+    assert!(ledger.leases(&LeaseFilter::default()).is_empty());
+    ledger.check_invariants().unwrap();
+
+    let events = recorder.events();
+    let acks = events[events_before..].iter().filter(|e| matches!(e, Event::Acked(_))).count() as u64;
+    assert_eq!(acks, ops, "every operation is acknowledged once");
+    check_acks_follow_syncs(&events, 0).unwrap();
+}
+
+/// The daemon's lease requests await their sync on the runtime's own threads: while the sync of
+/// an async allocation is held back, the allocation is pending and its thread goes on running
+/// other work; it completes, acknowledged after the sync, once the sync is reported.
+#[test]
+fn an_async_caller_waits_for_its_sync_without_holding_its_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let recorder = Arc::new(Recorder::default());
+    let ledger = ledger_with_eni(dir.path(), observed_config(&recorder), &clock, 8);
+    let held = key("held");
+
+    recorder.arm();
+    let (free_tx, free_rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let runtime_thread = s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let allocation = tokio::spawn({
+                    let (ledger, held) = (ledger.clone(), held.clone());
+                    async move { ledger.allocate_async(held, LeaseMeta::default()).await }
+                });
+                // Runs only if the allocation's task gave the thread back.
+                while ledger.lease(&held).is_none() {
+                    tokio::task::yield_now().await;
+                }
+                free_tx.send(ledger.durable_seq() < ledger.last_seq()).unwrap();
+                allocation.await.unwrap().unwrap()
+            })
+        });
+        recorder.wait_holding();
+        // Generous: only a failing ledger (one whose allocation blocks its thread) waits it out.
+        let free = free_rx.recv_timeout(Duration::from_secs(10));
+        recorder.release();
+        let allocation = runtime_thread.join().unwrap();
+        assert_eq!(free, Ok(true), "the async allocation held its thread while its sync was pending");
+        assert!(allocation.created);
+        assert_eq!(ledger.durable_seq(), ledger.last_seq());
+        check_acks_follow_syncs(&recorder.events(), 0).unwrap();
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // b. A torn tail, cut at every byte
 // ---------------------------------------------------------------------------------------------

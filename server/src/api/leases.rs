@@ -121,9 +121,10 @@ pub(super) async fn create_lease(
     let mut waiting = None;
     loop {
         let mut grown = app.pool.growth();
-        let ledger = app.ledger.clone();
-        let (k, m) = (key.clone(), meta.clone());
-        let result = app.ledger_call(move || ledger.allocate(k, m).map(Ok).or_else(no_free_address)).await?;
+        // On this task: the ledger's lock is held for microseconds, and the wait for the
+        // fdatasync holds no thread (a blocking-pool hop per request cost a third of the
+        // throughput at 64 clients).
+        let result = app.ledger.allocate_async(key.clone(), meta.clone()).await.map(Ok).or_else(no_free_address)?;
         app.pool.wake();
         match result {
             Ok(allocation) => {
@@ -207,8 +208,7 @@ pub(super) async fn delete_lease(
     }
     rebuilt(&app).await?;
     let key = held_key(&app, key);
-    let ledger = app.ledger.clone();
-    app.ledger_call(move || ledger.release(&key)).await?;
+    app.ledger.release_async(&key).await?;
     app.pool.wake();
     Ok(StatusCode::NO_CONTENT)
 }
