@@ -143,15 +143,21 @@ impl RateLimiter {
         }
         // Holding the lock while waiting keeps callers in order.
         let mut s = self.state.lock().await;
-        let now = Instant::now();
-        let tokens = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.burst);
-        if tokens >= 1.0 {
-            *s = (tokens - 1.0, now);
-            return;
+        if let Some(wait) = self.take_token(&mut s, Instant::now()) {
+            tokio::time::sleep(wait).await;
+            *s = (0.0, Instant::now());
         }
-        let wait = Duration::from_secs_f64((1.0 - tokens) / self.rate);
-        tokio::time::sleep(wait).await;
-        *s = (0.0, Instant::now());
+    }
+
+    /// The token bucket (`tokens`, as of an instant): takes a token at `now` (`None`), or says
+    /// how long until there is one.
+    fn take_token(&self, bucket: &mut (f64, Instant), now: Instant) -> Option<Duration> {
+        let tokens = (bucket.0 + now.saturating_duration_since(bucket.1).as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            *bucket = (tokens - 1.0, now);
+            return None;
+        }
+        Some(Duration::from_secs_f64((1.0 - tokens) / self.rate))
     }
 }
 
@@ -256,21 +262,33 @@ mod tests {
         assert!(!is_throttle("InvalidParameterValue"));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn rate_limiter_spaces_calls_after_the_burst() {
+    #[test]
+    fn rate_limiter_spaces_calls_after_the_burst() {
         let l = RateLimiter::new(10.0, 2);
-        let started = tokio::time::Instant::now();
-        for _ in 0..4 {
-            l.acquire().await;
-        }
-        // Two from the burst, then two more at 100 ms each.
-        let took = started.elapsed();
-        assert!(took >= Duration::from_millis(190) && took < Duration::from_millis(260), "{took:?}");
+        let t0 = Instant::now();
+        let mut bucket = (2.0, t0);
+        // Two from the burst at once, then one every 100 ms.
+        assert_eq!(l.take_token(&mut bucket, t0), None);
+        assert_eq!(l.take_token(&mut bucket, t0), None);
+        let wait = l.take_token(&mut bucket, t0).expect("the burst is spent");
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        let wait = l.take_token(&mut bucket, t0 + Duration::from_millis(40)).expect("only 0.4 of a token");
+        assert!((wait.as_secs_f64() - 0.06).abs() < 1e-9, "{wait:?}");
+        assert_eq!(l.take_token(&mut bucket, t0 + Duration::from_millis(100)), None);
+        // Idle time refills up to the burst, no more.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(l.take_token(&mut bucket, later), None);
+        assert_eq!(l.take_token(&mut bucket, later), None);
+        assert!(l.take_token(&mut bucket, later).is_some());
+    }
+
+    #[test]
+    fn an_unlimited_rate_never_waits() {
         let unlimited = RateLimiter::new(0.0, 1);
-        let started = tokio::time::Instant::now();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         for _ in 0..100 {
-            unlimited.acquire().await;
+            let acquire = std::pin::pin!(unlimited.acquire());
+            assert!(acquire.poll(&mut cx).is_ready(), "an unlimited limiter made a caller wait");
         }
-        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }
