@@ -373,7 +373,10 @@ impl Log {
         if let Some(done) = self.settled(seq) {
             return done;
         }
-        let waker = Waker::from(Arc::new(Unpark(thread::current())));
+        thread_local! {
+            static UNPARK_ME: Waker = Waker::from(Arc::new(Unpark(thread::current())));
+        }
+        let waker = UNPARK_ME.with(Waker::clone);
         loop {
             if let Some(done) = self.settled(seq) {
                 return done;
@@ -399,7 +402,8 @@ impl Log {
 
     /// The syncer thread: while anyone waits for a record that is not yet durable, write and
     /// sync everything pending, then wake whoever that covered. Wakers are woken outside the
-    /// group lock, so callers can queue the next batch meanwhile.
+    /// group lock, so callers can queue the next batch meanwhile. (Handing the wakes to a thread
+    /// of their own let syncs run back to back, each with fewer records: measured slower.)
     fn run_syncer(&self) {
         let mut group = self.lock_group();
         loop {
