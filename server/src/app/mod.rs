@@ -234,6 +234,10 @@ impl App {
 
     /// Waits (at most `for_`) until start-up has rebuilt leases from the node; whether it has.
     pub async fn wait_rebuilt(&self, for_: Duration) -> bool {
+        // Every lease request asks; once rebuilt, without arming a timer.
+        if *self.rebuilt.borrow() {
+            return true;
+        }
         let mut rx = self.rebuilt.subscribe();
         matches!(tokio::time::timeout(for_, rx.wait_for(|done| *done)).await, Ok(Ok(_)))
     }

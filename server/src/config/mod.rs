@@ -327,6 +327,8 @@ pub struct DaemonArgs {
 
     #[arg(long, env = "ENIPOOL_POOL_TICK", help = with_default("How often the pool manager re-checks the pool without being woken.", defaults::POOL_TICK))]
     pub pool_tick: Option<String>,
+    #[arg(long, env = "ENIPOOL_POOL_WAKE_DELAY", help = with_default("How long the pool manager waits, once an allocation or release wakes it, before it looks at the pool: a burst of pods is one look.", defaults::POOL_WAKE_DELAY))]
+    pub pool_wake_delay: Option<String>,
     #[arg(long, env = "ENIPOOL_SHRINK_INTERVAL", help = with_default("Least time between two releases of excess IPs or ENIs.", defaults::SHRINK_INTERVAL))]
     pub shrink_interval: Option<String>,
     #[arg(long, env = "ENIPOOL_ALLOCATION_WAIT", help = with_default("How long an allocation waits for the pool to grow when no IP is free, before 503.", defaults::ALLOCATION_WAIT))]
@@ -415,6 +417,7 @@ pub struct Config {
     pub exclude_snat_cidrs: Vec<Ipv4Net>,
     pub randomize_snat: SnatRandomize,
     pub pool_tick: Duration,
+    pub pool_wake_delay: Duration,
     pub shrink_interval: Duration,
     pub allocation_wait: Duration,
     pub checkpoint_interval: Duration,
@@ -516,6 +519,7 @@ impl DaemonArgs {
             exclude_snat_cidrs,
             randomize_snat,
             pool_tick,
+            pool_wake_delay,
             shrink_interval,
             allocation_wait,
             checkpoint_interval,
@@ -557,7 +561,7 @@ impl DaemonArgs {
                 return Err(invalid(
                     "--provider",
                     "this enipoold was built without the EC2 provider (cargo feature `ec2`, on by default; \
-                     the image has it): build it with `cargo build --release -p enipool-server`",
+                     the image has it): build it without --no-default-features",
                 ));
             }
             other => return Err(invalid("--provider", format!("{other:?} is not a provider (static or ec2)"))),
@@ -709,6 +713,7 @@ impl DaemonArgs {
             exclude_snat_cidrs,
             randomize_snat,
             pool_tick: duration("pool-tick", a.pool_tick, defaults::POOL_TICK)?,
+            pool_wake_delay: duration("pool-wake-delay", a.pool_wake_delay, defaults::POOL_WAKE_DELAY)?,
             shrink_interval: duration("shrink-interval", a.shrink_interval, defaults::SHRINK_INTERVAL)?,
             allocation_wait: duration("allocation-wait", a.allocation_wait, defaults::ALLOCATION_WAIT)?,
             checkpoint_interval: duration("checkpoint-interval", a.checkpoint_interval, defaults::CHECKPOINT_INTERVAL)?,

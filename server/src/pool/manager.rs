@@ -66,7 +66,13 @@ pub async fn run(app: Arc<App>) {
             }
         }
         tokio::select! {
-            _ = app.pool.woken() => {}
+            _ = app.pool.woken() => {
+                // Wakes meanwhile are this one: a burst of pods costs one look, not one per pod.
+                tokio::select! {
+                    _ = tokio::time::sleep(app.config.pool_wake_delay) => {}
+                    _ = app.shutdown_signalled() => return,
+                }
+            }
             _ = tokio::time::sleep_until(next_tick) => {}
             _ = app.shutdown_signalled() => return,
         }
