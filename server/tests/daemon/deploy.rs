@@ -598,6 +598,8 @@ fn dockerfile_builds_both_binaries_in_a_separate_stage() {
     for part in ["--release", "--locked", "-p enipool-server", "-p enipool-cni"] {
         assert!(build.contains(part), "the build runs with {part}: {build}");
     }
+    // The image's daemon has the EC2 provider (the server's default feature `ec2`).
+    assert!(!build.contains("--no-default-features"), "the image's enipoold must keep --provider ec2: {build}");
     assert!(d.contains("COPY --from=build /out/enipoold /out/enipool-cni /usr/local/bin/"));
     assert!(d.contains("ENTRYPOINT [\"/usr/local/bin/enipoold\"]"));
     // The toolchain is at least the workspace's rust-version.
