@@ -314,32 +314,27 @@ fn main() {
             COOLDOWN.as_secs(),
             dir.path().display()
         );
-        for callers in CALLERS {
-            let syncs = ledger.sync_count();
-            let rate = throughput(&ledger, callers, sizes.ledger_pairs, sizes.runs, &keys);
-            let synced = ledger.sync_count() - syncs;
-            let ops = 2 * sizes.runs as u64 * per_caller(sizes.ledger_pairs, callers) * callers as u64;
-            let per_sync = ops as f64 / synced.max(1) as f64;
-            println!("  {callers:>2} threads: {} pairs/s ({per_sync:.1} operations per fdatasync)", fmt_count(rate));
-            let setup = format!("{}; {per_sync:.1} operations per fdatasync", setup_line(POOL_SIZE, 0, callers));
-            table.add(format!("ledger durable pairs/s, {callers} caller threads"), fmt_count(rate), setup);
-        }
-        for callers in CALLERS {
-            let syncs = ledger.sync_count();
-            let rate = throughput_async(&ledger, callers, sizes.ledger_pairs, sizes.runs, &keys);
-            let synced = ledger.sync_count() - syncs;
-            let ops = 2 * sizes.runs as u64 * per_caller(sizes.ledger_pairs, callers) * callers as u64;
-            let per_sync = ops as f64 / synced.max(1) as f64;
-            println!(
-                "  {callers:>2} async tasks (as the daemon calls it): {} pairs/s ({per_sync:.1} operations per fdatasync)",
-                fmt_count(rate)
-            );
-            let setup = format!("{}; {per_sync:.1} operations per fdatasync", setup_line(POOL_SIZE, 0, callers));
-            let name = format!("ledger durable pairs/s, {callers} async callers");
-            if callers == 64 {
-                table.target(name, fmt_count(rate), ">= 40,000", rate >= 40_000.0, setup);
-            } else {
-                table.add(name, fmt_count(rate), setup);
+        for asynchronous in [false, true] {
+            for callers in CALLERS {
+                let syncs = ledger.sync_count();
+                let rate = if asynchronous {
+                    throughput_async(&ledger, callers, sizes.ledger_pairs, sizes.runs, &keys)
+                } else {
+                    throughput(&ledger, callers, sizes.ledger_pairs, sizes.runs, &keys)
+                };
+                let synced = ledger.sync_count() - syncs;
+                let ops = 2 * sizes.runs as u64 * per_caller(sizes.ledger_pairs, callers) * callers as u64;
+                let per_sync = ops as f64 / synced.max(1) as f64;
+                let who = if asynchronous { "async tasks (as the daemon calls it)" } else { "threads" };
+                println!("  {callers:>2} {who}: {} pairs/s ({per_sync:.1} operations per fdatasync)", fmt_count(rate));
+                let setup = format!("{}; {per_sync:.1} operations per fdatasync", setup_line(POOL_SIZE, 0, callers));
+                let who = if asynchronous { "async callers" } else { "caller threads" };
+                let name = format!("ledger durable pairs/s, {callers} {who}");
+                if asynchronous && callers == 64 {
+                    table.target(name, fmt_count(rate), ">= 40,000", rate >= 40_000.0, setup);
+                } else {
+                    table.add(name, fmt_count(rate), setup);
+                }
             }
         }
         ledger.close().expect("close");

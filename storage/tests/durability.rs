@@ -204,8 +204,13 @@ fn concurrent_callers_share_syncs_and_each_is_acknowledged_after_one() {
         }
     });
     let ops = (THREADS * PAIRS * 2) as u64;
-    let syncs = ledger.sync_count() - syncs_before;
-    assert!(syncs < ops, "{syncs} syncs for {ops} operations of {THREADS} concurrent callers: no sync was shared");
+    check_concurrent_run(&ledger, &recorder, ledger.sync_count() - syncs_before, events_before, ops);
+}
+
+/// After `ops` concurrent operations that left no lease: they shared syncs, all are durable and
+/// acknowledged once each, every acknowledgement after the sync that covers it.
+fn check_concurrent_run(ledger: &Ledger, recorder: &Recorder, syncs: u64, events_before: usize, ops: u64) {
+    assert!(syncs < ops, "{syncs} syncs for {ops} concurrent operations: no sync was shared");
     assert_eq!(ledger.durable_seq(), ledger.last_seq());
     assert!(ledger.leases(&LeaseFilter::default()).is_empty());
     ledger.check_invariants().unwrap();
@@ -333,16 +338,7 @@ fn concurrent_async_callers_share_syncs_and_each_is_acknowledged_after_one() {
         }
     });
     let ops = (TASKS * PAIRS * 2) as u64;
-    let syncs = ledger.sync_count() - syncs_before;
-    assert!(syncs < ops, "{syncs} syncs for {ops} operations of {TASKS} concurrent tasks: no sync was shared");
-    assert_eq!(ledger.durable_seq(), ledger.last_seq());
-    assert!(ledger.leases(&LeaseFilter::default()).is_empty());
-    ledger.check_invariants().unwrap();
-
-    let events = recorder.events();
-    let acks = events[events_before..].iter().filter(|e| matches!(e, Event::Acked(_))).count() as u64;
-    assert_eq!(acks, ops, "every operation is acknowledged once");
-    check_acks_follow_syncs(&events, 0).unwrap();
+    check_concurrent_run(&ledger, &recorder, ledger.sync_count() - syncs_before, events_before, ops);
 }
 
 /// The daemon's lease requests await their sync on the runtime's own threads: while the sync of
