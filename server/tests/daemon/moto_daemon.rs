@@ -440,7 +440,9 @@ async fn subnet_exhaustion_pauses_growth_and_says_so() {
 #[tokio::test]
 async fn reconciliation_marks_lost_leases_and_adopts_unknown_ips() {
     let node = Node::start("m5.large").await;
-    let d = node.daemon(&[("--ip-cooldown-period", "1s")]).await;
+    // The sweep off: this test detaches and deletes an ENI itself, and a sweep between the two
+    // calls would delete it first (detached, ours, older than --leaked-eni-age 0).
+    let d = node.daemon(&[("--ip-cooldown-period", "1s"), ("--leaked-eni-interval", "0")]).await;
     let api = d.unix();
     let lost = api.lease("lost").await;
     pool_settles(&api, &[("enis", 2), ("leased", 1)], HOLD).await;
