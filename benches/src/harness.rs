@@ -135,7 +135,9 @@ pub struct Binaries {
     pub daemon: PathBuf,
 }
 
-/// `target/<profile>/{enipool-cni,enipoold}`, built by cargo for the profile this harness runs in.
+/// `target/<profile>/enipoold` and the plugin as the image ships it (`scripts/build-plugin`:
+/// statically linked, under `target/<host triple>/<profile>/`), built for the profile this
+/// harness runs in.
 pub fn build_binaries(release: bool) -> Binaries {
     let exe = std::env::current_exe().expect("own path");
     // target/<profile>/deps/cni_cycle-<hash>
@@ -150,9 +152,68 @@ pub fn build_binaries(release: bool) -> Binaries {
     }
     let status = build.status().expect("running cargo build");
     assert!(status.success(), "cargo build of enipoold and enipool-cni failed");
-    let bins = Binaries { plugin: profile_dir.join("enipool-cni"), daemon: profile_dir.join("enipoold") };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let mut static_build = Command::new(workspace.join("scripts/build-plugin"));
+    if release {
+        static_build.arg("--release");
+    }
+    let out = static_build.output().expect("running scripts/build-plugin");
+    assert!(out.status.success(), "scripts/build-plugin failed: {}", String::from_utf8_lossy(&out.stderr));
+    let plugin = workspace.join(String::from_utf8_lossy(&out.stdout).trim());
+    let bins = Binaries { plugin, daemon: profile_dir.join("enipoold") };
     for b in [&bins.plugin, &bins.daemon] {
         assert!(b.is_file(), "{} is missing after cargo build", b.display());
     }
+    assert_eq!(
+        has_interpreter(&bins.plugin),
+        Ok(false),
+        "{} is not statically linked (it names a dynamic loader)",
+        bins.plugin.display()
+    );
     bins
+}
+
+/// Whether an ELF64 executable names a program interpreter (`PT_INTERP`): a dynamically linked
+/// one does; a static or static-pie one does not.
+pub fn has_interpreter(path: &Path) -> Result<bool, String> {
+    const PT_INTERP: u32 = 3;
+    let elf = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let word = |at: usize, len: usize| -> Result<u64, String> {
+        let bytes = elf.get(at..at + len).ok_or_else(|| format!("{}: truncated ELF", path.display()))?;
+        Ok(bytes.iter().rev().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    };
+    if elf.get(..5) != Some(b"\x7fELF\x02".as_slice()) {
+        return Err(format!("{}: not an ELF64 file", path.display()));
+    }
+    let (phoff, phentsize, phnum) = (word(0x20, 8)?, word(0x36, 2)?, word(0x38, 2)?);
+    for i in 0..phnum {
+        let header = usize::try_from(phoff + i * phentsize).map_err(|e| e.to_string())?;
+        if word(header, 4)? == u64::from(PT_INTERP) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_interpreter;
+
+    #[test]
+    fn a_dynamically_linked_executable_names_its_interpreter() {
+        // This test binary is linked as cargo links it by default: dynamically.
+        assert_eq!(has_interpreter(&std::env::current_exe().unwrap()), Ok(true));
+    }
+
+    #[test]
+    fn non_elf_and_truncated_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("script");
+        std::fs::write(&text, "#!/bin/sh\n").unwrap();
+        assert!(has_interpreter(&text).unwrap_err().contains("not an ELF64 file"));
+        let truncated = dir.path().join("truncated");
+        std::fs::write(&truncated, b"\x7fELF\x02\x01\x01").unwrap();
+        assert!(has_interpreter(&truncated).unwrap_err().contains("truncated ELF"));
+        assert!(has_interpreter(&dir.path().join("missing")).is_err());
+    }
 }
