@@ -341,11 +341,11 @@ fn concurrent_async_callers_share_syncs_and_each_is_acknowledged_after_one() {
     check_concurrent_run(&ledger, &recorder, ledger.sync_count() - syncs_before, events_before, ops);
 }
 
-/// The daemon's lease requests await their sync on the runtime's own threads: while the sync of
-/// an async allocation is held back, the allocation is pending and its thread goes on running
-/// other work; it completes, acknowledged after the sync, once the sync is reported.
+/// The daemon's lease requests await their sync on the runtime's own threads. While a sync is
+/// under way (here: held back), an async allocation is pending and its thread goes on running
+/// other work; it completes, acknowledged after a sync that covers it, once the syncs go on.
 #[test]
-fn an_async_caller_waits_for_its_sync_without_holding_its_thread() {
+fn an_async_caller_waits_for_a_busy_log_without_holding_its_thread() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(START));
     let recorder = Arc::new(Recorder::default());
@@ -355,6 +355,9 @@ fn an_async_caller_waits_for_its_sync_without_holding_its_thread() {
     recorder.arm();
     let (free_tx, free_rx) = mpsc::channel();
     std::thread::scope(|s| {
+        // The log is idle: this caller syncs on its own thread, and that sync is held back.
+        let first = s.spawn(|| ledger.allocate(key("first"), LeaseMeta::default()));
+        recorder.wait_holding();
         let runtime_thread = s.spawn(|| {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             rt.block_on(async {
@@ -370,16 +373,64 @@ fn an_async_caller_waits_for_its_sync_without_holding_its_thread() {
                 allocation.await.unwrap().unwrap()
             })
         });
-        recorder.wait_holding();
         // Generous: only a failing ledger (one whose allocation blocks its thread) waits it out.
         let free = free_rx.recv_timeout(Duration::from_secs(10));
         recorder.release();
+        assert!(first.join().unwrap().unwrap().created);
         let allocation = runtime_thread.join().unwrap();
-        assert_eq!(free, Ok(true), "the async allocation held its thread while its sync was pending");
+        assert_eq!(free, Ok(true), "the async allocation held its thread while the log was busy");
         assert!(allocation.created);
         assert_eq!(ledger.durable_seq(), ledger.last_seq());
         check_acks_follow_syncs(&recorder.events(), 0).unwrap();
     });
+}
+
+/// The name of the thread that ran each sync.
+#[derive(Default)]
+struct SyncThreads(Mutex<Vec<Option<String>>>);
+
+impl SyncObserver for SyncThreads {
+    fn synced(&self, _upto: u64) {
+        self.0.lock().unwrap().push(std::thread::current().name().map(String::from));
+    }
+    fn acknowledged(&self, _seq: u64) {}
+}
+
+/// Uncontended (the syncer asleep and nobody waiting: an idle daemon's one request), a caller
+/// syncs on its own thread, blocking or async: no hand-over to the syncer thread and no wake-up
+/// back, which cost more than the fdatasync on an idle machine.
+#[test]
+fn an_uncontended_caller_syncs_on_its_own_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let threads = Arc::new(SyncThreads::default());
+    let config =
+        LedgerConfig { sync_observer: Some(threads.clone() as Arc<dyn SyncObserver>), ..config(Duration::ZERO) };
+    let ledger = ledger_with_eni(dir.path(), config, &clock, 8);
+    threads.0.lock().unwrap().clear();
+    let caller = |name: &str, async_caller: bool| {
+        let ledger = ledger.clone();
+        let key = key(name);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                if async_caller {
+                    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                    rt.block_on(ledger.allocate_async(key, LeaseMeta::default()))
+                } else {
+                    ledger.allocate(key, LeaseMeta::default())
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap()
+    };
+    assert!(caller("blocking-caller", false).created);
+    assert!(caller("async-caller", true).created);
+    let ran_on = threads.0.lock().unwrap().clone();
+    assert_eq!(ran_on, [Some("blocking-caller".to_string()), Some("async-caller".to_string())]);
+    assert_eq!(ledger.durable_seq(), ledger.last_seq());
 }
 
 // ---------------------------------------------------------------------------------------------
