@@ -614,6 +614,7 @@ fn main() {
         vo.median <= Duration::from_millis(2),
     );
     println!();
+    println!("load average at the end {}", load_average());
     println!("command: {COMMAND}");
     if !full {
         println!("(smoke mode: {runs} runs each of debug binaries; the figures mean nothing)");

@@ -201,17 +201,18 @@ fn main() {
         return;
     }
     let (rounds, waves) = if full { (FULL_ROUNDS, FULL_WAVES) } else { (SMOKE_ROUNDS, SMOKE_WAVES) };
-    // enipool_cri finds the binaries next to this one: build them for this profile first.
-    build_binaries(full);
+    // enipool_cri finds the binaries next to this one: build them for this profile first. The
+    // plugin is the statically linked build the image ships.
+    let plugin = build_binaries(full).plugin;
     // The daemon's own periods, not the test harness's short ones (a 50 ms pool tick competes
     // with lease calls); cooldown 0 so that the pool never runs dry between sandboxes.
     let daemon_periods = ["--pool-tick", "5s", "--checkpoint-interval", "1s", "--allocation-wait", "2s"];
-    let node = Node::with_peers(&daemon_periods, &[PeerNetwork::Reference, PeerNetwork::Noop]);
+    let node = Node::with_plugin(&daemon_periods, &[PeerNetwork::Reference, PeerNetwork::Noop], &plugin);
     let cri = node.cri();
     let (_, containerd_version) = cri.version().expect("CRI Version");
     println!(
         "cri_runtime ({}): containerd {containerd_version}, {}, containernetworking-plugins {}, {} enipool-cni \
-         and enipoold (static provider, default periods, cooldown 0); load average {}",
+         (statically linked) and enipoold (static provider, default periods, cooldown 0); load average {}",
         if full { "full run" } else { "smoke mode" },
         version_of("runc", &["--version"]),
         version_of("dpkg-query", &["-W", "-f", "${Version}", "containernetworking-plugins"]),
@@ -354,4 +355,5 @@ fn main() {
             fmt_duration(share(Net::Reference)),
         );
     }
+    println!("load average at the end {}", load_average());
 }

@@ -177,7 +177,13 @@ impl Node {
     /// [`Node::new`], plus `peers`, each a network of its own that a sandbox picks by its
     /// runtime handler (ours is the default handler's).
     pub fn with_peers(daemon_args: &[&str], peers: &[PeerNetwork]) -> Node {
-        let mut node = Node::bare(peers);
+        Node::with_plugin(daemon_args, peers, &workspace_bin("enipool-cni"))
+    }
+
+    /// [`Node::with_peers`] with `plugin` installed as enipool-cni: the benchmark measures the
+    /// statically linked build the image ships (`scripts/build-plugin`).
+    pub fn with_plugin(daemon_args: &[&str], peers: &[PeerNetwork], plugin: &Path) -> Node {
+        let mut node = Node::bare(peers, plugin);
         node.start_daemon(daemon_args);
         wait_for("containerd's network to be ready", Duration::from_secs(30), || {
             node.cri().network_ready().ok().filter(|r| *r)
@@ -187,10 +193,10 @@ impl Node {
 
     /// The namespaces and containerd, but no daemon yet: the conf dir is empty.
     pub fn without_daemon() -> Node {
-        Node::bare(&[])
+        Node::bare(&[], &workspace_bin("enipool-cni"))
     }
 
-    fn bare(peers: &[PeerNetwork]) -> Node {
+    fn bare(peers: &[PeerNetwork], plugin: &Path) -> Node {
         let ns = Netns::new("node");
         let ext = Netns::new("ext");
         ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "dn0", "netns", &ext.name]);
@@ -221,7 +227,7 @@ impl Node {
         install_plugins(
             &cni.bin_dir,
             &[
-                ("enipool-cni", workspace_bin("enipool-cni")),
+                ("enipool-cni", plugin.to_path_buf()),
                 ("cni-noop", workspace_bin("cni-noop")),
                 ("portmap", reference_plugin("portmap")),
                 ("ptp", reference_plugin("ptp")),
