@@ -433,6 +433,68 @@ fn an_uncontended_caller_syncs_on_its_own_thread() {
     assert_eq!(ledger.durable_seq(), ledger.last_seq());
 }
 
+/// Both observers at once: the gate that holds a sync back, and the thread each sync ran on.
+struct GatedThreads(Arc<Recorder>, Arc<SyncThreads>);
+
+impl SyncObserver for GatedThreads {
+    fn synced(&self, upto: u64) {
+        self.1.synced(upto);
+        self.0.synced(upto);
+    }
+    fn acknowledged(&self, seq: u64) {
+        self.0.acknowledged(seq);
+    }
+}
+
+/// After a sync that covered several callers' records the log counts as busy: the next caller
+/// hands its record to the syncer even if it finds nobody waiting (under load, the first caller
+/// after each batch syncing alone on a runtime worker made the daemon slower at 64 clients).
+/// Once a sync covers one record again, callers sync in place again.
+#[test]
+fn a_caller_after_a_batch_leaves_the_sync_to_the_syncer() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let recorder = Arc::new(Recorder::default());
+    let threads = Arc::new(SyncThreads::default());
+    let observer = GatedThreads(recorder.clone(), threads.clone());
+    let config =
+        LedgerConfig { sync_observer: Some(Arc::new(observer) as Arc<dyn SyncObserver>), ..config(Duration::ZERO) };
+    let ledger = ledger_with_eni(dir.path(), config, &clock, 8);
+    threads.0.lock().unwrap().clear();
+    let start = ledger.last_seq();
+    let caller = |name: &str| {
+        let (ledger, key) = (ledger.clone(), key(name));
+        std::thread::Builder::new().name(name.into()).spawn(move || ledger.allocate(key, LeaseMeta::default())).unwrap()
+    };
+
+    recorder.arm();
+    let first = caller("first");
+    recorder.wait_holding();
+    // Two more records queue up while the first sync is held back: one sync takes both.
+    let batch = [caller("batch-1"), caller("batch-2")];
+    while ledger.last_seq() < start + 3 {
+        std::thread::yield_now();
+    }
+    recorder.release();
+    for t in std::iter::once(first).chain(batch) {
+        assert!(t.join().unwrap().unwrap().created);
+    }
+    let synced: Vec<u64> = recorder
+        .events()
+        .iter()
+        .filter_map(|e| if let Event::Synced(upto) = e { Some(*upto).filter(|u| *u > start) } else { None })
+        .collect();
+    assert_eq!(synced, [start + 1, start + 3], "the batch's two records were not synced together");
+
+    assert!(caller("after-batch").join().unwrap().unwrap().created);
+    assert!(caller("alone-again").join().unwrap().unwrap().created);
+    let ran_on = threads.0.lock().unwrap().clone();
+    assert_eq!(ran_on[0].as_deref(), Some("first"));
+    assert_eq!(ran_on[2..], [Some("wal-sync".to_string()), Some("alone-again".to_string())]);
+    assert_eq!(ledger.durable_seq(), ledger.last_seq());
+    check_acks_follow_syncs(&recorder.events(), start).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // b. A torn tail, cut at every byte
 // ---------------------------------------------------------------------------------------------
