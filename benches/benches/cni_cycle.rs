@@ -376,7 +376,7 @@ fn parse_phases(log: &str) -> Vec<AddPhases> {
         } else if let Some(rest) = line.split(" SNAT ensured in ").nth(1) {
             cur.snat = parse_debug_duration(rest);
         } else if let Some(rest) = line.split(" ADD took ").nth(1) {
-            // `ADD took 3.1ms (netns and sockets 1.2ms, lease 800µs)`
+            // `ADD took 3.1ms (netns and sockets 1.2ms, lease 800µs while the veth was made)`
             let mut words = rest.split_whitespace();
             cur.inside = words.next().and_then(parse_debug_duration);
             let rest: Vec<&str> = words.collect();
@@ -586,7 +586,7 @@ fn main() {
         println!(
             "our ADD by phase ({} extra run(s) with logLevel debug, medians from the plugin's log): wall {} ms; \
              outside the plugin's clock (exec, stdin, config, async runtime, exit) {}; \
-             inside {} = netns + netlink sockets + pod ifname check {}, lease {}, wire {}, SNAT marker check {}",
+             inside {} = netns + sockets + pod ifname check {}, lease (the veth made meanwhile) {}, wire {}, SNAT marker check {}",
             phases.len(),
             ms(wall),
             outside.map_or("-".into(), |d| format!("{} ms", ms(d))),

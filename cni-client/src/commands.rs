@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::config::{self, LogLevel, NetConf};
 use crate::daemon_client::Daemon;
-use crate::net::{self, PodSpec, Undo};
+use crate::net::{self, PodSpec, Undo, VethSpec};
 use crate::protocol::{self, CniArgs, CniError, CniResult, Command, Env, Interface, IpConfig, Route, code};
 use crate::{log, snat};
 
@@ -165,25 +165,51 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
         _ => CniError::env(format!("{e}")),
     })?;
 
-    // Everything that can be refused without side effects comes before the lease.
+    // Everything that can be refused without side effects comes before the lease (and the veth).
     let started = std::time::Instant::now();
     let ns = open_netns(netns_path)?;
+    let mut daemon = Daemon::new(&conf.socket);
+    // Connected now, the connection task is idle and ready by the time the lease is sent.
+    daemon.connect().await?;
     let host = host_netlink().await?;
     let pod = pod_netlink(&ns)?;
     net::ensure_absent_in_pod(&pod, a.ifname, netns_path).await?;
-    let mut daemon = Daemon::new(&conf.socket);
     let (host_veth, stale) = choose_host_veth(&host, &mut daemon, conf, &a, network).await?;
     request.host_veth = Some(host_veth.clone());
 
     let prepared = started.elapsed();
-    let lease = daemon.lease(&request).await?;
+    let mut undo = Undo::default();
+    let veth_spec = VethSpec { ifname: a.ifname, host_veth: &host_veth, stale_veth: None, netns_fd: ns.fd() };
+    // The veth pair is made while the lease is on the wire (the lease is mostly the daemon's
+    // fdatasync): unaliased until wired, no one else takes it for ours meanwhile. A stale veth
+    // holding the name may only go once the lease is held (see below), so then it waits.
+    let (lease, early_veth) = if stale.is_none() {
+        let create = async {
+            // The runtime has one thread and the kernel creates the veth inside the request's
+            // send: let the connection task write the lease request first.
+            tokio::task::yield_now().await;
+            net::create_veth(&host, &pod, &veth_spec, &mut undo).await
+        };
+        let (lease, veth) = tokio::join!(daemon.lease(&request), create);
+        (lease, Some(veth))
+    } else {
+        (daemon.lease(&request).await, None)
+    };
+    let lease = match lease {
+        Ok(lease) => lease,
+        Err(e) => {
+            for problem in undo.run(&host).await {
+                log::warn(&format!("rollback: {problem}"));
+            }
+            return Err(e);
+        }
+    };
     let leased = started.elapsed();
     log::info(&format!(
         "leased {} on {} (table {}) for {network}/{}",
         lease.ip, lease.eni_id, lease.route_table, a.ifname
     ));
 
-    let mut undo = Undo::default();
     let outcome = async {
         let ip = lease_ip(&lease)?;
         let gateway = lease_gateway(&lease)?;
@@ -191,29 +217,34 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
             return Err(CniError::new(code::DAEMON, format!("enipoold sent an invalid MTU {}", lease.mtu)));
         }
         let snat = if lease.snat.enabled { Some(snat::SnatSpec::from_lease(&lease.snat)?) } else { None };
-        // The dead pod whose veth we replace must still be dead now that we hold a lease (its
-        // lease may have been rebuilt meanwhile by a daemon that was starting).
-        if let Some((_, alias)) = &stale
-            && !alias.names(network, a.container_id, a.ifname)
-            && !attachment_gone(&mut daemon, alias).await?
-        {
-            return Err(CniError::new(
-                code::TRY_AGAIN_LATER,
-                format!("host veth {host_veth} belongs to a live pod after all; try again (another name is chosen)"),
-            ));
-        }
+        let veth = match early_veth {
+            Some(veth) => veth?,
+            None => {
+                // The dead pod whose veth we replace must still be dead now that we hold a
+                // lease (its lease may have been rebuilt meanwhile by a daemon that was starting).
+                if let Some((_, alias)) = &stale
+                    && !alias.names(network, a.container_id, a.ifname)
+                    && !attachment_gone(&mut daemon, alias).await?
+                {
+                    return Err(CniError::new(
+                        code::TRY_AGAIN_LATER,
+                        format!(
+                            "host veth {host_veth} belongs to a live pod after all; try again (another name is chosen)"
+                        ),
+                    ));
+                }
+                let spec = VethSpec { stale_veth: stale.as_ref().map(|(index, _)| *index), ..veth_spec };
+                net::create_veth(&host, &pod, &spec, &mut undo).await?
+            }
+        };
         let spec = PodSpec {
-            ifname: a.ifname,
-            host_veth: &host_veth,
-            stale_veth: stale.as_ref().map(|(index, _)| *index),
             alias: host_veth_alias(network, a.container_id, a.ifname),
             ip,
             gateway,
             mtu: lease.mtu,
             route_table: lease.route_table,
-            netns_fd: ns.fd(),
         };
-        let wired = net::wire(&host, &pod, &spec, &mut undo).await?;
+        net::wire(&host, &pod, &veth, &spec, &mut undo).await?;
         log::debug(&format!("wired in {:?}", started.elapsed() - leased));
         if fail_at == Some(FailAt::AfterWire) {
             return Err(CniError::new(code::KERNEL, "injected failure after wiring (ENIPOOL_CNI_TEST_FAIL_AT)"));
@@ -223,10 +254,10 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
             snat::ensure(s, &conf.state_dir, conf.iptables, conf.lock_timeout)?;
             log::debug(&format!("SNAT ensured in {:?}", started.elapsed() - before));
         }
-        Ok((ip, gateway, wired))
+        Ok((ip, gateway, veth))
     }
     .await;
-    let (ip, gateway, wired) = match outcome {
+    let (ip, gateway, veth) = match outcome {
         Ok(v) => v,
         Err(e) => {
             for problem in undo.run(&host).await {
@@ -240,21 +271,16 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
         }
     };
     log::debug(&format!(
-        "ADD took {:?} (netns and sockets {prepared:?}, lease {:?})",
+        "ADD took {:?} (netns and sockets {prepared:?}, lease {:?} while the veth was made)",
         started.elapsed(),
         leased - prepared
     ));
     let ours = CniResult {
         interfaces: vec![
-            Interface {
-                name: host_veth.clone(),
-                mac: format_mac(&wired.host_mac),
-                mtu: Some(lease.mtu),
-                sandbox: None,
-            },
+            Interface { name: host_veth.clone(), mac: format_mac(&veth.host_mac), mtu: Some(lease.mtu), sandbox: None },
             Interface {
                 name: a.ifname.to_string(),
-                mac: format_mac(&wired.pod_mac),
+                mac: format_mac(&veth.pod_mac),
                 mtu: Some(lease.mtu),
                 sandbox: Some(netns_path.to_string()),
             },

@@ -69,6 +69,11 @@ impl Daemon {
         }
     }
 
+    /// Connects ahead of the first call (see [`Client::preconnect`]).
+    pub async fn connect(&mut self) -> Result<(), CniError> {
+        Self::timed_connect(self.client.preconnect()).await.map_err(|e| self.unreachable(e))
+    }
+
     pub async fn lease(&mut self, req: &api::LeaseRequest) -> Result<api::Lease, CniError> {
         let fut = self.client.post_json("/v1/leases", req);
         let reply = Self::timed(LEASE_TIMEOUT, fut).await.map_err(|e| self.unreachable(e))?;
@@ -135,6 +140,13 @@ impl Daemon {
             return Err(Self::failed("GC", &reply));
         }
         reply.json().map_err(|e| CniError::new(code::DAEMON, format!("{e:#}")))
+    }
+
+    async fn timed_connect(fut: impl Future<Output = Result<(), ClientError>>) -> Result<(), String> {
+        match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+            Err(_) => Err(format!("no connection within {CALL_TIMEOUT:?}")),
+            Ok(r) => r.map_err(|e| e.to_string()),
+        }
     }
 
     async fn timed(timeout: Duration, fut: impl Future<Output = Result<Reply, ClientError>>) -> Result<Reply, String> {

@@ -78,20 +78,32 @@ pub fn random_mac() -> [u8; 6] {
     mac
 }
 
-/// Everything a pod needs, as decided from the lease.
-pub struct PodSpec<'a> {
+/// The veth pair to create: what is known before the lease.
+pub struct VethSpec<'a> {
     pub ifname: &'a str,
     pub host_veth: &'a str,
     /// A host veth of ours holding `host_veth`'s name whose attachment is gone (decided before
-    /// the lease): deleted first. Nothing else of that name is ever deleted.
+    /// the lease, and confirmed after it): deleted first. Nothing else of that name is deleted.
     pub stale_veth: Option<u32>,
+    pub netns_fd: std::os::fd::RawFd,
+}
+
+/// Everything else a pod needs, as decided from the lease.
+pub struct PodSpec {
     pub alias: String,
     pub ip: Ipv4Addr,
     /// The pod's default gateway, as the lease says (169.254.1.1).
     pub gateway: Ipv4Addr,
     pub mtu: u32,
     pub route_table: u32,
-    pub netns_fd: std::os::fd::RawFd,
+}
+
+/// A veth pair just created: both ends' indexes and MACs.
+pub struct Veth {
+    host_index: u32,
+    pod_index: u32,
+    pub host_mac: [u8; 6],
+    pub pod_mac: Vec<u8>,
 }
 
 /// What ADD has done so far, so a failure can undo it.
@@ -126,11 +138,6 @@ impl Undo {
     }
 }
 
-pub struct Wired {
-    pub host_mac: [u8; 6],
-    pub pod_mac: Vec<u8>,
-}
-
 fn kernel(what: &str) -> impl FnOnce(rtnetlink::Error) -> CniError + '_ {
     move |e| CniError::kernel(what, e)
 }
@@ -146,9 +153,11 @@ pub async fn ensure_absent_in_pod(pod: &Handle, ifname: &str, netns: &str) -> Re
     }
 }
 
-/// Wires a pod: veth pair created with its peer already in the pod's namespace (one request),
-/// pod address, routes and neighbour, host route and rules. Records progress in `undo`.
-pub async fn wire(host: &Handle, pod: &Handle, spec: &PodSpec<'_>, undo: &mut Undo) -> Result<Wired, CniError> {
+/// Creates the veth pair, its peer already in the pod's namespace (one request), and finds both
+/// ends. The host end carries no alias yet: until [`wire`] sets it, neither the daemon's node
+/// cleanup nor another ADD takes the veth for ours, so this may run while the lease is on the
+/// wire. Records the veth in `undo`.
+pub async fn create_veth(host: &Handle, pod: &Handle, spec: &VethSpec<'_>, undo: &mut Undo) -> Result<Veth, CniError> {
     // A stale host veth of ours with this name (a re-created StatefulSet pod whose old netns
     // lingers after its DEL), found dead before the lease; only that very link is deleted.
     if let Some(stale) = spec.stale_veth
@@ -159,11 +168,10 @@ pub async fn wire(host: &Handle, pod: &Handle, spec: &PodSpec<'_>, undo: &mut Un
     }
     let host_mac = random_mac();
     // The peer cannot be set up in the creating request: the kernel opens it before it is paired
-    // (ENOTCONN). It is brought up in the pod namespace below.
-    let peer = LinkUnspec::new_with_name(spec.ifname).mtu(spec.mtu).setns_by_fd(spec.netns_fd).build();
+    // (ENOTCONN). It is brought up in the pod namespace by `wire`, with the lease's MTU.
+    let peer = LinkUnspec::new_with_name(spec.ifname).setns_by_fd(spec.netns_fd).build();
     let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(spec.host_veth.to_string())
-        .mtu(spec.mtu)
         .address(host_mac.to_vec())
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
@@ -184,20 +192,27 @@ pub async fn wire(host: &Handle, pod: &Handle, spec: &PodSpec<'_>, undo: &mut Un
         .map_err(kernel("looking up the new host veth"))?
         .ok_or_else(|| CniError::new(code::KERNEL, format!("host veth {} vanished after creation", spec.host_veth)))?;
     undo.host_veth = Some(host_link.index);
-    host.link()
-        .set(LinkUnspec::new_with_index(host_link.index).alias(spec.alias.clone()).build())
-        .execute()
-        .await
-        .map_err(kernel("setting the host veth alias"))?;
-
-    // Pod side.
     let pod_link = link_by_name(pod, spec.ifname)
         .await
         .map_err(kernel("looking up the pod interface"))?
         .ok_or_else(|| CniError::new(code::KERNEL, format!("{} is not in the pod namespace", spec.ifname)))?;
-    let pi = pod_link.index;
+    Ok(Veth { host_index: host_link.index, pod_index: pod_link.index, host_mac, pod_mac: pod_link.mac })
+}
+
+/// Wires a pod on its new veth pair: the host end's alias (from here on the veth is ours) and
+/// both ends' MTU, the pod's address, routes and neighbour, the host route and rules. Records
+/// progress in `undo`.
+pub async fn wire(host: &Handle, pod: &Handle, veth: &Veth, spec: &PodSpec, undo: &mut Undo) -> Result<(), CniError> {
+    host.link()
+        .set(LinkUnspec::new_with_index(veth.host_index).alias(spec.alias.clone()).mtu(spec.mtu).build())
+        .execute()
+        .await
+        .map_err(kernel("setting the host veth alias and MTU"))?;
+
+    // Pod side.
+    let pi = veth.pod_index;
     pod.link()
-        .set(LinkUnspec::new_with_index(pi).up().build())
+        .set(LinkUnspec::new_with_index(pi).mtu(spec.mtu).up().build())
         .execute()
         .await
         .map_err(kernel("setting the pod interface up"))?;
@@ -217,7 +232,7 @@ pub async fn wire(host: &Handle, pod: &Handle, spec: &PodSpec<'_>, undo: &mut Un
     pod.route().add(default).replace().execute().await.map_err(kernel("adding the pod's default route"))?;
     pod.neighbours()
         .add(pi, IpAddr::V4(spec.gateway))
-        .link_layer_address(&host_mac)
+        .link_layer_address(&veth.host_mac)
         .state(NeighbourState::Permanent)
         .replace()
         .execute()
@@ -226,7 +241,7 @@ pub async fn wire(host: &Handle, pod: &Handle, spec: &PodSpec<'_>, undo: &mut Un
 
     // Host side.
     host.route()
-        .add(host_route(spec.ip, host_link.index))
+        .add(host_route(spec.ip, veth.host_index))
         .replace()
         .execute()
         .await
@@ -249,7 +264,7 @@ pub async fn wire(host: &Handle, pod: &Handle, spec: &PodSpec<'_>, undo: &mut Un
             undo.rules.push(r);
         }
     }
-    Ok(Wired { host_mac, pod_mac: pod_link.mac })
+    Ok(())
 }
 
 /// DEL's host side: the host route (when the host veth still exists) and, when `remove_rules`,

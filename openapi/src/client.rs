@@ -68,6 +68,13 @@ impl Client {
         Ok(self.sender.as_mut().expect("connected above"))
     }
 
+    /// Connects now, if not connected yet, rather than at the first request: a caller that will
+    /// send a request and then block its thread (the plugin's ADD, which creates a veth while its
+    /// lease is on the wire) lets the connection task run in between, so the request goes out first.
+    pub async fn preconnect(&mut self) -> Result<(), ClientError> {
+        self.connect().await.map(|_| ())
+    }
+
     /// Sends one request; `body` is sent as JSON when given.
     pub async fn request(&mut self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Reply, ClientError> {
         let sender = self.connect().await?;
