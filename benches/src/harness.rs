@@ -136,7 +136,7 @@ pub struct Binaries {
 }
 
 /// `target/<profile>/enipoold` and the plugin as the image ships it (`scripts/build-plugin`:
-/// statically linked, under `target/<host triple>/<profile>/`), built for the profile this
+/// statically linked against musl, under `target/<arch>-unknown-linux-musl/<profile>/`), built for the profile this
 /// harness runs in.
 pub fn build_binaries(release: bool) -> Binaries {
     let exe = std::env::current_exe().expect("own path");
