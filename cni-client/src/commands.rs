@@ -76,7 +76,7 @@ fn run_command(env: &Env, stdin: &[u8], fail_at: Option<FailAt>) -> Result<Optio
         (Command::Del, Some(why)) => log::warn(&format!("DEL: ignoring prevResult, which {why}")),
         _ => {}
     }
-    rt.block_on(async {
+    let result = rt.block_on(async {
         match command {
             Command::Add => add(env, &conf, fail_at).await.map(Some),
             Command::Del => del(env, &conf).await.map(|()| None),
@@ -85,7 +85,11 @@ fn run_command(env: &Env, stdin: &[u8], fail_at: Option<FailAt>) -> Result<Optio
             Command::Gc => gc(&conf).await.map(|()| None),
             Command::Version => unreachable!("answered above"),
         }
-    })
+    });
+    // The process exits right after printing: the kernel frees the runtime's sockets and buffers
+    // at exit faster than its destructors (-0.14 ms of ADD's 2.6 ms, alternating runs).
+    std::mem::forget(rt);
+    result
 }
 
 /// The CNI_* variables every per-attachment command needs, checked.

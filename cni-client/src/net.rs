@@ -13,7 +13,7 @@ use enipool_nodenet::netlink::{
 use enipool_nodenet::view::{Link, RouteView, RuleView, host_route, pod_rules};
 use enipool_nodenet::{MAIN_TABLE, format_mac};
 use futures_util::TryStreamExt;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteProtocol, RouteScope};
 use netlink_packet_route::rule::RuleMessage;
@@ -169,10 +169,19 @@ pub async fn create_veth(host: &Handle, pod: &Handle, spec: &VethSpec<'_>, undo:
     let host_mac = random_mac();
     // The peer cannot be set up in the creating request: the kernel opens it before it is paired
     // (ENOTCONN). It is brought up in the pod namespace by `wire`, with the lease's MTU.
-    let peer = LinkUnspec::new_with_name(spec.ifname).setns_by_fd(spec.netns_fd).build();
+    // One queue each way per end: the kernel's default for a veth is one per possible CPU (96 on
+    // an m5.24xlarge), each with its sysfs directory made at creation and removed at deletion,
+    // and a pod's veth without XDP gains nothing from them (the reference's veths have them).
+    let peer = LinkUnspec::new_with_name(spec.ifname)
+        .setns_by_fd(spec.netns_fd)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+        .build();
     let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(spec.host_veth.to_string())
         .address(host_mac.to_vec())
+        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1))
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
