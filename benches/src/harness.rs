@@ -136,8 +136,8 @@ pub struct Binaries {
 }
 
 /// `target/<profile>/enipoold` and the plugin as the image ships it (`scripts/build-plugin`:
-/// statically linked against musl, under `target/<arch>-unknown-linux-musl/<profile>/`), built for the profile this
-/// harness runs in.
+/// statically linked against musl, under `target/<arch>-unknown-linux-musl/<debug or plugin>/`),
+/// built for the profile this harness runs in.
 pub fn build_binaries(release: bool) -> Binaries {
     let exe = std::env::current_exe().expect("own path");
     // target/<profile>/deps/cni_cycle-<hash>
