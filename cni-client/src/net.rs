@@ -171,7 +171,8 @@ pub async fn create_veth(host: &Handle, pod: &Handle, spec: &VethSpec<'_>, undo:
     // (ENOTCONN). It is brought up in the pod namespace by `wire`, with the lease's MTU.
     // One queue each way per end: the kernel's default for a veth is one per possible CPU (96 on
     // an m5.24xlarge), each with its sysfs directory made at creation and removed at deletion,
-    // and a pod's veth without XDP gains nothing from them (the reference's veths have them).
+    // and a pod's veth without XDP gains nothing from them (ptp's and the VPC CNI's keep the
+    // default).
     let peer = LinkUnspec::new_with_name(spec.ifname)
         .setns_by_fd(spec.netns_fd)
         .append_extra_attribute(LinkAttribute::NumTxQueues(1))
