@@ -71,7 +71,7 @@ impl Daemon {
 
     /// Connects ahead of the first call (see [`Client::preconnect`]).
     pub async fn connect(&mut self) -> Result<(), CniError> {
-        Self::timed_connect(self.client.preconnect()).await.map_err(|e| self.unreachable(e))
+        Self::timed(CALL_TIMEOUT, self.client.preconnect()).await.map_err(|e| self.unreachable(e))
     }
 
     pub async fn lease(&mut self, req: &api::LeaseRequest) -> Result<api::Lease, CniError> {
@@ -142,14 +142,7 @@ impl Daemon {
         reply.json().map_err(|e| CniError::new(code::DAEMON, format!("{e:#}")))
     }
 
-    async fn timed_connect(fut: impl Future<Output = Result<(), ClientError>>) -> Result<(), String> {
-        match tokio::time::timeout(CALL_TIMEOUT, fut).await {
-            Err(_) => Err(format!("no connection within {CALL_TIMEOUT:?}")),
-            Ok(r) => r.map_err(|e| e.to_string()),
-        }
-    }
-
-    async fn timed(timeout: Duration, fut: impl Future<Output = Result<Reply, ClientError>>) -> Result<Reply, String> {
+    async fn timed<T>(timeout: Duration, fut: impl Future<Output = Result<T, ClientError>>) -> Result<T, String> {
         match tokio::time::timeout(timeout, fut).await {
             Err(_) => Err(format!("no answer within {timeout:?}")),
             Ok(Err(e)) => Err(e.to_string()),
