@@ -287,8 +287,15 @@ async fn fill_prefixes(app: &App, eni: &EniRecord, n: u32) -> Result<u32, PoolEr
     Ok(prefixes.len() as u32)
 }
 
-/// Adds what the provider just delegated to `eni_id` to the ledger, prefix by prefix.
+/// Adds what the provider just delegated to `eni_id` to the ledger: all of it in one operation,
+/// so the pool is never seen half grown (and one record is synced, not one per prefix); prefix
+/// by prefix only when the ledger refuses that, to keep what it can and settle the rest.
 async fn take_prefixes(app: &App, eni_id: &str, prefixes: &[Ipv4Net]) -> Result<(), PoolError> {
+    let ledger = app.ledger.clone();
+    let (id, all) = (eni_id.to_string(), prefixes.to_vec());
+    if prefixes.is_empty() || app.ledger_call(move || ledger.add_prefixes(&id, &all, None, Vec::new())).await.is_ok() {
+        return Ok(());
+    }
     for prefix in prefixes {
         let ledger = app.ledger.clone();
         let (id, cidr) = (eni_id.to_string(), *prefix);
