@@ -190,8 +190,13 @@ async fn add(env: &Env, conf: &NetConf, fail_at: Option<FailAt>) -> Result<Value
     let (lease, early_veth) = if stale.is_none() {
         let create = async {
             // The runtime has one thread and the kernel creates the veth inside the request's
-            // send: let the connection task write the lease request first.
+            // send: let the connection task write the lease request first. The write wakes the
+            // daemon onto this CPU (a socket wake-up is a "sync" one: the scheduler expects the
+            // writer to sleep next), where it would wait out the whole creation; the other CPU,
+            // idle, takes ~0.5 ms to wake on a VM. So give the CPU up once: the daemon reads the
+            // request and starts its fdatasync, and the creation runs during the sync.
             tokio::task::yield_now().await;
+            std::thread::yield_now();
             net::create_veth(&host, &pod, &veth_spec, &mut undo).await
         };
         let (lease, veth) = tokio::join!(daemon.lease(&request), create);
