@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
+mod arena;
 mod commands;
 mod config;
 mod daemon_client;
@@ -12,6 +13,14 @@ mod log;
 mod net;
 mod protocol;
 mod snat;
+
+/// Zero-filled `.bss`: costs nothing until a page is touched.
+static mut ARENA: arena::Arena<{ arena::ARENA_BYTES }> = arena::Arena([0; arena::ARENA_BYTES]);
+
+#[global_allocator]
+// SAFETY: ARENA is page-aligned and nothing but this allocator uses it.
+static ALLOCATOR: arena::BumpThenSystem =
+    unsafe { arena::BumpThenSystem::new((&raw mut ARENA).cast::<u8>(), arena::ARENA_BYTES) };
 
 fn main() -> ExitCode {
     let env = protocol::Env::from_process();
