@@ -680,10 +680,13 @@ async fn a_prefix_pods_use_is_kept_through_a_restart_on_a_stale_listing() {
         in_prefix.push(l);
     }
 
-    node.ec2.inject_stale_from("DescribeNetworkInterfaces", "before any prefix", -1).await;
     // (The stale listing also shows the secondary IP given back since; it is adopted cooling,
-    // and the cooldown keeps it from a pod until a current listing drops it.)
-    let d = d.restart_with(&[("--ip-cooldown-period", "60s")]).await;
+    // and the cooldown keeps it from a pod until a current listing drops it.) Injected only once
+    // the old daemon has exited: a sync of its while it shut down once took the stale listing,
+    // and with its cooldown of 0 (and no consistency window, as in every test here) adopted that
+    // IP free, so the new daemon leased it to pod-new (CI, 2026-12-03).
+    let stale = node.ec2.inject_stale_from("DescribeNetworkInterfaces", "before any prefix", -1);
+    let d = d.restart_with_after(&[("--ip-cooldown-period", "60s")], stale).await;
     let api = d.unix();
     eventually("the stale listing to be seen", async || {
         let p = api.pool().await;

@@ -316,10 +316,17 @@ impl Daemon {
 
     /// SIGTERM, which must end the daemon with status 0 within 5 s; then a new daemon on the same
     /// data dir with the same flags, ready.
-    pub async fn restart(mut self) -> Daemon {
+    pub async fn restart(self) -> Daemon {
+        self.restart_after(async {}).await
+    }
+
+    /// Like `restart`, running `between` once the old process has exited and before the new one
+    /// starts: for a change to the world (a fault injected) that the old daemon must not see.
+    pub async fn restart_after(mut self, between: impl Future<Output = ()>) -> Daemon {
         let status = self.terminate(Duration::from_secs(5)).await;
         assert!(status.success(), "enipoold exited with {status} after SIGTERM");
         assert!(!self.socket.exists(), "a clean stop removes the socket {}", self.socket.display());
+        between.await;
         let flags: Vec<(&str, &str)> = self.flags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let mut d = Daemon::start_in(&self.data_dir, &flags).await;
         d._tmp = self._tmp.take();
@@ -327,14 +334,19 @@ impl Daemon {
     }
 
     /// Like `restart`, with `extra` flags replacing or joining the ones it ran with.
-    pub async fn restart_with(mut self, extra: &[(&str, &str)]) -> Daemon {
+    pub async fn restart_with(self, extra: &[(&str, &str)]) -> Daemon {
+        self.restart_with_after(extra, async {}).await
+    }
+
+    /// `restart_with` and `restart_after` in one.
+    pub async fn restart_with_after(mut self, extra: &[(&str, &str)], between: impl Future<Output = ()>) -> Daemon {
         for (k, v) in extra {
             match self.flags.iter_mut().find(|(a, _)| a == k) {
                 Some(slot) => slot.1 = v.to_string(),
                 None => self.flags.push((k.to_string(), v.to_string())),
             }
         }
-        self.restart().await
+        self.restart_after(between).await
     }
 
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns its status.
